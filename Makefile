@@ -1,0 +1,35 @@
+# Bootstraps a local virtualenv with everything FedShield needs, then runs it.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: venv test bench bench-quick keys clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# CPU torch first: a plain 'torch' would pull a multi-GB CUDA build.
+	$(PIP) install --quiet "torch==$(TORCH_VERSION)"
+	$(PIP) install --quiet -e ".[test]"
+	# DeepSpeed ships only a source distribution; an isolated build would fetch another torch.
+	$(PIP) install --quiet --no-build-isolation deepspeed
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: venv
+	$(PY) -m pytest -q
+
+bench: venv
+	$(PY) benchmarks/he_updates.py
+
+bench-quick: venv
+	$(PY) benchmarks/he_updates.py --quick
+
+keys: venv
+	$(VENV)/bin/fedshield keys create --out keys
+
+clean:
+	rm -rf $(VENV) .pytest_cache

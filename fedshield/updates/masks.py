@@ -1,0 +1,83 @@
+"""The round's pruning mask: which coordinates of the update vector travel.
+
+Every silo must put the same coordinate in the same slot, so the mask is a pure
+function of data all silos share: the run's seed, the round number and a score
+vector every silo holds identically (the magnitude of the last decrypted global
+aggregate). It never depends on a silo's own update.
+
+Two shares:
+
+- explore: a window of a seeded permutation that advances every round, so every
+  coordinate is visited at least once every ``ceil(size / explore_count)`` rounds;
+- exploit: the largest scores among the rest. Ties are broken by index, so the
+  result does not depend on the sort algorithm.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+
+@lru_cache(maxsize=2)
+def _permutation(size: int, seed: int) -> np.ndarray:
+    perm = np.random.default_rng([seed, size]).permutation(size)
+    perm.flags.writeable = False
+    return perm
+
+
+def kept_count(size: int, pruning: float) -> int:
+    """Coordinates kept when a fraction ``pruning`` is dropped (at least one)."""
+    if not 0.0 <= pruning < 1.0:
+        raise ValueError(f"pruning must be in [0, 1), got {pruning}")
+    return max(1, min(size, int(round(size * (1.0 - pruning)))))
+
+
+def _top_by_score(score: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest scores; ties at the threshold go to the lowest indices."""
+    if k <= 0:
+        return np.empty(0, dtype=np.int64)
+    if k >= score.size:
+        return np.arange(score.size, dtype=np.int64)
+    threshold = np.partition(score, score.size - k)[score.size - k]
+    above = np.flatnonzero(score > threshold)
+    ties = np.flatnonzero(score == threshold)[: k - above.size]
+    return np.concatenate([above, ties])
+
+
+def round_mask(
+    size: int,
+    pruning: float,
+    round: int,
+    seed: int,
+    score: np.ndarray | None = None,
+    explore_share: float = 0.25,
+) -> np.ndarray:
+    """Sorted int64 indices of the coordinates kept in ``round``.
+
+    Without a score (the first round) every kept coordinate comes from the
+    explore share.
+    """
+    if not 0.0 < explore_share <= 1.0:
+        raise ValueError(f"explore_share must be in (0, 1], got {explore_share}")
+    k = kept_count(size, pruning)
+    if k == size:
+        return np.arange(size, dtype=np.int64)
+    n_explore = k if score is None else max(1, round_half(k * explore_share))
+    perm = _permutation(size, seed)
+    start = (round * n_explore) % size
+    explore = np.take(perm, np.arange(start, start + n_explore), mode="wrap")
+    if n_explore == k:
+        return np.sort(explore)
+    score = np.abs(np.asarray(score, dtype=np.float64))
+    if score.shape != (size,):
+        raise ValueError(f"score has shape {score.shape}, expected ({size},)")
+    score = score.copy()
+    score[explore] = -1.0  # below every real magnitude: never chosen twice
+    exploit = _top_by_score(score, k - n_explore)
+    return np.sort(np.concatenate([explore, exploit]))
+
+
+def round_half(x: float) -> int:
+    return int(np.floor(x + 0.5))
