@@ -5,6 +5,7 @@ import pytest
 import tenseal as ts
 
 from fedshield.cli import main
+from fedshield.crypto.compact import expand
 from fedshield.crypto import (
     ChecksumError,
     CkksParams,
@@ -29,7 +30,8 @@ def test_public_context_cannot_decrypt(keys, public_keys):
     with pytest.raises(SecretKeyMissingError):
         decrypt_envelope(public_keys, EnvelopeReader.from_bytes(upload.data))
     # Below our API too: TenSEAL itself refuses without a secret key.
-    blob = next(EnvelopeReader.from_bytes(upload.data).ciphertexts())
+    record = next(EnvelopeReader.from_bytes(upload.data).ciphertexts())
+    blob = expand(record, public_keys.params.slots, 2.0**public_keys.params.scale_bits)
     with pytest.raises(ValueError, match="secret"):
         ts.ckks_vector_from(public_keys.context, blob).decrypt()
     assert np.allclose(decrypt_envelope(keys, EnvelopeReader.from_bytes(upload.data)), 1e-3, atol=1e-7)

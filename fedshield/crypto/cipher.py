@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import tenseal as ts
 
+from .compact import compact, expand
 from .envelope import AGGREGATE_SILO, EnvelopeHeader, EnvelopeReader, envelope_bytes
 from .errors import CiphertextError, FormatError, LengthMismatchError, SecretKeyMissingError
 from .keys import Keys
@@ -63,7 +64,7 @@ def encrypt_update(
     step = packing.step(ckks)
     ints = quantise(values, weight, packing.value_bound, step)
     slots = pack(ints, packing.digits_per_slot, packing.radix(ckks), ckks.slots)
-    blobs = [ts.ckks_vector(keys.context, row).serialize() for row in slots]
+    blobs = [compact(ts.ckks_vector(keys.context, row).serialize()) for row in slots]
     header = EnvelopeHeader(
         kind="update",
         fingerprint=keys.fingerprint,
@@ -82,7 +83,7 @@ def encrypt_update(
 
 def _load_ciphertext(keys: Keys, blob: bytes, index: int, silo: str) -> ts.CKKSVector:
     try:
-        vec = ts.ckks_vector_from(keys.context, blob)
+        vec = ts.ckks_vector_from(keys.context, expand(blob, keys.params.slots, 2.0**keys.params.scale_bits))
     except Exception as exc:  # TenSEAL raises ValueError or RuntimeError on bad data
         raise CiphertextError(f"ciphertext {index} from silo {silo!r} does not load under this key set: {exc}") from None
     if vec.size() != keys.params.slots:
@@ -157,7 +158,7 @@ class EncryptedSum:
 
     def to_bytes(self) -> bytes:
         header = self.header()
-        return envelope_bytes(header, [vec.serialize() for vec in self._sum or []])
+        return envelope_bytes(header, [compact(vec.serialize()) for vec in self._sum or []])
 
 
 def decrypt_envelope(
