@@ -130,12 +130,13 @@ class EncryptedSum:
                 f"weights would sum to {self.weight_sum + head.weight:.6f} > 1 with silo {head.silo!r}; "
                 "the packing only tolerates weights summing to at most 1"
             )
-        incoming = (_load_ciphertext(self.keys, blob, i, head.silo) for i, blob in enumerate(upload.ciphertexts()))
+        # Load (and so validate) the whole upload before touching the running sum.
+        incoming = [_load_ciphertext(self.keys, blob, i, head.silo) for i, blob in enumerate(upload.ciphertexts())]
         if self._sum is None:
-            new_sum = list(incoming)
+            self._sum = incoming
         else:
-            new_sum = [acc + vec for acc, vec in zip(self._sum, incoming, strict=True)]
-        self._sum = new_sum
+            for acc, vec in zip(self._sum, incoming, strict=True):
+                acc += vec
         self.contributors.append(head.silo)
         self.weight_sum += head.weight
 

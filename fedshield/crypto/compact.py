@@ -102,23 +102,33 @@ def _coefficient_count(head: bytes) -> int:
     return count
 
 
+def _row_views(buf, offset: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two unaligned uint64 views of 15-byte rows: bytes 0-7 and bytes 7-14 of each row."""
+    first = np.ndarray((rows,), dtype="<u8", buffer=buf, offset=offset, strides=(15,))
+    last = np.ndarray((rows,), dtype="<u8", buffer=buf, offset=offset + 7, strides=(15,))
+    return first, last
+
+
 def compact(tenseal_bytes: bytes) -> bytes:
-    """A TenSEAL CKKSVector serialisation, rewritten with 60-bit coefficients."""
+    """A TenSEAL CKKSVector serialisation, rewritten with 60-bit coefficients.
+
+    Each pair of coefficients (a, b) becomes 15 bytes: ``a | b << 60`` (8 bytes)
+    followed by ``b >> 4`` (7 bytes).
+    """
     body = _seal_body(_seal_blob(tenseal_bytes))
     head = body[:HEAD_BYTES]
     count = _coefficient_count(head) if len(head) == HEAD_BYTES else -1
     if len(body) != HEAD_BYTES + 8 * count:
         raise CiphertextError("SEAL ciphertext layout is not the one this build knows (SEAL 4)")
-    words = np.frombuffer(body, dtype="<u8", offset=HEAD_BYTES)
-    if count % 2 or (words >> 60).any():
+    pairs = np.frombuffer(body, dtype="<u8", offset=HEAD_BYTES).reshape(-1, 2)
+    if count % 2 or (pairs >> np.uint64(60)).any():
         raise CiphertextError("SEAL coefficients do not fit in 60 bits")
-    pairs = words.reshape(-1, 2)
-    low = pairs[:, 0] | (pairs[:, 1] << np.uint64(60))  # 60 + 4 bits
-    high = pairs[:, 1] >> np.uint64(4)  # the other 56 bits
-    packed = np.empty((pairs.shape[0], 15), dtype=np.uint8)
-    packed[:, :8] = low.astype("<u8").view(np.uint8).reshape(-1, 8)
-    packed[:, 8:] = high.astype("<u8").view(np.uint8).reshape(-1, 8)[:, :7]
-    return head + packed.tobytes()
+    out = bytearray(HEAD_BYTES + pairs.shape[0] * 15)
+    out[:HEAD_BYTES] = head
+    first, last = _row_views(out, HEAD_BYTES, pairs.shape[0])
+    last[:] = (pairs[:, 0] >> np.uint64(56)) | (pairs[:, 1] << np.uint64(4))
+    first[:] = pairs[:, 0] | (pairs[:, 1] << np.uint64(60))
+    return bytes(out)
 
 
 def expand(record: bytes, slots: int, scale: float) -> bytes:
@@ -129,23 +139,17 @@ def expand(record: bytes, slots: int, scale: float) -> bytes:
     count = _coefficient_count(head)
     if count % 2 or len(record) != HEAD_BYTES + count // 2 * 15:
         raise CiphertextError(f"compact ciphertext has {len(record)} bytes, its head announces {count} coefficients")
-    packed = np.frombuffer(record, dtype=np.uint8, offset=HEAD_BYTES).reshape(-1, 15)
-    low = np.zeros((packed.shape[0], 8), dtype=np.uint8)
-    high = np.zeros((packed.shape[0], 8), dtype=np.uint8)
-    low[:] = packed[:, :8]
-    high[:, :7] = packed[:, 8:]
-    low64, high64 = low.view("<u8").ravel(), high.view("<u8").ravel()
-    words = np.empty((packed.shape[0], 2), dtype="<u8")
-    words[:, 0] = low64 & np.uint64((1 << 60) - 1)
-    words[:, 1] = (low64 >> np.uint64(60)) | (high64 << np.uint64(4))
-    body = head + words.tobytes()
     # The coefficient array's own SEAL header carries the SEAL version: reuse it.
     _, _, major, minor, _, _, _ = _SEAL_HEADER.unpack_from(head, _MEMBERS.size)
-    blob = _SEAL_HEADER.pack(SEAL_MAGIC, _SEAL_HEADER.size, major, minor, COMPRESSION_NONE, 0, _SEAL_HEADER.size + len(body))
-    blob += body
+    blob_len = _SEAL_HEADER.size + HEAD_BYTES + 8 * count
     size_field = _varint(slots)
-    return (
-        b"\x0a" + _varint(len(size_field)) + size_field
-        + b"\x12" + _varint(len(blob)) + blob
-        + b"\x19" + struct.pack("<d", scale)
-    )
+    prefix = b"\x0a" + _varint(len(size_field)) + size_field + b"\x12" + _varint(blob_len)
+    prefix += _SEAL_HEADER.pack(SEAL_MAGIC, _SEAL_HEADER.size, major, minor, COMPRESSION_NONE, 0, blob_len) + head
+    out = bytearray(len(prefix) + 8 * count + 9)
+    out[: len(prefix)] = prefix
+    out[len(prefix) + 8 * count :] = b"\x19" + struct.pack("<d", scale)
+    first, last = _row_views(record, HEAD_BYTES, count // 2)
+    pairs = np.ndarray((count // 2, 2), dtype="<u8", buffer=out, offset=len(prefix))
+    np.bitwise_and(first, np.uint64((1 << 60) - 1), out=pairs[:, 0])
+    np.bitwise_or(first >> np.uint64(60), (last >> np.uint64(8)) << np.uint64(4), out=pairs[:, 1])
+    return bytes(out)
