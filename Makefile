@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: venv test bench bench-quick keys clean
+.PHONY: venv demo test bench bench-quick keys clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 venv: $(VENV)/.installed
+
+demo: venv
+	$(VENV)/bin/fedshield demo --out fedshield-demo
 
 test: venv
 	$(PY) -m pytest -q

@@ -1,0 +1,1 @@
+"""The aggregator: round state, persistence and the HTTP service. Holds only the public context."""

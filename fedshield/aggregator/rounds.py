@@ -1,0 +1,276 @@
+"""The aggregator's round state machine, independent of HTTP.
+
+Silos join (all configured silos, each once); round 0 opens; a round closes when
+every silo has uploaded, or when its deadline has passed with at least
+``min_silos`` uploads; its aggregate is written; the next round opens. Every
+decision is persisted first (see ``store``), so a restarted aggregator resumes
+where it stopped, counting each accepted upload exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+from .. import metrics
+from ..config import FederationConfig
+from ..crypto import CryptoError, EncryptedSum, EnvelopeReader, Keys
+from ..crypto.envelope import save_envelope
+from ..updates import kept_count
+from ..wire.messages import JoinRequest, RoundPlan, RoundSummary, Status, UploadMetadata, UploadReceipt
+from .store import Store
+
+log = logging.getLogger("fedshield.aggregator")
+
+CRYPTO_ERROR_CODES = {
+    "FormatError": "malformed_envelope",
+    "ChecksumError": "checksum_mismatch",
+    "KeyMismatchError": "key_fingerprint_mismatch",
+    "RoundMismatchError": "wrong_round",
+    "LengthMismatchError": "wrong_length",
+    "CiphertextError": "bad_ciphertext",
+}
+
+
+class ApiError(Exception):
+    """A refused request: HTTP status, stable code, and a message for a person."""
+
+    def __init__(self, status: int, code: str, detail: str):
+        super().__init__(detail)
+        self.status, self.code, self.detail = status, code, detail
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Coordinator:
+    def __init__(self, config: FederationConfig, public_keys: Keys, store: Store):
+        if public_keys.has_secret_key:
+            raise ValueError("the aggregator must be given the public context only (it holds a secret key)")
+        self.config, self.keys, self.store = config, public_keys, store
+        self._lock = threading.RLock()
+        self._sum: EncryptedSum | None = None
+        self.current: int | None = None  # open round; None before round 0
+        self.finished = False
+        self._restore()
+
+    # --- state ---------------------------------------------------------------------------
+
+    def _restore(self) -> None:
+        rounds = self.store.rounds()
+        closed = [r for r in rounds if r["closed_at"] is not None]
+        if len(closed) >= self.config.rounds:
+            self.finished = True
+            return
+        open_rows = [r for r in rounds if r["closed_at"] is None]
+        if open_rows:
+            self.current = open_rows[0]["round"]
+            self._sum = self._new_sum()
+            for row in self.store.uploads(self.current):
+                with EnvelopeReader.open(row.path) as reader:
+                    self._sum.add(reader)
+            log.info("resumed round %d with %d accepted uploads", self.current, len(self._sum.contributors))
+        else:
+            self._maybe_start()
+
+    def _joined(self) -> dict[str, tuple[int, int, str]]:
+        return self.store.silos()
+
+    def _vector(self) -> tuple[int, str] | None:
+        joined = self._joined()
+        if not joined:
+            return None
+        _, size, layout = next(iter(joined.values()))
+        return size, layout
+
+    def _new_sum(self) -> EncryptedSum:
+        size, layout = self._vector()
+        return EncryptedSum(
+            self.keys, round=self.current, count=kept_count(size, self.config.privacy.pruning),
+            packing=self.config.privacy.packing, layout=layout,
+        )
+
+    def _maybe_start(self) -> None:
+        if self.current is None and set(self._joined()) == set(self.config.silo_names):
+            self._open(0)
+
+    def _open(self, round: int) -> None:
+        self.store.open_round(round)
+        self.current = round
+        self._sum = self._new_sum()
+        log.info("round %d open", round)
+
+    def weights(self) -> dict[str, float]:
+        """FedAvg: each silo's share of the training examples (fixed by the joins)."""
+        joined = self._joined()
+        total = sum(samples for samples, _, _ in joined.values())
+        return {name: samples / total for name, (samples, _, _) in sorted(joined.items())}
+
+    def _deadline(self) -> float | None:
+        if self.current is None:
+            return None
+        opened = next(r["opened_at"] for r in self.store.rounds() if r["round"] == self.current)
+        return opened + self.config.aggregation.round_deadline_s
+
+    # --- queries -------------------------------------------------------------------------
+
+    def plan(self) -> RoundPlan:
+        with self._lock:
+            vector = self._vector()
+            state = "finished" if self.finished else ("open" if self.current is not None else "waiting_for_silos")
+            deadline = self._deadline()
+            return RoundPlan(
+                state=state,
+                round=self.config.rounds if self.finished else (self.current or 0),
+                rounds_total=self.config.rounds,
+                mask_seed=self.config.seed,
+                pruning=self.config.privacy.pruning,
+                explore_share=self.config.privacy.explore_share,
+                vector_size=vector[0] if vector else None,
+                kept=kept_count(vector[0], self.config.privacy.pruning) if vector else None,
+                layout=vector[1] if vector else None,
+                weights=self.weights() if state != "waiting_for_silos" else {},
+                lr_scales={name: 1.0 for name in self.config.silo_names} if state == "open" else {},
+                deadline_s=max(0.0, deadline - time.time()) if deadline and state == "open" else None,
+            )
+
+    def status(self) -> Status:
+        with self._lock:
+            closed = []
+            for row in self.store.rounds():
+                if row["closed_at"] is None:
+                    continue
+                uploads = {u.silo: u for u in self.store.uploads(row["round"])}
+                closed.append(
+                    RoundSummary(
+                        round=row["round"], contributors=row["contributors"], weight_sum=row["weight_sum"],
+                        metadata={s: UploadMetadata(**u.metadata) for s, u in uploads.items()},
+                        upload_bytes={s: u.bytes for s, u in uploads.items()},
+                        aggregate_bytes=self.store.aggregate_path(row["round"]).stat().st_size,
+                        aggregate_s=row["aggregate_s"] or 0.0, round_s=row["closed_at"] - row["opened_at"],
+                    )
+                )
+            return Status(
+                plan=self.plan(),
+                joined={n: s for n, (s, _, _) in self._joined().items()},
+                uploaded=list(self._sum.contributors) if self._sum and not self.finished else [],
+                closed=closed,
+            )
+
+    def aggregate_path(self, round: int) -> Path:
+        with self._lock:
+            rows = {r["round"]: r for r in self.store.rounds()}
+            if round not in rows:
+                raise ApiError(404, "unknown_round", f"round {round} has not been opened")
+            if rows[round]["closed_at"] is None:
+                raise ApiError(425, "round_not_closed", f"round {round} is still open")
+            return self.store.aggregate_path(round)
+
+    # --- commands ------------------------------------------------------------------------
+
+    def _known(self, silo: str) -> None:
+        if silo not in self.config.silo_names:
+            raise ApiError(403, "unknown_silo", f"silo {silo!r} is not part of federation {self.config.name!r}")
+
+    def join(self, req: JoinRequest) -> RoundPlan:
+        with self._lock:
+            self._known(req.silo)
+            joined = self._joined()
+            vector = self._vector()
+            if vector and (req.vector_size, req.layout) != vector:
+                raise ApiError(
+                    409, "layout_mismatch",
+                    f"silo {req.silo!r} has an update vector of {req.vector_size} values ({req.layout}), "
+                    f"the federation uses {vector[0]} ({vector[1]}): same model, LoRA and private modules are required",
+                )
+            if req.silo in joined:
+                if joined[req.silo][0] != req.samples and self.current is not None:
+                    raise ApiError(409, "already_joined", f"silo {req.silo!r} joined with {joined[req.silo][0]} samples")
+            else:
+                self.store.add_silo(req.silo, req.samples, req.vector_size, req.layout)
+                log.info("silo %s joined (%d samples)", req.silo, req.samples)
+            self._maybe_start()
+            return self.plan()
+
+    def accept_upload(self, round: int, silo: str, tmp_path: Path, metadata: UploadMetadata) -> UploadReceipt:
+        """Validate an upload already streamed to ``tmp_path`` and take it, or refuse it changing nothing."""
+        try:
+            return self._accept(round, silo, tmp_path, metadata)
+        finally:
+            if tmp_path.exists():
+                tmp_path.unlink()
+
+    def _accept(self, round: int, silo: str, tmp_path: Path, metadata: UploadMetadata) -> UploadReceipt:
+        with self._lock:
+            self._known(silo)
+            if silo not in self._joined():
+                raise ApiError(403, "not_joined", f"silo {silo!r} has not joined")
+            digest = sha256_file(tmp_path)
+            size = tmp_path.stat().st_size
+            previous = {u.silo: u for u in self.store.uploads(round)}.get(silo)
+            if previous is not None:
+                if previous.sha256 == digest:
+                    return UploadReceipt(round=round, silo=silo, bytes=size, sha256=digest, duplicate=True)
+                raise ApiError(409, "conflicting_upload", f"silo {silo!r} already uploaded different bytes for round {round}")
+            if self.finished:
+                raise ApiError(409, "federation_finished", "the federation has finished all its rounds")
+            if self.current is None:
+                raise ApiError(409, "not_started", "round 0 has not opened: not every silo has joined")
+            if round != self.current:
+                reason = "round_closed" if round < self.current else "wrong_round"
+                raise ApiError(409, reason, f"round {round} is not open; the open round is {self.current}")
+            try:
+                with EnvelopeReader.open(tmp_path) as reader:
+                    head = reader.header
+                    if head.silo != silo:
+                        raise ApiError(400, "silo_mismatch", f"the envelope is from silo {head.silo!r}, uploaded as {silo!r}")
+                    expected = self.weights()[silo]
+                    if abs(head.weight - expected) > 1e-9:
+                        raise ApiError(400, "wrong_weight", f"the envelope is weighted {head.weight}, the plan says {expected}")
+                    self._sum.add(reader)
+            except CryptoError as exc:
+                raise ApiError(400, CRYPTO_ERROR_CODES.get(type(exc).__name__, "bad_envelope"), str(exc)) from None
+            final = self.store.upload_path(round, silo)
+            os.replace(tmp_path, final)
+            self.store.add_upload(round, silo, digest, size, metadata.model_dump())
+            log.info("round %d: accepted %s (%d bytes)", round, silo, size)
+            self._maybe_close()
+            return UploadReceipt(round=round, silo=silo, bytes=size, sha256=digest, duplicate=False)
+
+    def tick(self) -> None:
+        """Close the open round if its deadline has passed (called periodically)."""
+        with self._lock:
+            self._maybe_close()
+
+    def _maybe_close(self) -> None:
+        if self.current is None or self.finished or self._sum is None:
+            return
+        uploaded = len(self._sum.contributors)
+        everyone = uploaded == len(self.config.silo_names)
+        late = time.time() >= (self._deadline() or float("inf")) and uploaded >= self.config.aggregation.min_silos
+        if everyone or late:
+            self._close()
+
+    def _close(self) -> None:
+        round = self.current
+        start = time.perf_counter()
+        save_envelope(self.store.aggregate_path(round), self._sum.to_bytes())
+        elapsed = time.perf_counter() - start
+        self.store.close_round(round, list(self._sum.contributors), self._sum.weight_sum, elapsed)
+        metrics.AGGREGATE_SECONDS.observe(elapsed)
+        metrics.ROUNDS_CLOSED.inc()
+        log.info("round %d closed with %s", round, ", ".join(self._sum.contributors))
+        if round + 1 >= self.config.rounds:
+            self.finished, self._sum = True, None
+            log.info("federation finished")
+        else:
+            self._open(round + 1)

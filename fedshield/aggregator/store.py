@@ -1,0 +1,114 @@
+"""Durable round state: SQLite for the ledger, files for envelopes.
+
+Layout of the state directory::
+
+    state.db                       silos, rounds, accepted uploads
+    rounds/00003/clinic-a.fshe     an accepted upload (renamed into place before its row commits)
+    rounds/00003/aggregate.fshe    the round's aggregate (written before the round's close commits)
+
+A crash at any point leaves either a committed row with its file, or a stray file
+without a row, which is ignored: an upload is accepted exactly when its row exists.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS silos (
+    name TEXT PRIMARY KEY, samples INTEGER NOT NULL, vector_size INTEGER NOT NULL, layout TEXT NOT NULL,
+    joined_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS rounds (
+    round INTEGER PRIMARY KEY, opened_at REAL NOT NULL, closed_at REAL, contributors TEXT, weight_sum REAL,
+    aggregate_s REAL);
+CREATE TABLE IF NOT EXISTS uploads (
+    round INTEGER NOT NULL, silo TEXT NOT NULL, sha256 TEXT NOT NULL, bytes INTEGER NOT NULL,
+    metadata TEXT NOT NULL, received_at REAL NOT NULL, PRIMARY KEY (round, silo));
+"""
+
+
+@dataclass(frozen=True)
+class UploadRow:
+    round: int
+    silo: str
+    sha256: str
+    bytes: int
+    metadata: dict
+    path: Path
+
+
+class Store:
+    def __init__(self, state_dir: str | Path):
+        self.root = Path(state_dir)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.root / "state.db", check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    def round_dir(self, round: int) -> Path:
+        path = self.root / "rounds" / f"{round:05d}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def upload_path(self, round: int, silo: str) -> Path:
+        return self.round_dir(round) / f"{silo}.fshe"
+
+    def aggregate_path(self, round: int) -> Path:
+        return self.round_dir(round) / "aggregate.fshe"
+
+    def _write(self, sql: str, args: tuple) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(sql, args)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # silos
+    def add_silo(self, name: str, samples: int, vector_size: int, layout: str) -> None:
+        self._write("INSERT OR REPLACE INTO silos VALUES (?, ?, ?, ?, ?)", (name, samples, vector_size, layout, time.time()))
+
+    def silos(self) -> dict[str, tuple[int, int, str]]:
+        return {n: (s, v, l) for n, s, v, l in self._read("SELECT name, samples, vector_size, layout FROM silos")}
+
+    # rounds
+    def open_round(self, round: int) -> None:
+        self._write("INSERT OR IGNORE INTO rounds (round, opened_at) VALUES (?, ?)", (round, time.time()))
+
+    def close_round(self, round: int, contributors: list[str], weight_sum: float, aggregate_s: float) -> None:
+        self._write(
+            "UPDATE rounds SET closed_at = ?, contributors = ?, weight_sum = ?, aggregate_s = ? WHERE round = ?",
+            (time.time(), json.dumps(contributors), weight_sum, aggregate_s, round),
+        )
+
+    def rounds(self) -> list[dict]:
+        rows = self._read("SELECT round, opened_at, closed_at, contributors, weight_sum, aggregate_s FROM rounds ORDER BY round")
+        return [
+            {"round": r, "opened_at": o, "closed_at": c, "contributors": json.loads(cs) if cs else None, "weight_sum": w, "aggregate_s": a}
+            for r, o, c, cs, w, a in rows
+        ]
+
+    # uploads
+    def add_upload(self, round: int, silo: str, sha256: str, size: int, metadata: dict) -> None:
+        self._write("INSERT INTO uploads VALUES (?, ?, ?, ?, ?, ?)", (round, silo, sha256, size, json.dumps(metadata), time.time()))
+
+    def uploads(self, round: int) -> list[UploadRow]:
+        rows = self._read("SELECT round, silo, sha256, bytes, metadata FROM uploads WHERE round = ? ORDER BY received_at", (round,))
+        return [UploadRow(r, s, h, b, json.loads(m), self.upload_path(r, s)) for r, s, h, b, m in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

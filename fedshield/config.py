@@ -1,0 +1,101 @@
+"""The federation's configuration (YAML for `fedshield run`, built in for `fedshield demo`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .crypto.params import PackingParams
+from .crypto.envelope import SILO_NAME
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LoraSpec(Strict):
+    r: int = Field(8, ge=1, le=256)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
+
+
+class TrainingSpec(Strict):
+    learning_rate: float = Field(2e-3, gt=0)
+    batch_size: int = Field(16, ge=1)
+    local_steps: int = Field(30, ge=1)
+    zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage.")
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+
+class AggregationSpec(Strict):
+    min_silos: int = Field(1, ge=1)
+    round_deadline_s: float = Field(600.0, gt=0, description="A round closes at this age if min_silos have uploaded.")
+
+
+class PrivacySpec(Strict):
+    pruning: float = Field(0.5, ge=0, lt=1, description="Fraction of the shared update not sent each round.")
+    explore_share: float = Field(0.25, gt=0, le=1)
+    packing: PackingParams = PackingParams()
+    private_modules: tuple[str, ...] = Field((), description="fnmatch globs of LoRA parameters that never leave the silo.")
+
+
+class ModelSpec(Strict):
+    path: str | None = Field(None, description="Local directory of a causal LM; None builds the tiny demo model.")
+
+
+class DataSpec(Strict):
+    movielens_path: str | None = Field(None, description="MovieLens-format directory; None generates synthetic data.")
+    seed: int = 0
+    history: int = Field(5, ge=1)
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+
+
+class SiloSpec(Strict):
+    name: str
+    metrics_port: int | None = None
+
+    @model_validator(mode="after")
+    def _dns_name(self) -> "SiloSpec":
+        if not SILO_NAME.match(self.name):
+            raise ValueError(f"silo name {self.name!r} must be a DNS label (lower case, digits, '-')")
+        return self
+
+
+class FederationConfig(Strict):
+    name: str = "demo"
+    rounds: int = Field(5, ge=1)
+    seed: int = 0
+    silos: tuple[SiloSpec, ...] = (SiloSpec(name="clinic-a"), SiloSpec(name="clinic-b"), SiloSpec(name="clinic-c"))
+    aggregator_port: int = 8470
+    aggregator_metrics_port: int | None = None
+    model: ModelSpec = ModelSpec()
+    lora: LoraSpec = LoraSpec()
+    training: TrainingSpec = TrainingSpec()
+    aggregation: AggregationSpec = AggregationSpec()
+    privacy: PrivacySpec = PrivacySpec()
+    data: DataSpec = DataSpec()
+    max_upload_bytes: int = Field(1 << 30, ge=1024)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "FederationConfig":
+        names = [s.name for s in self.silos]
+        if len(set(names)) != len(names):
+            raise ValueError("silo names must be unique")
+        if self.aggregation.min_silos > len(names):
+            raise ValueError(f"min_silos={self.aggregation.min_silos} exceeds the {len(names)} silos")
+        if len(names) > self.privacy.packing.max_silos:
+            raise ValueError(f"{len(names)} silos exceed packing.max_silos={self.privacy.packing.max_silos}")
+        return self
+
+    @property
+    def silo_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.silos)
+
+
+def load_config(path: str | Path) -> FederationConfig:
+    with open(path, encoding="utf-8") as fh:
+        return FederationConfig.model_validate(yaml.safe_load(fh) or {})

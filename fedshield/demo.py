@@ -1,0 +1,217 @@
+"""`fedshield demo` / `fedshield run`: a whole federation on this machine, as separate processes on loopback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .config import FederationConfig
+from .crypto import create_keys, write_key_pair
+from .crypto.keys import PUBLIC_FILE, SECRET_FILE
+from .silo_agent.agent import base_model_path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def with_local_ports(config: FederationConfig) -> FederationConfig:
+    """Give the aggregator and every process a free loopback port for HTTP and /metrics."""
+    silos = tuple(s.model_copy(update={"metrics_port": s.metrics_port or free_port()}) for s in config.silos)
+    return config.model_copy(update={
+        "aggregator_port": free_port(), "aggregator_metrics_port": config.aggregator_metrics_port or free_port(), "silos": silos,
+    })
+
+
+class Federation:
+    """The aggregator and silo processes of one local run, and their files under ``out``."""
+
+    def __init__(self, config: FederationConfig, out: Path):
+        self.config, self.out = config, out
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.logs = out / "logs"
+        self.url = f"http://127.0.0.1:{config.aggregator_port}"
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        log = open(self.logs / f"{name}.log", "wb")
+        self.procs[name] = subprocess.Popen([sys.executable, "-m", "fedshield.cli", *args], stdout=log, stderr=subprocess.STDOUT)
+
+    def start(self) -> None:
+        for stale in ("state", "silos", "logs"):
+            shutil.rmtree(self.out / stale, ignore_errors=True)
+        self.logs.mkdir(parents=True)
+        keys_dir = self.out / "keys"
+        if not (keys_dir / SECRET_FILE).exists():
+            write_key_pair(create_keys(), keys_dir)
+        config_path = self.out / "config.yaml"
+        config_path.write_text(yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
+        cache = self.out / "model-cache"
+        base_model_path(self.config, cache)  # build the tiny model once, before the silos race for it
+        self._spawn("aggregator", ["aggregator", "--config", str(config_path), "--public-key", str(keys_dir / PUBLIC_FILE),
+                                   "--state-dir", str(self.out / "state")])
+        self.wait_healthy()
+        for silo in self.config.silos:
+            self._spawn(silo.name, ["silo", "--config", str(config_path), "--name", silo.name,
+                                    "--secret-key", str(keys_dir / SECRET_FILE), "--workdir", str(self.out / "silos" / silo.name),
+                                    "--aggregator", self.url, "--model-cache", str(cache)])
+
+    def wait_healthy(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.2)
+        raise TimeoutError("the aggregator did not become healthy")
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            code = proc.poll()
+            if code not in (None, 0):
+                tail = (self.logs / f"{name}.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{name} exited with code {code}; its log ends:\n{tail}")
+
+    def silos_done(self) -> bool:
+        return all(self.procs[s].poll() == 0 for s in self.config.silo_names)
+
+    def records(self) -> list[dict]:
+        out = []
+        for silo in self.config.silo_names:
+            path = self.out / "silos" / silo / "metrics.jsonl"
+            if path.exists():
+                out += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return out
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def round_table(round: int, rows: list[dict]) -> Table:
+    table = Table(title=f"round {round}")
+    table.add_column("silo", no_wrap=True)
+    for col in ("loss", "AUC", "up B", "down B", "enc s", "dec s", "round s"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for r in sorted(rows, key=lambda r: r["silo"]):
+        table.add_row(r["silo"], f"{r['val_loss']:.4f}", f"{r['auc']:.3f}", f"{r['upload_bytes']:,}", f"{r['download_bytes']:,}",
+                      f"{r['encrypt_s']:.3f}", f"{r['decrypt_s']:.3f}", f"{r['round_s']:.1f}")
+    return table
+
+
+def build_report(config: FederationConfig, records: list[dict], wall_s: float) -> dict:
+    rounds = []
+    for r in range(config.rounds):
+        rows = {x["silo"]: x for x in records if x["round"] == r}
+        if not rows:
+            continue
+        rounds.append({
+            "round": r,
+            "mean_auc": sum(x["auc"] for x in rows.values()) / len(rows),
+            "silos": {s: {k: x[k] for k in ("val_loss", "auc", "train_loss", "upload_bytes", "download_bytes", "encrypt_s",
+                                             "decrypt_s", "kept", "round_s")} | {"loss": x["val_loss"]} for s, x in sorted(rows.items())},
+        })
+    return {
+        "name": config.name,
+        "rounds": rounds,
+        "summary": {
+            "rounds": len(rounds),
+            "silos": list(config.silo_names),
+            "first_mean_auc": rounds[0]["mean_auc"] if rounds else None,
+            "final_mean_auc": rounds[-1]["mean_auc"] if rounds else None,
+            "upload_bytes_total": sum(x["upload_bytes"] for x in records),
+            "download_bytes_total": sum(x["download_bytes"] for x in records),
+            "wall_s": wall_s,
+        },
+        "config": config.model_dump(mode="json"),
+    }
+
+
+def plot_auc(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for silo in report["summary"]["silos"]:
+        points = [(r["round"], r["silos"][silo]["auc"]) for r in report["rounds"] if silo in r["silos"]]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=silo)
+    ax.plot([r["round"] for r in report["rounds"]], [r["mean_auc"] for r in report["rounds"]], "k--", label="mean")
+    ax.axhline(0.5, color="grey", linewidth=0.8)
+    ax.set_xlabel("round")
+    ax.set_ylabel("validation AUC")
+    ax.set_title("FedShield: per-silo AUC")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_local(config: FederationConfig, out: str | Path, console: Console | None = None, timeout_s: float = 3600.0) -> dict:
+    """Run the federation to the end; write ``report.json`` and ``auc.png`` into ``out``."""
+    console = console or Console()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = with_local_ports(config)
+    federation = Federation(config, out)
+    start = time.monotonic()
+    shown: set[int] = set()
+    try:
+        console.print(f"[bold]FedShield[/bold]: {len(config.silos)} silos, {config.rounds} rounds, "
+                      f"pruning {config.privacy.pruning}, CKKS encryption; files in {out}")
+        federation.start()
+        console.print(f"aggregator {federation.url}  metrics: aggregator :{config.aggregator_metrics_port}, "
+                      + ", ".join(f"{s.name} :{s.metrics_port}" for s in config.silos))
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as progress:
+            task = progress.add_task("silo rounds", total=config.rounds * len(config.silos))
+            while not federation.silos_done():
+                federation.check_alive()
+                if time.monotonic() - start > timeout_s:
+                    raise TimeoutError(f"the federation did not finish within {timeout_s} s")
+                records = federation.records()
+                progress.update(task, completed=len(records))
+                for r in range(config.rounds):
+                    rows = [x for x in records if x["round"] == r]
+                    if r not in shown and len(rows) == len(config.silos):
+                        progress.console.print(round_table(r, rows))
+                        shown.add(r)
+                time.sleep(0.5)
+        federation.check_alive()
+        records = federation.records()
+        for r in range(config.rounds):
+            rows = [x for x in records if x["round"] == r]
+            if r not in shown and rows:
+                console.print(round_table(r, rows))
+    finally:
+        federation.stop()
+    report = build_report(config, records, time.monotonic() - start)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    plot_auc(report, out / "auc.png")
+    s = report["summary"]
+    console.print(f"[bold]done[/bold] in {s['wall_s']:.0f} s: mean AUC {s['first_mean_auc']:.3f} (round 0) -> "
+                  f"{s['final_mean_auc']:.3f} (round {len(report['rounds']) - 1}); "
+                  f"{s['upload_bytes_total']:,} bytes up, {s['download_bytes_total']:,} down. "
+                  f"report: {out / 'report.json'}, plot: {out / 'auc.png'}; adapters: {out / 'silos'}/<silo>/adapter")
+    return report

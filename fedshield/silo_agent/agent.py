@@ -1,0 +1,181 @@
+"""The silo agent's round loop.
+
+Per round: wait for the plan; train locally at the planned learning rate; take the
+shared update (``delta`` against the global state), add error feedback, keep the
+round's masked coordinates, encrypt and upload them; fetch the aggregate, decrypt
+it and apply it to the shared LoRA tensors; evaluate; checkpoint. Private LoRA
+modules are trained but never read into the update vector.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import metrics
+from ..config import FederationConfig
+from ..crypto import EnvelopeReader, Keys, decrypt_envelope, encrypt_update
+from ..updates import VectorLayout, compensate, lora_parameters, next_residual, round_mask, scatter
+from ..wire.client import AggregatorClient
+from ..wire.messages import JoinRequest, UploadMetadata
+from ..workloads.scoring import auc, log_loss
+from .checkpoint import PendingUpload, SiloState, load_state, save_state
+from .data import public_corpus, silo_examples
+from .model import build_tiny_base, load_base, with_lora, yes_probabilities
+from .training import create_engine, set_learning_rate, train_local
+
+log = logging.getLogger("fedshield.silo")
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    round: int
+    silo: str
+    train_loss: float
+    val_loss: float
+    auc: float
+    upload_bytes: int
+    download_bytes: int
+    kept: int
+    encrypt_s: float
+    decrypt_s: float
+    train_s: float
+    round_s: float
+
+
+def base_model_path(config: FederationConfig, cache_dir: Path) -> Path:
+    """The configured model directory, or the tiny demo model (built once into ``cache_dir``)."""
+    if config.model.path:
+        return Path(config.model.path)
+    return build_tiny_base(cache_dir / "tiny-llama", public_corpus(config), seed=config.seed)
+
+
+class SiloAgent:
+    def __init__(self, config: FederationConfig, silo: str, keys: Keys, workdir: str | Path, aggregator_url: str,
+                 model_cache: str | Path | None = None):
+        if silo not in config.silo_names:
+            raise ValueError(f"silo {silo!r} is not in the federation's config")
+        if not keys.has_secret_key:
+            raise ValueError("a silo needs the secret context to decrypt aggregates")
+        self.config, self.silo, self.keys = config, silo, keys
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.client = AggregatorClient(aggregator_url)
+        self.train, self.val = silo_examples(config, silo)
+        base, self.tokenizer = load_base(base_model_path(config, Path(model_cache or self.workdir)))
+        lora = config.lora
+        self.model = with_lora(base, lora.r, lora.alpha, lora.dropout, lora.target_modules, seed=config.seed)
+        self.params = lora_parameters(self.model)
+        self.layout = VectorLayout.from_tensors(self.params, config.privacy.private_modules)
+        self.engine = create_engine(self.model, config.training)
+        self.state = load_state(self.workdir) or SiloState(
+            round_done=-1, global_shared=self.layout.flatten(self.params),
+            lora={n: p.detach().clone() for n, p in self.params.items()},
+        )
+        self._restore_weights()
+
+    def _restore_weights(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            for name, tensor in self.state.lora.items():
+                self.params[name].copy_(tensor)
+
+    def evaluate(self) -> tuple[float, float]:
+        probs = yes_probabilities(self.model, self.tokenizer, [e.prompt for e in self.val])
+        labels = np.array([e.label for e in self.val])
+        return log_loss(labels, probs), auc(labels, probs)
+
+    def run(self) -> list[dict]:
+        """Take part in every remaining round, then save the federated adapter."""
+        plan = self.client.join(JoinRequest(
+            silo=self.silo, samples=len(self.train), vector_size=self.layout.size, layout=self.layout.digest,
+        ))
+        metrics.TOTAL_PARAMETERS.labels(self.silo).set(self.layout.size)
+        log.info("%s joined: %d training examples, %d shared values", self.silo, len(self.train), self.layout.size)
+        while self.state.round_done + 1 < plan.rounds_total:
+            record = self.run_round(self.state.round_done + 1)
+            self.state.history.append(record.__dict__)
+            with open(self.workdir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record.__dict__) + "\n")
+        self.save_adapter(self.workdir / "adapter")
+        return self.state.history
+
+    def run_round(self, round: int) -> RoundRecord:
+        start = time.perf_counter()
+        plan = self.client.wait_for_round(round)
+        if plan.round != round or plan.state != "open":
+            raise RuntimeError(f"{self.silo} expected round {round} to open; the aggregator is at {plan.state} {plan.round}")
+        state = self.state
+        pending, train_s, encrypt_s = state.pending, 0.0, 0.0
+        if pending is None or pending.round != round:
+            lr = self.config.training.learning_rate * plan.lr_scales.get(self.silo, 1.0)
+            set_learning_rate(self.engine, lr)
+            t = time.perf_counter()
+            train_loss = train_local(
+                self.engine, self.tokenizer, self.train, self.config.training.local_steps,
+                self.config.training.batch_size, seed=zlib.crc32(f"{self.config.seed}/{self.silo}/{round}".encode()),
+            )
+            train_s = time.perf_counter() - t
+            delta = self.layout.flatten(self.params) - state.global_shared
+            update = compensate(delta, state.residual)
+            mask = round_mask(self.layout.size, plan.pruning, round, plan.mask_seed, score=state.score,
+                              explore_share=plan.explore_share)
+            encrypted = encrypt_update(
+                self.keys, update[mask], weight=plan.weights[self.silo], round=round, silo=self.silo,
+                packing=self.config.privacy.packing, layout=self.layout.digest,
+            )
+            encrypt_s = encrypted.encrypt_s
+            pending = PendingUpload(round, encrypted.data, mask, next_residual(update, mask, encrypted.sent), train_loss)
+            state.pending = pending
+            state.lora = {n: p.detach().clone() for n, p in self.params.items()}
+            save_state(self.workdir, state)  # a crash from here on re-sends these exact bytes
+        val_loss, val_auc = self.evaluate()
+        receipt = self.client.upload(round, self.silo, pending.data, UploadMetadata(
+            samples=len(self.train), train_loss=pending.train_loss, val_loss=val_loss, val_auc=val_auc,
+        ))
+        aggregate = self.client.aggregate(round)
+        t = time.perf_counter()
+        average = decrypt_envelope(self.keys, EnvelopeReader.from_bytes(aggregate), round=round,
+                                   count=pending.mask.size, layout=self.layout.digest)
+        decrypt_s = time.perf_counter() - t
+        state.global_shared = state.global_shared.copy()
+        state.global_shared[pending.mask] += average
+        state.score = np.abs(scatter(average, pending.mask, self.layout.size))
+        state.residual = pending.residual
+        self.layout.assign(self.params, state.global_shared)
+        state.lora = {n: p.detach().clone() for n, p in self.params.items()}
+        state.pending, state.round_done = None, round
+        val_loss, val_auc = self.evaluate()
+        save_state(self.workdir, state)
+        record = RoundRecord(
+            round=round, silo=self.silo, train_loss=pending.train_loss, val_loss=val_loss, auc=val_auc,
+            upload_bytes=receipt.bytes, download_bytes=len(aggregate), kept=int(pending.mask.size),
+            encrypt_s=encrypt_s, decrypt_s=decrypt_s, train_s=train_s, round_s=time.perf_counter() - start,
+        )
+        self._export(record)
+        log.info("%s round %d: loss %.4f auc %.3f", self.silo, round, val_loss, val_auc)
+        return record
+
+    def _export(self, r: RoundRecord) -> None:
+        metrics.UPLOAD_BYTES.labels(self.silo).inc(r.upload_bytes)
+        metrics.DOWNLOAD_BYTES.labels(self.silo).inc(r.download_bytes)
+        metrics.KEPT_PARAMETERS.labels(self.silo).set(r.kept)
+        metrics.ENCRYPT_SECONDS.labels(self.silo).observe(r.encrypt_s)
+        metrics.DECRYPT_SECONDS.labels(self.silo).observe(r.decrypt_s)
+        metrics.ROUND_SECONDS.labels(self.silo).observe(r.round_s)
+        metrics.TRAIN_LOSS.labels(self.silo).set(r.train_loss)
+        metrics.VALIDATION_AUC.labels(self.silo).set(r.auc)
+        metrics.VALIDATION_LOSS.labels(self.silo).set(r.val_loss)
+        metrics.CURRENT_ROUND.set(r.round)
+
+    def save_adapter(self, out: Path) -> Path:
+        """The federated adapter in PEFT format (private modules included: they belong to this silo)."""
+        self.model.save_pretrained(out)
+        return out

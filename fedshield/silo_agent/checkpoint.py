@@ -1,0 +1,58 @@
+"""A silo's durable state, written atomically after every round (and before every upload)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+STATE_FILE = "state.pt"
+
+
+@dataclass
+class PendingUpload:
+    """An upload built (and maybe sent) but whose round has not been applied yet."""
+
+    round: int
+    data: bytes
+    mask: np.ndarray
+    residual: np.ndarray  # the error-feedback residual once this upload counts
+    train_loss: float
+
+
+@dataclass
+class SiloState:
+    round_done: int  # last round whose aggregate was applied; -1 before the first
+    global_shared: np.ndarray  # the shared vector as of the last applied aggregate
+    lora: dict[str, torch.Tensor]  # every LoRA tensor (shared and private)
+    residual: np.ndarray | None = None
+    score: np.ndarray | None = None  # |last aggregate| scattered: the next mask's exploit signal
+    pending: PendingUpload | None = None
+    history: list[dict] = field(default_factory=list)
+
+
+def save_state(directory: str | Path, state: SiloState) -> None:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / (STATE_FILE + ".tmp")
+    with open(tmp, "wb") as fh:
+        torch.save(state.__dict__ | {"pending": state.pending.__dict__ if state.pending else None}, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, directory / STATE_FILE)
+
+
+def load_state(directory: str | Path) -> SiloState | None:
+    path = Path(directory) / STATE_FILE
+    if not path.exists():
+        return None
+    raw = torch.load(path, weights_only=False)
+    pending = PendingUpload(**raw.pop("pending")) if raw.get("pending") else None
+    return SiloState(**raw, pending=pending)
+
+
+def clear_state(directory: str | Path) -> None:
+    (Path(directory) / STATE_FILE).unlink(missing_ok=True)

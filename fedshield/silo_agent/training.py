@@ -1,0 +1,80 @@
+"""Local training with a DeepSpeed engine around the PEFT model (CPU accelerator without a GPU)."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..config import TrainingSpec
+from ..workloads.recommendation import Example
+from .model import answer_ids, answer_loss, last_token_logits
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_single_process() -> None:
+    """A one-process torch.distributed world (each silo trains alone), as DeepSpeed requires."""
+    import deepspeed
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+
+
+def deepspeed_config(spec: TrainingSpec) -> dict:
+    return {
+        "train_micro_batch_size_per_gpu": spec.batch_size,
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": spec.zero_stage},
+        "bf16": {"enabled": spec.precision == "bf16"},
+        "fp16": {"enabled": spec.precision == "fp16"},
+        "gradient_clipping": 1.0,
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+
+
+def create_engine(model: torch.nn.Module, spec: TrainingSpec):
+    """``deepspeed.initialize`` with AdamW over the trainable (LoRA) parameters."""
+    import deepspeed
+
+    init_single_process()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=spec.learning_rate, weight_decay=0.0)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(spec))
+    return engine
+
+
+def set_learning_rate(engine, lr: float) -> None:
+    for group in engine.optimizer.param_groups:
+        group["lr"] = lr
+
+
+def train_local(engine, tokenizer, examples: Sequence[Example], steps: int, batch_size: int, seed: int) -> float:
+    """``steps`` optimiser steps on seeded random batches; returns the mean loss."""
+    yes, no = answer_ids(tokenizer)
+    rng = random.Random(seed)
+    engine.train()
+    losses = []
+    for _ in range(steps):
+        batch = rng.sample(list(examples), min(batch_size, len(examples)))
+        logits = last_token_logits(engine, tokenizer, [e.prompt for e in batch])
+        loss = answer_loss(logits.float(), torch.tensor([e.label for e in batch]), yes, no)
+        engine.backward(loss)
+        engine.step()
+        losses.append(float(loss.detach()))
+    return float(np.mean(losses))

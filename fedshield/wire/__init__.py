@@ -1,0 +1,1 @@
+"""The silo <-> aggregator protocol: message models and the HTTP client."""

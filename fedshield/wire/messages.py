@@ -1,0 +1,73 @@
+"""JSON messages between silos and the aggregator (the OpenAPI schema is generated from these)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class JoinRequest(Message):
+    silo: str
+    samples: int = Field(ge=1, description="Training examples the silo holds (FedAvg weight).")
+    vector_size: int = Field(ge=1, description="Length of the shared update vector.")
+    layout: str = Field(description="Digest of the update vector's layout; must match across silos.")
+
+
+class UploadMetadata(Message):
+    samples: int = Field(ge=1)
+    train_loss: float | None = None
+    val_loss: float | None = None
+    val_auc: float | None = None
+
+
+class RoundPlan(Message):
+    """What a silo needs to take part in the current round."""
+
+    state: Literal["waiting_for_silos", "open", "finished"]
+    round: int = Field(description="The open round (or the number of rounds, once finished).")
+    rounds_total: int
+    mask_seed: int
+    pruning: float
+    explore_share: float
+    vector_size: int | None = None
+    kept: int | None = None
+    layout: str | None = None
+    weights: dict[str, float] = {}
+    lr_scales: dict[str, float] = {}
+    deadline_s: float | None = Field(None, description="Seconds until the round may close without every silo.")
+
+
+class UploadReceipt(Message):
+    round: int
+    silo: str
+    bytes: int
+    sha256: str
+    duplicate: bool = Field(description="True when this exact upload had already been accepted (a retry).")
+
+
+class RoundSummary(Message):
+    round: int
+    contributors: list[str]
+    weight_sum: float
+    metadata: dict[str, UploadMetadata]
+    upload_bytes: dict[str, int]
+    aggregate_bytes: int
+    aggregate_s: float
+    round_s: float
+
+
+class Status(Message):
+    plan: RoundPlan
+    joined: dict[str, int]
+    uploaded: list[str]
+    closed: list[RoundSummary]
+
+
+class ErrorBody(Message):
+    error: str = Field(description="A stable, machine-readable code.")
+    detail: str = Field(description="What was wrong, for a person.")
