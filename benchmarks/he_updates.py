@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import io
 import json
 import os
 import sys
@@ -91,16 +93,17 @@ def bench_fedshield(keys, public, updates, weights, score, pruning: float, seed:
 
 @contextlib.contextmanager
 def quiet_stdout():
-    """TenSEAL's C++ core warns on stdout for every large vector; keep stdout for the JSON."""
+    """TenSEAL warns on stdout for every large vector (from Python or C++); keep stdout for the JSON."""
     sys.stdout.flush()
     saved = os.dup(1)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.close(devnull)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
-        sys.stdout.flush()
+        ctypes.CDLL(None).fflush(None)
         os.dup2(saved, 1)
         os.close(saved)
 
