@@ -1,0 +1,154 @@
+"""The aggregator's HTTP API over real loopback HTTP: the happy path and every kind of bad input."""
+
+import numpy as np
+import httpx
+import pytest
+
+from fedshield.config import AggregationSpec, FederationConfig, SiloSpec
+from fedshield.crypto import EnvelopeReader, decrypt_envelope, encrypt_update
+from fedshield.aggregator.rounds import Coordinator
+from fedshield.aggregator.store import Store
+from fedshield.updates import kept_count
+
+from aggregator_harness import RunningAggregator
+
+SIZE, LAYOUT = 3000, "layout-1"
+SILOS = ("bank-a", "bank-b")
+SAMPLES = {"bank-a": 300, "bank-b": 100}
+
+
+def config(**kw) -> FederationConfig:
+    return FederationConfig(silos=tuple(SiloSpec(name=n) for n in SILOS), rounds=2,
+                            aggregation=AggregationSpec(min_silos=1, round_deadline_s=kw.pop("deadline", 600)), **kw)
+
+
+def join_all(url: str) -> dict:
+    for silo in SILOS:
+        r = httpx.post(f"{url}/v1/join", json={"silo": silo, "samples": SAMPLES[silo], "vector_size": SIZE, "layout": LAYOUT})
+        assert r.status_code == 200, r.text
+    return r.json()
+
+
+def make_upload(keys, silo: str, plan: dict, round: int = 0, seed: int = 0, **kw) -> tuple[bytes, np.ndarray]:
+    values = np.random.default_rng(seed).uniform(-1e-2, 1e-2, kept_count(SIZE, plan["pruning"]))
+    up = encrypt_update(keys, values, weight=plan["weights"][silo], round=round, silo=kw.pop("as_silo", silo), layout=LAYOUT, **kw)
+    return up.data, up.sent
+
+
+def put(url: str, round: int, silo: str, data: bytes, **headers) -> httpx.Response:
+    return httpx.put(f"{url}/v1/rounds/{round}/uploads/{silo}", content=data, params={"samples": SAMPLES.get(silo, 1)},
+                     headers={"content-type": "application/octet-stream", **headers})
+
+
+@pytest.fixture()
+def aggregator(public_keys, tmp_path):
+    with RunningAggregator(config(), public_keys, tmp_path / "state") as agg:
+        yield agg
+
+
+def snapshot(agg) -> tuple:
+    status = agg.coordinator.status().model_dump()
+    status["plan"].pop("deadline_s")  # a countdown, not state
+    running_sum = agg.coordinator._sum.to_bytes() if agg.coordinator._sum and agg.coordinator._sum.contributors else b""
+    return status, running_sum, sorted(p.name for p in (agg.coordinator.store.root / "rounds").rglob("*"))
+
+
+def test_round_trip_over_http(aggregator, keys):
+    plan = join_all(aggregator.url)
+    assert plan["state"] == "open" and plan["round"] == 0 and plan["weights"] == {"bank-a": 0.75, "bank-b": 0.25}
+    sent = {}
+    for i, silo in enumerate(SILOS):
+        data, sent[silo] = make_upload(keys, silo, plan, seed=i)
+        r = put(aggregator.url, 0, silo, data)
+        assert r.status_code == 200 and r.json()["bytes"] == len(data) and not r.json()["duplicate"]
+    agg = httpx.get(f"{aggregator.url}/v1/rounds/0/aggregate")
+    assert agg.status_code == 200
+    average = decrypt_envelope(keys, EnvelopeReader.from_bytes(agg.content), round=0)
+    assert np.abs(average - (0.75 * sent["bank-a"] + 0.25 * sent["bank-b"])).max() < 1e-12
+    assert httpx.get(f"{aggregator.url}/v1/plan").json()["round"] == 1
+    spec = httpx.get(f"{aggregator.url}/openapi.json").json()
+    assert "/v1/rounds/{round}/uploads/{silo}" in spec["paths"] and "RoundPlan" in spec["components"]["schemas"]
+    assert httpx.get(f"{aggregator.url}/readyz").json()["status"] == "ready"
+
+
+def test_aggregate_of_an_open_round_is_too_early(aggregator):
+    join_all(aggregator.url)
+    r = httpx.get(f"{aggregator.url}/v1/rounds/0/aggregate")
+    assert r.status_code == 425 and r.json()["error"] == "round_not_closed"
+    assert httpx.get(f"{aggregator.url}/v1/rounds/7/aggregate").json()["error"] == "unknown_round"
+
+
+def test_repeated_upload_is_counted_once_and_a_different_one_conflicts(aggregator, keys):
+    plan = join_all(aggregator.url)
+    data, _ = make_upload(keys, "bank-a", plan)
+    assert put(aggregator.url, 0, "bank-a", data).json()["duplicate"] is False
+    before = snapshot(aggregator)
+    again = put(aggregator.url, 0, "bank-a", data)
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+    other, _ = make_upload(keys, "bank-a", plan, seed=5)
+    conflict = put(aggregator.url, 0, "bank-a", other)
+    assert conflict.status_code == 409 and conflict.json()["error"] == "conflicting_upload"
+    assert snapshot(aggregator) == before
+    assert aggregator.coordinator.status().uploaded == ["bank-a"]
+
+
+BAD = {
+    "malformed body": (lambda k, o, p: b"\x00not an envelope", {}, 400, "malformed_envelope"),
+    "truncated": (lambda k, o, p: make_upload(k, "bank-a", p)[0][:-50], {}, 400, "malformed_envelope"),
+    "bit flip": (lambda k, o, p: (lambda d: d[: len(d) // 2] + bytes([d[len(d) // 2] ^ 1]) + d[len(d) // 2 + 1 :])(make_upload(k, "bank-a", p)[0]), {}, 400, "checksum_mismatch"),
+    "key fingerprint mismatch": (lambda k, o, p: make_upload(o, "bank-a", p)[0], {}, 400, "key_fingerprint_mismatch"),
+    "wrong round in envelope": (lambda k, o, p: make_upload(k, "bank-a", p, round=1)[0], {}, 400, "wrong_round"),
+    "another silo's upload": (lambda k, o, p: make_upload(k, "bank-b", p)[0], {}, 400, "silo_mismatch"),
+    "oversized payload": (lambda k, o, p: b"x" * (64 << 20), {}, 413, "payload_too_large"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_upload_is_a_4xx_naming_the_problem_and_changes_nothing(aggregator, keys, other_keys, case):
+    plan = join_all(aggregator.url)
+    build, headers, status, code = BAD[case]
+    before = snapshot(aggregator)
+    r = put(aggregator.url, 0, "bank-a", build(keys, other_keys, plan), **headers)
+    assert (r.status_code, r.json()["error"]) == (status, code), r.text
+    assert r.json()["detail"]
+    assert snapshot(aggregator) == before
+    assert not list((aggregator.coordinator.store.root / "incoming").iterdir())
+
+
+def test_unknown_silo_wrong_round_and_malformed_requests(aggregator, keys):
+    plan = join_all(aggregator.url)
+    data, _ = make_upload(keys, "bank-a", plan)
+    before = snapshot(aggregator)
+    cases = [
+        (put(aggregator.url, 0, "mallory", data), 403, "unknown_silo"),
+        (put(aggregator.url, 1, "bank-a", data), 409, "wrong_round"),
+        (httpx.post(f"{aggregator.url}/v1/join", content=b"{not json", headers={"content-type": "application/json"}), 422, "malformed_request"),
+        (httpx.post(f"{aggregator.url}/v1/join", json={"silo": "mallory", "samples": 1, "vector_size": SIZE, "layout": LAYOUT}), 403, "unknown_silo"),
+        (httpx.post(f"{aggregator.url}/v1/join", json={"silo": "bank-a", "samples": 1, "vector_size": SIZE + 1, "layout": LAYOUT}), 409, "layout_mismatch"),
+        (httpx.put(f"{aggregator.url}/v1/rounds/0/uploads/bank-a", content=data, params={"samples": "many"}), 422, "malformed_request"),
+    ]
+    for response, status, code in cases:
+        assert (response.status_code, response.json()["error"]) == (status, code), response.text
+    assert snapshot(aggregator) == before
+
+
+def test_late_upload_to_a_closed_round_is_refused(public_keys, keys, tmp_path):
+    with RunningAggregator(config(deadline=0.5), public_keys, tmp_path / "state") as agg:
+        plan = join_all(agg.url)
+        data, _ = make_upload(keys, "bank-a", plan)
+        assert put(agg.url, 0, "bank-a", data).status_code == 200
+        import time
+
+        deadline = time.monotonic() + 10
+        while agg.coordinator.plan().round == 0 and time.monotonic() < deadline:
+            agg.coordinator.tick()
+            time.sleep(0.1)
+        late, _ = make_upload(keys, "bank-b", plan)
+        r = put(agg.url, 0, "bank-b", late)
+        assert (r.status_code, r.json()["error"]) == (409, "round_closed")
+        assert agg.coordinator.status().closed[0].contributors == ["bank-a"]
+
+
+def test_coordinator_refuses_a_secret_key(keys, tmp_path):
+    with pytest.raises(ValueError, match="public context only"):
+        Coordinator(config(), keys, Store(tmp_path))
