@@ -50,8 +50,8 @@ def load_state(directory: str | Path) -> SiloState | None:
     if not path.exists():
         return None
     raw = torch.load(path, weights_only=False)
-    pending = PendingUpload(**raw.pop("pending")) if raw.get("pending") else None
-    return SiloState(**raw, pending=pending)
+    pending = raw.pop("pending", None)
+    return SiloState(**raw, pending=PendingUpload(**pending) if pending else None)
 
 
 def clear_state(directory: str | Path) -> None:
