@@ -42,12 +42,23 @@ class Federation:
     def __init__(self, config: FederationConfig, out: Path):
         self.config, self.out = config, out
         self.procs: dict[str, subprocess.Popen] = {}
+        self._args: dict[str, list[str]] = {}
         self.logs = out / "logs"
         self.url = f"http://127.0.0.1:{config.aggregator_port}"
 
     def _spawn(self, name: str, args: list[str]) -> None:
-        log = open(self.logs / f"{name}.log", "wb")
-        self.procs[name] = subprocess.Popen([sys.executable, "-m", "fedshield.cli", *args], stdout=log, stderr=subprocess.STDOUT)
+        self._args[name] = args
+        with open(self.logs / f"{name}.log", "ab") as log:
+            self.procs[name] = subprocess.Popen([sys.executable, "-m", "fedshield.cli", *args], stdout=log, stderr=subprocess.STDOUT)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one process (fault injection)."""
+        self.procs[name].kill()
+        self.procs[name].wait()
+
+    def restart(self, name: str) -> None:
+        """Start a process again with the arguments it had: it resumes from its own state."""
+        self._spawn(name, self._args[name])
 
     def start(self) -> None:
         for stale in ("state", "silos", "logs"):

@@ -9,12 +9,14 @@ from peft import PeftModel
 
 from fedshield.cli import main
 from fedshield.config import FederationConfig, PrivacySpec, SiloSpec, TrainingSpec
-from fedshield.crypto import EnvelopeReader, decrypt_envelope, load_keys
+from fedshield.crypto import load_keys
 from fedshield.demo import run_local
 from fedshield.silo_agent.checkpoint import load_state
 from fedshield.silo_agent.data import silo_examples
 from fedshield.silo_agent.model import last_token_logits, load_base, with_lora
-from fedshield.updates import VectorLayout, lora_parameters, round_mask, scatter
+from fedshield.updates import lora_parameters
+
+from federation_checks import expected_global, saved_shared_vector
 
 pytestmark = pytest.mark.slow
 
@@ -38,27 +40,9 @@ def _base(config, out):
 
 def test_shared_adapter_equals_the_independently_computed_weighted_average(federation):
     config, out, _ = federation
-    keys = load_keys(out / "keys" / "secret.ckks")
-    base, _ = _base(config, out)
-    initial = with_lora(base, config.lora.r, config.lora.alpha, config.lora.dropout, config.lora.target_modules, seed=config.seed)
-    layout = VectorLayout.from_tensors(lora_parameters(initial), config.privacy.private_modules)
-    expected, score = layout.flatten(lora_parameters(initial)), None
-    for r in range(config.rounds):
-        round_dir = out / "state" / "rounds" / f"{r:05d}"
-        uploads = [EnvelopeReader.open(round_dir / f"{s}.fshe") for s in config.silo_names]
-        weights = np.array([u.header.weight for u in uploads])
-        values = [decrypt_envelope(keys, u, round=r) for u in uploads]  # what each silo sent
-        average = sum(w * v for w, v in zip(weights, values)) / weights.sum()
-        published = decrypt_envelope(keys, EnvelopeReader.open(round_dir / "aggregate.fshe"), round=r)
-        assert np.abs(published - average).max() < 1e-12
-        mask = round_mask(layout.size, config.privacy.pruning, r, config.seed, score=score,
-                          explore_share=config.privacy.explore_share)
-        expected[mask] += average
-        score = np.abs(scatter(average, mask, layout.size))
+    layout, expected = expected_global(config, out)
     for silo in config.silo_names:
-        base, _ = _base(config, out)
-        adapter = PeftModel.from_pretrained(base, out / "silos" / silo / "adapter")
-        assert np.abs(layout.flatten(lora_parameters(adapter)) - expected).max() < 1e-5
+        assert np.abs(saved_shared_vector(layout, out, silo) - expected).max() < 1e-5
 
 
 def test_private_modules_stay_local_and_differ_between_silos(federation):

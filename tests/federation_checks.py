@@ -1,0 +1,39 @@
+"""Independent recomputation of a finished federation's global adapter from what was uploaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from peft import PeftModel
+
+from fedshield.config import FederationConfig
+from fedshield.crypto import EnvelopeReader, decrypt_envelope, load_keys
+from fedshield.silo_agent.model import load_base, with_lora
+from fedshield.updates import VectorLayout, lora_parameters, round_mask, scatter
+
+
+def expected_global(config: FederationConfig, out: Path) -> tuple[VectorLayout, np.ndarray]:
+    """Initial shared adapter plus, per round, the weighted average of the uploads the aggregator accepted."""
+    keys = load_keys(out / "keys" / "secret.ckks")
+    base, _ = load_base(out / "model-cache" / "tiny-llama")
+    initial = with_lora(base, config.lora.r, config.lora.alpha, config.lora.dropout, config.lora.target_modules, seed=config.seed)
+    layout = VectorLayout.from_tensors(lora_parameters(initial), config.privacy.private_modules)
+    vector, score = layout.flatten(lora_parameters(initial)), None
+    for r in range(config.rounds):
+        round_dir = out / "state" / "rounds" / f"{r:05d}"
+        aggregate = EnvelopeReader.open(round_dir / "aggregate.fshe")
+        uploads = [EnvelopeReader.open(round_dir / f"{s}.fshe") for s in aggregate.header.contributors]
+        weights = np.array([u.header.weight for u in uploads])
+        average = sum(w * decrypt_envelope(keys, u, round=r) for w, u in zip(weights, uploads)) / weights.sum()
+        assert np.abs(decrypt_envelope(keys, aggregate, round=r) - average).max() < 1e-12
+        mask = round_mask(layout.size, config.privacy.pruning, r, config.seed, score=score, explore_share=config.privacy.explore_share)
+        vector[mask] += average
+        score = np.abs(scatter(average, mask, layout.size))
+    return layout, vector
+
+
+def saved_shared_vector(layout: VectorLayout, out: Path, silo: str) -> np.ndarray:
+    base, _ = load_base(out / "model-cache" / "tiny-llama")
+    adapter = PeftModel.from_pretrained(base, out / "silos" / silo / "adapter")
+    return layout.flatten(lora_parameters(adapter))

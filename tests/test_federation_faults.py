@@ -1,0 +1,42 @@
+"""Kill -9 a silo mid-federation: restarted, it resumes from its checkpoint and the result is unchanged."""
+
+import time
+
+import numpy as np
+import pytest
+
+from fedshield.config import FederationConfig, SiloSpec, TrainingSpec
+from fedshield.demo import Federation, with_local_ports
+
+from federation_checks import expected_global, saved_shared_vector
+
+pytestmark = pytest.mark.slow
+
+
+def wait_for(predicate, timeout_s: float, federation: Federation) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        federation.check_alive()
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        time.sleep(0.1)
+
+
+def test_killed_silo_resumes_from_its_checkpoint(tmp_path):
+    config = with_local_ports(FederationConfig(
+        rounds=3, silos=(SiloSpec(name="bank-a"), SiloSpec(name="bank-b")), training=TrainingSpec(local_steps=6, batch_size=8),
+    ))
+    federation = Federation(config, tmp_path)
+    try:
+        federation.start()
+        wait_for(lambda: any(r["silo"] == "bank-a" for r in federation.records()), 180, federation)
+        federation.kill("bank-a")
+        federation.restart("bank-a")
+        wait_for(federation.silos_done, 300, federation)
+    finally:
+        federation.stop()
+    rounds = sorted(r["round"] for r in federation.records() if r["silo"] == "bank-a")
+    assert rounds == [0, 1, 2]  # every round applied once, none repeated
+    layout, expected = expected_global(config, tmp_path)
+    for silo in config.silo_names:
+        assert np.abs(saved_shared_vector(layout, tmp_path, silo) - expected).max() < 1e-5
