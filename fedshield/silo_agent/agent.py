@@ -76,9 +76,12 @@ class SiloAgent:
         self.engine = create_engine(self.model, config.training)
         self.state = load_state(self.workdir) or SiloState(
             round_done=-1, global_shared=self.layout.flatten(self.params),
-            lora={n: p.detach().clone() for n, p in self.params.items()},
+            lora=self._lora_snapshot(),
         )
         self._restore_weights()
+
+    def _lora_snapshot(self) -> dict:
+        return {n: p.detach().to("cpu", copy=True) for n, p in self.params.items()}
 
     def _restore_weights(self) -> None:
         import torch
@@ -134,7 +137,7 @@ class SiloAgent:
             encrypt_s = encrypted.encrypt_s
             pending = PendingUpload(round, encrypted.data, mask, next_residual(update, mask, encrypted.sent), train_loss)
             state.pending = pending
-            state.lora = {n: p.detach().clone() for n, p in self.params.items()}
+            state.lora = self._lora_snapshot()
             save_state(self.workdir, state)  # a crash from here on re-sends these exact bytes
         val_loss, val_auc = self.evaluate()
         receipt = self.client.upload(round, self.silo, pending.data, UploadMetadata(
@@ -150,7 +153,7 @@ class SiloAgent:
         state.score = np.abs(scatter(average, pending.mask, self.layout.size))
         state.residual = pending.residual
         self.layout.assign(self.params, state.global_shared)
-        state.lora = {n: p.detach().clone() for n, p in self.params.items()}
+        state.lora = self._lora_snapshot()
         state.pending, state.round_done = None, round
         val_loss, val_auc = self.evaluate()
         save_state(self.workdir, state)

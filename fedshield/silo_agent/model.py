@@ -68,15 +68,16 @@ def answer_ids(tokenizer: PreTrainedTokenizerFast) -> tuple[int, int]:
 
 def last_token_logits(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, prompts: Sequence[str]) -> torch.Tensor:
     """Next-token logits after each prompt (right padding; the last real position is gathered)."""
-    batch = tokenizer(list(prompts), return_tensors="pt", padding=True)
+    device = next(model.parameters()).device
+    batch = tokenizer(list(prompts), return_tensors="pt", padding=True).to(device)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     last = batch["attention_mask"].sum(dim=1) - 1
-    return logits[torch.arange(logits.shape[0]), last]
+    return logits[torch.arange(logits.shape[0], device=device), last]
 
 
 def answer_loss(logits: torch.Tensor, labels: torch.Tensor, yes: int, no: int) -> torch.Tensor:
     """Cross-entropy of the right answer between the two answer tokens (what the score uses)."""
-    return torch.nn.functional.cross_entropy(logits[:, [yes, no]], 1 - labels.long())
+    return torch.nn.functional.cross_entropy(logits[:, [yes, no]].float(), 1 - labels.long().to(logits.device))
 
 
 @torch.no_grad()
@@ -88,6 +89,6 @@ def yes_probabilities(model: torch.nn.Module, tokenizer, prompts: Sequence[str],
     out = []
     for i in range(0, len(prompts), batch_size):
         logits = last_token_logits(model, tokenizer, prompts[i : i + batch_size])
-        out.append(torch.softmax(logits[:, [yes, no]], dim=-1)[:, 0].numpy())
+        out.append(torch.softmax(logits[:, [yes, no]].float(), dim=-1)[:, 0].cpu().numpy())
     model.train(was_training)
     return np.concatenate(out) if out else np.empty(0)
