@@ -77,6 +77,13 @@ def _run_config(args: argparse.Namespace) -> int:
     return _run(load_config(args.config), args)
 
 
+def _crd(args: argparse.Namespace) -> int:
+    from .api.crd import crd_yaml
+
+    sys.stdout.write(crd_yaml())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedshield", description="Federated LoRA fine-tuning under CKKS.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -89,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--scale-bits", type=int, default=CkksParams().scale_bits)
     create.add_argument("--force", action="store_true", help="replace an existing key set")
     create.set_defaults(func=_keys_create)
+
+    crd = sub.add_parser("crd", help="print the FederatedFinetune CRD (generated from the pydantic models)")
+    crd.set_defaults(func=_crd)
 
     demo = sub.add_parser("demo", help="a whole federation on this machine: aggregator + 3 silos, tiny model, CPU")
     demo.add_argument("--out", default="fedshield-demo", help="directory for report.json, auc.png, logs and adapters")

@@ -1,0 +1,32 @@
+"""Validate objects against the generated CRD's openAPIV3Schema with a JSON Schema validator."""
+
+from __future__ import annotations
+
+import copy
+
+import jsonschema
+
+from fedshield.api.crd import crd
+
+
+def to_jsonschema(node):
+    """OpenAPI v3 (nullable, x-kubernetes-*) -> JSON Schema the validator understands. CEL rules are not evaluated."""
+    if isinstance(node, list):
+        return [to_jsonschema(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    node = {k: to_jsonschema(v) for k, v in node.items() if not k.startswith("x-kubernetes-")}
+    if node.pop("nullable", False) and "type" in node:
+        node["type"] = [node["type"], "null"]
+    for bound in ("exclusiveMinimum", "exclusiveMaximum"):
+        if node.get(bound) is True:
+            node[bound] = node.pop("minimum" if bound == "exclusiveMinimum" else "maximum")
+    if "properties" in node:
+        node.setdefault("additionalProperties", False)  # structural pruning would drop unknown fields: flag them here
+    return node
+
+
+def crd_validator() -> jsonschema.Draft202012Validator:
+    schema = to_jsonschema(copy.deepcopy(crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]))
+    schema["properties"]["metadata"] = {"type": "object"}
+    return jsonschema.Draft202012Validator(schema)
