@@ -97,6 +97,7 @@ class SiloSpec(Model):
     tolerations: list[Toleration] = Field([], max_length=32, description="Tolerations of the silo's pod.")
     memory: str = Field("16Gi", pattern=QUANTITY, description="Memory request and limit.")
     cpu: str = Field("4", pattern=QUANTITY, description="CPU request.")
+    state_size: str = Field("20Gi", pattern=QUANTITY, description="Size of the silo's state volume (checkpoints and the final adapter; retained after deletion).")
 
 
 class AggregatorSpec(Model):

@@ -1,0 +1,1 @@
+"""The Kubernetes operator: pure functions from a spec to manifests and status, and thin kopf handlers."""

@@ -1,0 +1,239 @@
+"""Pure functions: a `FederatedFinetune` -> the Kubernetes objects that run it.
+
+Children in the CR's namespace (aggregator Deployment, Service, state PVC, plan
+ConfigMap) carry an ownerReference to the CR. Children in silo namespaces (each
+silo's Job, plan ConfigMap and state PVC) cannot (owner references do not cross
+namespaces): they carry labels naming the federation and the operator's finalizer
+deletes them. Builders are per silo, so a per-organisation operator later needs only
+the silo half.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import yaml
+
+from ..api.models import GROUP, KIND, VERSION, FederatedFinetuneSpec, SiloSpec
+from ..config import AggregationSpec, DataSpec, FederationConfig, LoraSpec, ModelSpec, PrivacySpec, TrainingSpec
+from ..config import SiloSpec as ConfigSilo
+
+AGGREGATOR_PORT, METRICS_PORT = 8470, 9090
+CONFIG_DIR, KEYS_DIR, STATE_DIR, DATA_DIR, MODELS_DIR = "/etc/fedshield", "/var/run/fedshield/keys", "/state", "/data", "/models"
+FEDERATION_LABEL, NAMESPACE_LABEL, SILO_LABEL = "fedshield.io/federation", "fedshield.io/federation-namespace", "fedshield.io/silo"
+SILO_JOB_BACKOFF_LIMIT = 4
+USER_ID = 10001
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The CR that owns the children (from its metadata)."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    def reference(self) -> dict:
+        return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": self.name, "uid": self.uid,
+                "controller": True, "blockOwnerDeletion": True}
+
+
+def labels(owner: Owner, component: str, silo: str | None = None) -> dict[str, str]:
+    out = {
+        "app.kubernetes.io/name": "fedshield", "app.kubernetes.io/instance": owner.name,
+        "app.kubernetes.io/component": component, "app.kubernetes.io/managed-by": "fedshield-operator",
+        FEDERATION_LABEL: owner.name, NAMESPACE_LABEL: owner.namespace,
+    }
+    if silo:
+        out[SILO_LABEL] = silo
+    return out
+
+
+def _meta(owner: Owner, name: str, namespace: str, component: str, silo: str | None = None) -> dict:
+    meta = {"name": name, "namespace": namespace, "labels": labels(owner, component, silo)}
+    if namespace == owner.namespace:
+        meta["ownerReferences"] = [owner.reference()]
+    return meta
+
+
+def aggregator_name(owner: Owner) -> str:
+    return f"{owner.name}-aggregator"
+
+
+def aggregator_url(owner: Owner) -> str:
+    return f"http://{aggregator_name(owner)}.{owner.namespace}.svc:{AGGREGATOR_PORT}"
+
+
+def silo_job_name(owner: Owner, silo: str) -> str:
+    return f"{owner.name}-{silo}"[:63].rstrip("-")
+
+
+def plan_name(owner: Owner) -> str:
+    return f"{owner.name}-plan"
+
+
+def federation_config(owner: Owner, spec: FederatedFinetuneSpec) -> FederationConfig:
+    """The run plan every pod reads (the local federation's config, derived from the spec)."""
+    return FederationConfig(
+        name=owner.name, rounds=spec.rounds, seed=0,
+        silos=tuple(ConfigSilo(name=s.name, metrics_port=METRICS_PORT) for s in spec.silos),
+        aggregator_port=AGGREGATOR_PORT, aggregator_metrics_port=METRICS_PORT,
+        model=ModelSpec(path=spec.base_model.path),
+        lora=LoraSpec(r=spec.lora.r, alpha=spec.lora.alpha, dropout=spec.lora.dropout, target_modules=tuple(spec.lora.target_modules)),
+        training=TrainingSpec(learning_rate=spec.training.learning_rate, batch_size=spec.training.batch_size,
+                              local_steps=spec.training.local_steps, zero_stage=spec.training.zero_stage, precision=spec.training.precision),
+        aggregation=AggregationSpec(min_silos=spec.aggregation.min_silos, round_deadline_s=spec.aggregation.round_deadline_seconds),
+        privacy=PrivacySpec(pruning=spec.privacy.pruning, private_modules=tuple(spec.privacy.private_modules)),
+        data=DataSpec(movielens_path=DATA_DIR),
+    )
+
+
+def plan_configmap(owner: Owner, spec: FederatedFinetuneSpec, namespace: str) -> dict:
+    config = federation_config(owner, spec).model_dump(mode="json")
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(owner, plan_name(owner), namespace, "plan"),
+            "data": {"config.yaml": yaml.safe_dump(config, sort_keys=False)}}
+
+
+def _security_context() -> dict:
+    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+            "runAsUser": USER_ID, "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def _pod_security() -> dict:
+    return {"runAsNonRoot": True, "runAsUser": USER_ID, "runAsGroup": USER_ID, "fsGroup": USER_ID,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def _scratch_volumes() -> tuple[list[dict], list[dict]]:
+    """Writable emptyDirs for a read-only root filesystem: /tmp and model / op caches."""
+    volumes = [{"name": "tmp", "emptyDir": {}}, {"name": "cache", "emptyDir": {}}]
+    mounts = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "cache", "mountPath": "/cache"}]
+    return volumes, mounts
+
+
+ENV = [{"name": "HOME", "value": "/tmp"}, {"name": "HF_HOME", "value": "/cache/hf"}, {"name": "HF_HUB_OFFLINE", "value": "1"},
+       {"name": "TORCH_EXTENSIONS_DIR", "value": "/cache/torch_extensions"}, {"name": "PYTHONUNBUFFERED", "value": "1"}]
+
+
+def state_claim(owner: Owner, name: str, namespace: str, size: str, component: str, silo: str | None = None) -> dict:
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": _meta(owner, name, namespace, component, silo),
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}}
+
+
+def aggregator_deployment(owner: Owner, spec: FederatedFinetuneSpec) -> dict:
+    agg = spec.aggregator
+    scratch, scratch_mounts = _scratch_volumes()
+    container = {
+        "name": "aggregator", "image": agg.image or spec.image, "imagePullPolicy": "IfNotPresent",
+        "command": ["fedshield", "aggregator", "--config", f"{CONFIG_DIR}/config.yaml", "--public-key", f"{KEYS_DIR}/public.ckks",
+                    "--state-dir", STATE_DIR, "--host", "0.0.0.0", "--port", str(AGGREGATOR_PORT)],
+        "ports": [{"name": "http", "containerPort": AGGREGATOR_PORT}, {"name": "metrics", "containerPort": METRICS_PORT}],
+        "env": ENV,
+        "resources": {"requests": {"cpu": agg.cpu, "memory": agg.memory}, "limits": {"memory": agg.memory}},
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 20, "failureThreshold": 6},
+        "securityContext": _security_context(),
+        "volumeMounts": [{"name": "public-key", "mountPath": KEYS_DIR, "readOnly": True},
+                         {"name": "plan", "mountPath": CONFIG_DIR, "readOnly": True},
+                         {"name": "state", "mountPath": STATE_DIR}] + scratch_mounts,
+    }
+    selector = {"app.kubernetes.io/instance": owner.name, "app.kubernetes.io/component": "aggregator"}
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(owner, aggregator_name(owner), owner.namespace, "aggregator"),
+        "spec": {
+            "replicas": 0 if spec.suspend else 1,
+            "strategy": {"type": "Recreate"},  # one writer of the state volume, ever
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": labels(owner, "aggregator")},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "securityContext": _pod_security(),
+                    "containers": [container],
+                    "volumes": [
+                        {"name": "public-key", "secret": {"secretName": agg.public_key_secret, "items": [{"key": "public.ckks", "path": "public.ckks"}]}},
+                        {"name": "plan", "configMap": {"name": plan_name(owner)}},
+                        {"name": "state", "persistentVolumeClaim": {"claimName": f"{aggregator_name(owner)}-state"}},
+                    ] + scratch,
+                },
+            },
+        },
+    }
+
+
+def aggregator_service(owner: Owner, spec: FederatedFinetuneSpec) -> dict:
+    return {
+        "apiVersion": "v1", "kind": "Service", "metadata": _meta(owner, aggregator_name(owner), owner.namespace, "aggregator"),
+        "spec": {
+            "type": spec.aggregator.service_type,
+            "selector": {"app.kubernetes.io/instance": owner.name, "app.kubernetes.io/component": "aggregator"},
+            "ports": [{"name": "http", "port": AGGREGATOR_PORT, "targetPort": "http"},
+                      {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics"}],
+        },
+    }
+
+
+def silo_job(owner: Owner, spec: FederatedFinetuneSpec, silo: SiloSpec) -> dict:
+    scratch, scratch_mounts = _scratch_volumes()
+    data = {"name": "data", "mountPath": f"{DATA_DIR}/{silo.name}", "readOnly": True}
+    if silo.dataset_volume.sub_path:
+        data["subPath"] = silo.dataset_volume.sub_path
+    mounts = [{"name": "keys", "mountPath": KEYS_DIR, "readOnly": True}, data,
+              {"name": "plan", "mountPath": CONFIG_DIR, "readOnly": True}, {"name": "state", "mountPath": STATE_DIR}] + scratch_mounts
+    volumes = [
+        {"name": "keys", "secret": {"secretName": silo.key_secret, "items": [{"key": "secret.ckks", "path": "secret.ckks"}], "defaultMode": 0o400}},
+        {"name": "data", "persistentVolumeClaim": {"claimName": silo.dataset_volume.claim_name, "readOnly": True}},
+        {"name": "plan", "configMap": {"name": plan_name(owner)}},
+        {"name": "state", "persistentVolumeClaim": {"claimName": f"{silo_job_name(owner, silo.name)}-state"}},
+    ] + scratch
+    if spec.base_model.volume_claim:
+        mounts.append({"name": "model", "mountPath": MODELS_DIR, "readOnly": True})
+        volumes.append({"name": "model", "persistentVolumeClaim": {"claimName": spec.base_model.volume_claim, "readOnly": True}})
+    limits = {"memory": silo.memory}
+    if silo.gpus:
+        limits["nvidia.com/gpu"] = str(silo.gpus)
+    pod = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": _pod_security(),
+        "containers": [{
+            "name": "silo", "image": silo.image or spec.image, "imagePullPolicy": "IfNotPresent",
+            "command": ["fedshield", "silo", "--config", f"{CONFIG_DIR}/config.yaml", "--name", silo.name,
+                        "--secret-key", f"{KEYS_DIR}/secret.ckks", "--workdir", STATE_DIR, "--aggregator", aggregator_url(owner)],
+            "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
+            "env": ENV,
+            "resources": {"requests": {"cpu": silo.cpu, "memory": silo.memory}, "limits": limits},
+            "securityContext": _security_context(),
+            "volumeMounts": mounts,
+        }],
+        "volumes": volumes,
+    }
+    if silo.node_selector:
+        pod["nodeSelector"] = dict(silo.node_selector)
+    if silo.tolerations:
+        pod["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in silo.tolerations]
+    job_spec = {
+        "backoffLimit": SILO_JOB_BACKOFF_LIMIT,
+        "suspend": spec.suspend,
+        "template": {"metadata": {"labels": labels(owner, "silo", silo.name)}, "spec": pod},
+    }
+    if spec.active_deadline_seconds:
+        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": _meta(owner, silo_job_name(owner, silo.name), silo.namespace, "silo", silo.name),
+            "spec": job_spec}
+
+
+def desired_children(owner: Owner, spec: FederatedFinetuneSpec) -> list[dict]:
+    """Every object the federation needs, aggregator side first."""
+    out = [
+        plan_configmap(owner, spec, owner.namespace),
+        state_claim(owner, f"{aggregator_name(owner)}-state", owner.namespace, spec.aggregator.storage_size, "aggregator"),
+        aggregator_service(owner, spec),
+        aggregator_deployment(owner, spec),
+    ]
+    for namespace in sorted({s.namespace for s in spec.silos} - {owner.namespace}):
+        out.append(plan_configmap(owner, spec, namespace))
+    for silo in spec.silos:
+        out.append(state_claim(owner, f"{silo_job_name(owner, silo.name)}-state", silo.namespace, silo.state_size, "silo", silo.name))
+        out.append(silo_job(owner, spec, silo))
+    return out
