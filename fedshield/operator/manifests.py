@@ -17,6 +17,7 @@ import yaml
 from ..api.models import GROUP, KIND, VERSION, FederatedFinetuneSpec, SiloSpec
 from ..config import AggregationSpec, DataSpec, FederationConfig, LoraSpec, ModelSpec, PrivacySpec, TrainingSpec
 from ..config import SiloSpec as ConfigSilo
+from ..crypto.params import PackingParams
 
 AGGREGATOR_PORT, METRICS_PORT = 8470, 9090
 CONFIG_DIR, KEYS_DIR, STATE_DIR, DATA_DIR, MODELS_DIR = "/etc/fedshield", "/var/run/fedshield/keys", "/state", "/data", "/models"
@@ -83,7 +84,8 @@ def federation_config(owner: Owner, spec: FederatedFinetuneSpec) -> FederationCo
         training=TrainingSpec(learning_rate=spec.training.learning_rate, batch_size=spec.training.batch_size,
                               local_steps=spec.training.local_steps, zero_stage=spec.training.zero_stage, precision=spec.training.precision),
         aggregation=AggregationSpec(min_silos=spec.aggregation.min_silos, round_deadline_s=spec.aggregation.round_deadline_seconds),
-        privacy=PrivacySpec(pruning=spec.privacy.pruning, private_modules=tuple(spec.privacy.private_modules)),
+        privacy=PrivacySpec(pruning=spec.privacy.pruning, private_modules=tuple(spec.privacy.private_modules),
+                            packing=PackingParams(max_silos=max(16, len(spec.silos)))),
         data=DataSpec(movielens_path=DATA_DIR),
     )
 
