@@ -90,10 +90,14 @@ def federation_config(owner: Owner, spec: FederatedFinetuneSpec) -> FederationCo
     )
 
 
-def plan_configmap(owner: Owner, spec: FederatedFinetuneSpec, namespace: str) -> dict:
-    config = federation_config(owner, spec).model_dump(mode="json")
+def plan_yaml(owner: Owner, spec: FederatedFinetuneSpec) -> str:
+    return yaml.safe_dump(federation_config(owner, spec).model_dump(mode="json"), sort_keys=False)
+
+
+def plan_configmap(owner: Owner, namespace: str, plan: str) -> dict:
+    """The run plan (``plan_yaml``) as a ConfigMap in one namespace."""
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(owner, plan_name(owner), namespace, "plan"),
-            "data": {"config.yaml": yaml.safe_dump(config, sort_keys=False)}}
+            "data": {"config.yaml": plan}}
 
 
 def _security_context() -> dict:
@@ -227,14 +231,15 @@ def silo_job(owner: Owner, spec: FederatedFinetuneSpec, silo: SiloSpec) -> dict:
 
 def desired_children(owner: Owner, spec: FederatedFinetuneSpec) -> list[dict]:
     """Every object the federation needs, aggregator side first."""
+    plan = plan_yaml(owner, spec)
     out = [
-        plan_configmap(owner, spec, owner.namespace),
+        plan_configmap(owner, owner.namespace, plan),
         state_claim(owner, f"{aggregator_name(owner)}-state", owner.namespace, spec.aggregator.storage_size, "aggregator"),
         aggregator_service(owner, spec),
         aggregator_deployment(owner, spec),
     ]
     for namespace in sorted({s.namespace for s in spec.silos} - {owner.namespace}):
-        out.append(plan_configmap(owner, spec, namespace))
+        out.append(plan_configmap(owner, namespace, plan))
     for silo in spec.silos:
         out.append(state_claim(owner, f"{silo_job_name(owner, silo.name)}-state", silo.namespace, silo.state_size, "silo", silo.name))
         out.append(silo_job(owner, spec, silo))
