@@ -84,6 +84,20 @@ def _crd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _operator(args: argparse.Namespace) -> int:
+    import kopf
+
+    from .operator import handlers  # noqa: F401  (registers the handlers)
+
+    kopf.run(
+        standalone=True,  # one replica with a Recreate strategy: no peering objects needed
+        clusterwide=not args.namespace,
+        namespaces=args.namespace or (),
+        liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz",
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedshield", description="Federated LoRA fine-tuning under CKKS.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -99,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     crd = sub.add_parser("crd", help="print the FederatedFinetune CRD (generated from the pydantic models)")
     crd.set_defaults(func=_crd)
+
+    op = sub.add_parser("operator", help="run the Kubernetes operator (kopf)")
+    op.add_argument("--namespace", action="append", default=[], help="watch only this namespace (repeatable); default: all")
+    op.add_argument("--health-port", type=int, default=8080)
+    op.set_defaults(func=_operator)
 
     demo = sub.add_parser("demo", help="a whole federation on this machine: aggregator + 3 silos, tiny model, CPU")
     demo.add_argument("--out", default="fedshield-demo", help="directory for report.json, auc.png, logs and adapters")

@@ -1,0 +1,143 @@
+"""Thin kopf handlers: parse, build (pure), apply, observe, compute status (pure), patch.
+
+Shared state comes through kopf's ``memo``: ``memo.kube`` (a :class:`Kube`) and
+``memo.aggregator_status`` (an async callable: aggregator URL -> its /v1/status or None).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+
+import httpx
+import kopf
+from pydantic import ValidationError
+
+from ..api.models import GROUP, PLURAL, VERSION, FederatedFinetuneSpec
+from .kube import Kube
+from .manifests import (
+    FEDERATION_LABEL, NAMESPACE_LABEL, SILO_LABEL, Owner, aggregator_url, desired_children, plan_configmap, silo_job,
+)
+from .status import Observed, compute_status
+
+log = logging.getLogger("fedshield.operator")
+FINALIZER = f"{GROUP}/cleanup"
+STATUS_INTERVAL_S = float(os.environ.get("FEDSHIELD_STATUS_INTERVAL", "10"))
+RESOURCE = (GROUP, VERSION, PLURAL)
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def fetch_aggregator_status(url: str) -> dict | None:
+    """The aggregator's /v1/status, or None when it is not reachable (yet)."""
+    try:
+        async with httpx.AsyncClient(timeout=3) as client:
+            response = await client.get(f"{url}/v1/status")
+            return response.json() if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    """Our own finalizer and storage prefix, explicit watch timeouts, events at warning level and up."""
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP, key="last-handled-configuration")
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    settings.posting.level = logging.WARNING
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
+    configure(settings)
+    if getattr(memo, "kube", None) is None:
+        memo.kube = Kube.from_environment()
+    if getattr(memo, "aggregator_status", None) is None:
+        memo.aggregator_status = fetch_aggregator_status
+
+
+def parse(spec: dict) -> FederatedFinetuneSpec:
+    try:
+        return FederatedFinetuneSpec.model_validate(dict(spec))
+    except ValidationError as exc:
+        raise kopf.PermanentError(f"invalid spec: {exc}") from None
+
+
+def owner_of(meta) -> Owner:
+    return Owner(meta["name"], meta["namespace"], meta["uid"])
+
+
+async def observe(kube: Kube, owner: Owner, spec: FederatedFinetuneSpec, memo) -> Observed:
+    """Silo Jobs and failed pods (one list per silo namespace), and the aggregator's progress."""
+    selector = f"{FEDERATION_LABEL}={owner.name},{NAMESPACE_LABEL}={owner.namespace}"
+    jobs, failed = {}, {}
+    for namespace in sorted({s.namespace for s in spec.silos}):
+        for job in await kube.list("batch/v1", "Job", namespace, selector):
+            jobs[job["metadata"]["labels"].get(SILO_LABEL)] = job
+        for pod in await kube.list("v1", "Pod", namespace, selector):
+            if pod.get("status", {}).get("phase") == "Failed":
+                failed.setdefault(pod["metadata"]["labels"].get(SILO_LABEL), []).append(pod)
+    aggregator = await memo.aggregator_status(aggregator_url(owner))
+    return Observed(jobs=jobs, failed_pods=failed, aggregator=aggregator, aggregator_ready=aggregator is not None)
+
+
+async def refresh_status(body, meta, status, patch, memo, spec: FederatedFinetuneSpec) -> None:
+    owner = owner_of(meta)
+    observed = await observe(memo.kube, owner, spec, memo)
+    new = compute_status(spec, observed, dict(status or {}), now(), meta.get("generation"), aggregator_url(owner))
+    if {k: v for k, v in new.items() if k != "conditions"} != {k: v for k, v in dict(status or {}).items() if k != "conditions"} \
+            or [(c["type"], c["status"], c["message"]) for c in new["conditions"]] != \
+               [(c.get("type"), c.get("status"), c.get("message")) for c in (status or {}).get("conditions", [])]:
+        patch.status.update(new)
+
+
+@kopf.on.resume(*RESOURCE)
+@kopf.on.create(*RESOURCE)
+@kopf.on.update(*RESOURCE)
+async def reconcile(body, meta, spec, status, patch, memo, **_) -> None:
+    """Create or bring in line every child, then report status."""
+    try:
+        parsed = parse(spec)
+    except kopf.PermanentError as exc:
+        patch.status.update({"phase": "Failed", "observedGeneration": meta.get("generation"), "conditions": [{
+            "type": "Failed", "status": "True", "reason": "InvalidSpec", "message": str(exc)[:2000],
+            "lastTransitionTime": now(), "observedGeneration": meta.get("generation")}]})
+        raise
+    owner = owner_of(meta)
+    for child in desired_children(owner, parsed):
+        result = await memo.kube.apply(child)
+        if result != "unchanged":
+            log.info("%s %s %s/%s", result, child["kind"], child["metadata"]["namespace"], child["metadata"]["name"])
+    await refresh_status(body, meta, status, patch, memo, parsed)
+
+
+@kopf.timer(*RESOURCE, interval=STATUS_INTERVAL_S, initial_delay=STATUS_INTERVAL_S)
+async def watch_progress(body, meta, spec, status, patch, memo, **_) -> None:
+    """Follow silo Jobs and aggregator rounds into status."""
+    try:
+        parsed = FederatedFinetuneSpec.model_validate(dict(spec))
+    except ValidationError:
+        return  # reported by reconcile
+    await refresh_status(body, meta, status, patch, memo, parsed)
+
+
+@kopf.on.delete(*RESOURCE)
+async def cleanup(meta, spec, memo, **_) -> None:
+    """Delete the children that owner references cannot reach: those in silo namespaces.
+
+    State volumes are kept on purpose: they hold each silo's federated adapter.
+    """
+    try:
+        parsed = FederatedFinetuneSpec.model_validate(dict(spec))
+    except ValidationError:
+        return  # nothing was created for an invalid spec
+    owner = owner_of(meta)
+    for silo in parsed.silos:
+        await memo.kube.delete(silo_job(owner, parsed, silo))
+    for namespace in sorted({s.namespace for s in parsed.silos} - {owner.namespace}):
+        await memo.kube.delete(plan_configmap(owner, namespace, ""))
