@@ -1,3 +1,7 @@
+import os
+
+os.environ.setdefault("FEDSHIELD_STATUS_INTERVAL", "0.3")  # the operator timer, fast in tests
+
 import pytest
 
 from fedshield.crypto import create_keys

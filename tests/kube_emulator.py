@@ -1,0 +1,99 @@
+"""kmock's KubernetesEmulator with the API-server behaviour kopf relies on, and the kinds we use.
+
+Stock kmock 0.8 stores bodies verbatim and its watch snapshot races with its event bus.
+This subclass (1) stamps uid, namespace, creationTimestamp and a resourceVersion that
+changes on every write, answering a failed JSON-patch ``test`` with 422 as the API server
+does; (2) subscribes to the event bus atomically with the watch's snapshot and replays
+only objects newer than the LIST the client started from.
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+
+import jsonpatch
+import kmock
+
+VERBS = {"get", "list", "watch", "create", "patch", "update", "delete"}
+CR = kmock.resource("fedshield.io/v1alpha1/federatedfinetunes")
+JOBS = kmock.resource("batch/v1/jobs")
+PODS = kmock.resource("v1/pods")
+DEPLOYMENTS = kmock.resource("apps/v1/deployments")
+SERVICES = kmock.resource("v1/services")
+CONFIGMAPS = kmock.resource("v1/configmaps")
+PVCS = kmock.resource("v1/persistentvolumeclaims")
+
+
+class Emulator(kmock.KubernetesEmulator):
+    _rv = 0
+
+    def _next_rv(self) -> str:
+        self._rv += 1
+        return str(self._rv)
+
+    async def _handle(self, request):
+        action, data = request.action, request.data
+        if action == kmock.action.CREATE and isinstance(data, dict):
+            meta = data.setdefault("metadata", {})
+            if request.namespace:
+                meta.setdefault("namespace", request.namespace)
+            meta.setdefault("uid", str(uuid.uuid4()))
+            meta.setdefault("creationTimestamp", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+            meta.setdefault("generation", 1)
+            meta["resourceVersion"] = self._next_rv()
+        elif action == kmock.action.UPDATE and request.name:
+            if isinstance(data, dict):
+                data.setdefault("metadata", {})["resourceVersion"] = self._next_rv()
+            elif isinstance(data, list):
+                data.append({"op": "add", "path": "/metadata/resourceVersion", "value": self._next_rv()})
+        elif action == kmock.action.DELETE and request.name:
+            key = (request.resource, request.namespace, request.name)
+            if key in self.objects and not self.objects[key].deleted:
+                obj = self.objects[key]
+                obj["metadata"] = {**obj.last.raw.get("metadata", {}), "resourceVersion": self._next_rv()}
+        try:
+            return await super()._handle(request)
+        except jsonpatch.JsonPatchTestFailed as exc:
+            raise kmock.KubernetesError(status=422, reason="Invalid", message=str(exc)) from exc
+
+    async def _serve_list(self, request):
+        result = await super()._serve_list(request)
+        result["metadata"] = {"resourceVersion": str(self._rv)}
+        return result
+
+    @staticmethod
+    def _selected(request, namespace, name) -> bool:
+        return (request.namespace is None or namespace == request.namespace) and (request.name is None or name == request.name)
+
+    async def _serve_watch(self, request):
+        yield b""
+        since = request.params.get("resourceVersion", "")
+        since = int(since) if since.isdigit() else 0
+        bus = self._buses[request.resource]
+        async with self._lock:
+            mark = await bus.mark()
+            replay = [obj.raw for (res, ns, name), obj in self.objects.items()
+                      if res == request.resource and not obj.deleted and self._selected(request, ns, name)
+                      and int(obj.get("metadata", {}).get("resourceVersion") or 0) > since]
+        try:
+            for raw in replay:
+                yield {"type": "ADDED", "object": raw}
+            async for event in bus.stream(since=mark):
+                meta = event.get("object", {}).get("metadata", {})
+                if self._selected(request, meta.get("namespace"), meta.get("name")):
+                    yield event
+        finally:
+            await bus.unmark(mark)
+
+
+def declare_resources(k8s: kmock.KubernetesEmulator) -> None:
+    """Discovery for kopf's backbone (CRDs, namespaces, events), our CR, and every child kind."""
+    k8s.resources["apiextensions.k8s.io/v1/customresourcedefinitions"] = dict(
+        kind="CustomResourceDefinition", singular="customresourcedefinition", namespaced=False, verbs=VERBS)
+    k8s.resources["v1/namespaces"] = dict(kind="Namespace", singular="namespace", namespaced=False, verbs=VERBS)
+    k8s.resources["v1/events"] = dict(kind="Event", singular="event", namespaced=True, verbs=VERBS)
+    k8s.resources[CR] = dict(kind="FederatedFinetune", singular="federatedfinetune", namespaced=True, verbs=VERBS, subresources={"status"})
+    for res, kind in ((JOBS, "Job"), (PODS, "Pod"), (DEPLOYMENTS, "Deployment"), (SERVICES, "Service"),
+                      (CONFIGMAPS, "ConfigMap"), (PVCS, "PersistentVolumeClaim")):
+        k8s.resources[res] = dict(kind=kind, singular=kind.lower(), namespaced=True, verbs=VERBS, subresources={"status"})

@@ -1,0 +1,203 @@
+"""The real kopf operator against kmock's Kubernetes emulator on loopback, in one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+from pathlib import Path
+
+import kopf
+import pytest
+import yaml
+
+from fedshield.operator import handlers  # noqa: F401  (registers the handlers in kopf's default registry)
+from fedshield.operator.kube import Kube
+
+from kube_emulator import CONFIGMAPS, CR, DEPLOYMENTS, JOBS, PVCS, SERVICES, Emulator, declare_resources
+
+EXAMPLE = yaml.safe_load((Path(__file__).resolve().parents[1] / "examples" / "federatedfinetune.yaml").read_text())
+NS, NAME = EXAMPLE["metadata"]["namespace"], EXAMPLE["metadata"]["name"]
+SILO_NS = {s["name"]: s["namespace"] for s in EXAMPLE["spec"]["silos"]}
+CR_PATH = f"/apis/fedshield.io/v1alpha1/namespaces/{NS}/federatedfinetunes"
+_url: list[str] = []
+
+
+@kopf.on.login()
+def login(**_):
+    return kopf.ConnectionInfo(server=_url[-1])
+
+
+class FakeAggregator:
+    """What the aggregator's /v1/status would say; the test moves it along."""
+
+    def __init__(self):
+        self.status: dict | None = None
+        self.calls = 0
+
+    async def __call__(self, url: str) -> dict | None:
+        self.calls += 1
+        return copy.deepcopy(self.status)
+
+
+class _NotKopfTasks:
+    """kopf waits for (then cancels) every task created after it started; only its own matter."""
+
+    def __contains__(self, task: asyncio.Task) -> bool:
+        code = getattr(task.get_coro(), "cr_code", None)
+        return "/kopf/" not in getattr(code, "co_filename", "")
+
+
+@pytest.fixture
+async def k8s():
+    async with Emulator() as handler, kmock_server(handler):
+        declare_resources(handler)
+        yield handler
+
+
+def kmock_server(handler):
+    import kmock
+
+    return kmock.Server(handler)
+
+
+@pytest.fixture
+async def operator(k8s):
+    url = str(k8s.url).rstrip("/")
+    _url.append(url)
+    aggregator = FakeAggregator()
+    kube = Kube.for_url(url)
+    stop, ready = asyncio.Event(), asyncio.Event()
+    tasks = await kopf.spawn_tasks(standalone=True, clusterwide=True, stop_flag=stop, ready_flag=ready,
+                                   memo=kopf.Memo(kube=kube, aggregator_status=aggregator))
+    runner = asyncio.create_task(kopf.run_tasks(tasks, ignored=_NotKopfTasks()))
+    await asyncio.wait_for(ready.wait(), timeout=10)
+    yield kube, aggregator
+    stop.set()
+    await asyncio.wait_for(runner, timeout=10)
+    await kube.http.aclose()
+
+
+async def eventually(check, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except (KeyError, TypeError):
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        await asyncio.sleep(0.05)
+
+
+def alive(k8s, key) -> bool:
+    return key in k8s.objects and not k8s.objects[key].deleted
+
+
+def raw(k8s, key) -> dict:
+    return k8s.objects[key].last.raw
+
+
+def status(k8s) -> dict:
+    return raw(k8s, (CR, NS, NAME)).get("status", {})
+
+
+async def create_cr(k8s, spec: dict | None = None) -> None:
+    body = {"apiVersion": "fedshield.io/v1alpha1", "kind": "FederatedFinetune", "metadata": {"name": NAME, "namespace": NS},
+            "spec": spec or EXAMPLE["spec"]}
+    response = await k8s.post(CR_PATH, json=body)
+    assert response.status == 200, await response.text()
+
+
+async def set_job_status(k8s, silo: str, **job_status) -> None:
+    response = await k8s.patch(f"/apis/batch/v1/namespaces/{SILO_NS[silo]}/jobs/{NAME}-{silo}/status", json={"status": job_status})
+    assert response.status == 200, await response.text()
+
+
+async def test_cr_creates_children_in_the_right_namespaces_with_the_right_mounts(k8s, operator):
+    await create_cr(k8s)
+    await eventually(lambda: all(alive(k8s, (JOBS, ns, f"{NAME}-{silo}")) for silo, ns in SILO_NS.items()), what="silo Jobs")
+    for res, name in ((DEPLOYMENTS, f"{NAME}-aggregator"), (SERVICES, f"{NAME}-aggregator"), (CONFIGMAPS, f"{NAME}-plan"),
+                      (PVCS, f"{NAME}-aggregator-state")):
+        assert alive(k8s, (res, NS, name)), name
+        assert raw(k8s, (res, NS, name))["metadata"]["ownerReferences"][0]["name"] == NAME
+    deployment = raw(k8s, (DEPLOYMENTS, NS, f"{NAME}-aggregator"))
+    assert [v["secret"]["secretName"] for v in deployment["spec"]["template"]["spec"]["volumes"] if "secret" in v] == ["fedshield-public-key"]
+    for silo, ns in SILO_NS.items():
+        job = raw(k8s, (JOBS, ns, f"{NAME}-{silo}"))
+        pod = job["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["keys"]["secret"]["secretName"] == "fedshield-keys"
+        assert "persistentVolumeClaim" in volumes["data"] and alive(k8s, (CONFIGMAPS, ns, f"{NAME}-plan"))
+        assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
+    await eventually(lambda: status(k8s).get("silosReady") == "0/3", what="initial status")
+    assert status(k8s)["phase"] == "Pending" and "fedshield.io/cleanup" in raw(k8s, (CR, NS, NAME))["metadata"]["finalizers"]
+    assert not [r for r in k8s if "/secrets" in str(r.url)], "the operator must never touch a Secret"
+
+
+async def test_status_follows_pods_and_rounds_and_does_not_busy_loop(k8s, operator):
+    kube, aggregator = operator
+    await create_cr(k8s)
+    await eventually(lambda: status(k8s).get("silosReady") == "0/3")
+    for silo in SILO_NS:
+        await set_job_status(k8s, silo, active=1)
+    names = list(SILO_NS)
+    aggregator.status = {"plan": {"state": "open"}, "closed": [
+        {"round": 0, "contributors": names, "metadata": {n: {"val_auc": a} for n, a in zip(names, (0.61, 0.7, 0.66))}}]}
+    await eventually(lambda: status(k8s).get("phase") == "Running" and status(k8s).get("round") == 1
+                     and status(k8s).get("silosReady") == "3/3", what="Running, round 1, 3/3 ready")
+    current = status(k8s)
+    assert current["silosReady"] == "3/3" and current["fairnessGap"] == 0.09
+    assert {c["type"]: c["status"] for c in current["conditions"]}["Ready"] == "True"
+    assert all(c["observedGeneration"] == 1 for c in current["conditions"])
+    # Settled: ticks read (one Job list and one Pod list per silo namespace) but write nothing.
+    await asyncio.sleep(0.5)
+    patches, calls, ticks = len(k8s["patch", CR]), kube.calls, aggregator.calls
+    await asyncio.sleep(1.5)
+    new_ticks = aggregator.calls - ticks
+    assert new_ticks >= 1 and len(k8s["patch", CR]) == patches
+    assert kube.calls - calls <= (new_ticks + 1) * 2 * len(set(SILO_NS.values()))  # a tick may straddle the window
+    # A silo pod fails: reported with its exit code while the Job retries, then the federation fails below quorum.
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p1", "namespace": SILO_NS["hospital-a"], "labels": {
+        "fedshield.io/federation": NAME, "fedshield.io/federation-namespace": NS, "fedshield.io/silo": "hospital-a"}},
+        "status": {"phase": "Failed", "containerStatuses": [{"name": "silo", "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]}}
+    assert (await k8s.post(f"/api/v1/namespaces/{SILO_NS['hospital-a']}/pods", json=pod)).status == 200
+    await set_job_status(k8s, "hospital-a", active=1, failed=1)
+    await eventually(lambda: next(s for s in status(k8s)["silos"] if s["name"] == "hospital-a").get("reason") == "OOMKilled")
+    entry = next(s for s in status(k8s)["silos"] if s["name"] == "hospital-a")
+    assert entry["exitCode"] == 137 and entry["restarts"] == 1
+    assert {c["type"]: c["status"] for c in status(k8s)["conditions"]}["Degraded"] == "True"
+    for silo in ("hospital-a", "hospital-b"):  # backoff limit exhausted for two of three (minSilos is 2)
+        await set_job_status(k8s, silo, active=0, failed=5, conditions=[{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}])
+    await eventually(lambda: status(k8s).get("phase") == "Failed", what="Failed")
+    failed = next(c for c in status(k8s)["conditions"] if c["type"] == "Failed")
+    assert failed["status"] == "True" and "hospital-a failed (OOMKilled, exit code 137)" in failed["message"]
+
+
+async def test_suspend_and_delete_clean_up(k8s, operator):
+    await create_cr(k8s)
+    await eventually(lambda: all(alive(k8s, (JOBS, ns, f"{NAME}-{s}")) for s, ns in SILO_NS.items()))
+    response = await k8s.patch(f"{CR_PATH}/{NAME}", json={"spec": {"suspend": True}, "metadata": {"generation": 2}})
+    assert response.status == 200
+    await eventually(lambda: raw(k8s, (DEPLOYMENTS, NS, f"{NAME}-aggregator"))["spec"]["replicas"] == 0, what="scaled to zero")
+    await eventually(lambda: all(raw(k8s, (JOBS, ns, f"{NAME}-{s}"))["spec"]["suspend"] for s, ns in SILO_NS.items()))
+    await eventually(lambda: status(k8s).get("phase") == "Suspended")
+    response = await k8s.delete(f"{CR_PATH}/{NAME}")
+    assert response.status == 200
+    await eventually(lambda: k8s.objects[CR, NS, NAME].deleted, what="CR deleted after the finalizer")
+    for silo, ns in SILO_NS.items():
+        assert k8s.objects[JOBS, ns, f"{NAME}-{silo}"].deleted
+        assert k8s.objects[CONFIGMAPS, ns, f"{NAME}-plan"].deleted
+        assert not k8s.objects[PVCS, ns, f"{NAME}-{silo}-state"].deleted  # kept: it holds the silo's adapter
+
+
+async def test_invalid_spec_is_reported_and_creates_nothing(k8s, operator):
+    spec = copy.deepcopy(EXAMPLE["spec"])
+    spec["aggregation"]["minSilos"] = 7
+    await create_cr(k8s, spec)
+    await eventually(lambda: status(k8s).get("phase") == "Failed", what="Failed on invalid spec")
+    condition = status(k8s)["conditions"][0]
+    assert condition["reason"] == "InvalidSpec" and "minSilos" in condition["message"]
+    assert not any(alive(k8s, (JOBS, ns, f"{NAME}-{s}")) for s, ns in SILO_NS.items())
+    assert not alive(k8s, (DEPLOYMENTS, NS, f"{NAME}-aggregator"))
