@@ -139,6 +139,7 @@ async def test_cr_creates_children_in_the_right_namespaces_with_the_right_mounts
 async def test_status_follows_pods_and_rounds_and_does_not_busy_loop(k8s, operator):
     kube, aggregator = operator
     await create_cr(k8s)
+    await eventually(lambda: all(alive(k8s, (JOBS, ns, f"{NAME}-{s}")) for s, ns in SILO_NS.items()))
     await eventually(lambda: status(k8s).get("silosReady") == "0/3")
     for silo in SILO_NS:
         await set_job_status(k8s, silo, active=1)
@@ -201,3 +202,13 @@ async def test_invalid_spec_is_reported_and_creates_nothing(k8s, operator):
     assert condition["reason"] == "InvalidSpec" and "minSilos" in condition["message"]
     assert not any(alive(k8s, (JOBS, ns, f"{NAME}-{s}")) for s, ns in SILO_NS.items())
     assert not alive(k8s, (DEPLOYMENTS, NS, f"{NAME}-aggregator"))
+
+
+async def test_change_to_an_immutable_field_is_refused(k8s, operator):
+    await create_cr(k8s)
+    await eventually(lambda: all(alive(k8s, (JOBS, ns, f"{NAME}-{s}")) for s, ns in SILO_NS.items()))
+    response = await k8s.patch(f"{CR_PATH}/{NAME}", json={"spec": {"lora": {"r": 64}}, "metadata": {"generation": 2}})
+    assert response.status == 200  # a real API server refuses this already (CEL self == oldSelf); kmock does not
+    await eventually(lambda: status(k8s).get("phase") == "Failed", what="refused")
+    condition = status(k8s)["conditions"][0]
+    assert condition["reason"] == "ImmutableFieldChanged" and "spec.lora" in condition["message"]

@@ -14,7 +14,7 @@ import httpx
 import kopf
 from pydantic import ValidationError
 
-from ..api.models import GROUP, PLURAL, VERSION, FederatedFinetuneSpec
+from ..api.models import GROUP, IMMUTABLE, PLURAL, VERSION, FederatedFinetuneSpec
 from .kube import Kube
 from .manifests import (
     FEDERATION_LABEL, NAMESPACE_LABEL, SILO_LABEL, Owner, aggregator_url, desired_children, plan_configmap, silo_job,
@@ -98,18 +98,35 @@ async def refresh_status(body, meta, status, patch, memo, spec: FederatedFinetun
         patch.status.update(new)
 
 
+def immutable_changes(old: dict | None, new: dict) -> list[str]:
+    """Spec fields that may not change once created (the CRD enforces the same with CEL)."""
+    if not old:
+        return []
+    return [f"spec.{name}" for name in IMMUTABLE if old.get(name) != new.get(name)]
+
+
+REFUSALS = ("InvalidSpec", "ImmutableFieldChanged")
+
+
+def _refuse(patch, meta, reason: str, message: str) -> kopf.PermanentError:
+    patch.status.update({"phase": "Failed", "observedGeneration": meta.get("generation"), "conditions": [{
+        "type": "Failed", "status": "True", "reason": reason, "message": message[:2000],
+        "lastTransitionTime": now(), "observedGeneration": meta.get("generation")}]})
+    return kopf.PermanentError(message)
+
+
 @kopf.on.resume(*RESOURCE)
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE)
-async def reconcile(body, meta, spec, status, patch, memo, **_) -> None:
+async def reconcile(body, meta, spec, status, patch, memo, old=None, **_) -> None:
     """Create or bring in line every child, then report status."""
+    changed = immutable_changes((old or {}).get("spec"), dict(spec))
+    if changed:
+        raise _refuse(patch, meta, "ImmutableFieldChanged", f"{', '.join(changed)} cannot change after creation; children left as they were")
     try:
         parsed = parse(spec)
     except kopf.PermanentError as exc:
-        patch.status.update({"phase": "Failed", "observedGeneration": meta.get("generation"), "conditions": [{
-            "type": "Failed", "status": "True", "reason": "InvalidSpec", "message": str(exc)[:2000],
-            "lastTransitionTime": now(), "observedGeneration": meta.get("generation")}]})
-        raise
+        raise _refuse(patch, meta, "InvalidSpec", str(exc)) from None
     owner = owner_of(meta)
     for child in desired_children(owner, parsed):
         result = await memo.kube.apply(child)
@@ -120,7 +137,10 @@ async def reconcile(body, meta, spec, status, patch, memo, **_) -> None:
 
 @kopf.timer(*RESOURCE, interval=STATUS_INTERVAL_S, initial_delay=STATUS_INTERVAL_S)
 async def watch_progress(body, meta, spec, status, patch, memo, **_) -> None:
-    """Follow silo Jobs and aggregator rounds into status."""
+    """Follow silo Jobs and aggregator rounds into status (not over a refusal of this generation)."""
+    refused = [c for c in (status or {}).get("conditions", []) if c.get("reason") in REFUSALS]
+    if refused and (status or {}).get("observedGeneration") == meta.get("generation"):
+        return
     try:
         parsed = FederatedFinetuneSpec.model_validate(dict(spec))
     except ValidationError:
