@@ -32,8 +32,26 @@ class TrainingSpec(Strict):
 
 
 class AggregationSpec(Strict):
+    strategy: Literal["fedavg", "dynamic_balance"] = Field("fedavg", description="Weights by sample count, or by validation loss with per-silo learning rates.")
+    q: float = Field(1.0, ge=0, le=10, description="dynamic_balance: weight ∝ samples * loss^q.")
+    gamma: float = Field(1.0, ge=0, le=5, description="dynamic_balance: lr scale = (loss / mean loss)^gamma, within [0.5, 2].")
     min_silos: int = Field(1, ge=1)
     round_deadline_s: float = Field(600.0, gt=0, description="A round closes at this age if min_silos have uploaded.")
+
+
+class DPSpec(Strict):
+    enabled: bool = False
+    clip_norm: float = Field(1.0, gt=0, description="L2 bound C of a silo's update per round.")
+    noise_multiplier: float | None = Field(None, gt=0, description="sigma; noise std is sigma * C.")
+    target_epsilon: float | None = Field(None, gt=0, description="Epsilon over all rounds; sigma is solved for it.")
+    delta: float = Field(1e-5, gt=0, lt=1)
+    epsilon_budget: float | None = Field(None, gt=0, description="A silo stops contributing before exceeding this (default: target_epsilon).")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "DPSpec":
+        if self.enabled and (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ValueError("differential privacy needs exactly one of noise_multiplier and target_epsilon")
+        return self
 
 
 class PrivacySpec(Strict):
@@ -41,6 +59,7 @@ class PrivacySpec(Strict):
     explore_share: float = Field(0.25, gt=0, le=1)
     packing: PackingParams = PackingParams()
     private_modules: tuple[str, ...] = Field((), description="fnmatch globs of LoRA parameters that never leave the silo.")
+    dp: DPSpec = DPSpec()
 
 
 class ModelSpec(Strict):
@@ -57,6 +76,7 @@ class DataSpec(Strict):
 class SiloSpec(Strict):
     name: str
     metrics_port: int | None = None
+    epsilon_budget: float | None = Field(None, gt=0, description="This organisation's own DP budget (overrides privacy.dp).")
 
     @model_validator(mode="after")
     def _dns_name(self) -> "SiloSpec":
@@ -94,6 +114,25 @@ class FederationConfig(Strict):
     @property
     def silo_names(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.silos)
+
+    def dp_budget(self, silo: str | None = None):
+        """The DP settings a silo applies (None without DP); sigma solved once from the target."""
+        from .privacy import Budget, noise_for_epsilon
+
+        dp = self.privacy.dp
+        if not dp.enabled:
+            return None
+        sigma = dp.noise_multiplier or noise_for_epsilon(dp.target_epsilon, self.rounds, dp.delta)
+        own = next((s.epsilon_budget for s in self.silos if s.name == silo and s.epsilon_budget), None)
+        return Budget(dp.clip_norm, sigma, dp.delta, own or dp.epsilon_budget or dp.target_epsilon or float("inf"))
+
+    def packing(self) -> PackingParams:
+        """Packing of this run: with DP the value bound widens to 4 noise standard deviations."""
+        packing = self.privacy.packing
+        budget = self.dp_budget()
+        if budget is None:
+            return packing
+        return packing.model_copy(update={"value_bound": max(packing.value_bound, 4 * budget.noise_multiplier * budget.clip_norm)})
 
 
 def load_config(path: str | Path) -> FederationConfig:

@@ -27,6 +27,12 @@ CURRENT_ROUND = Gauge("fedshield_current_round", "The round in progress.")
 ROUNDS_CLOSED = Counter("fedshield_rounds_closed_total", "Rounds the aggregator closed.")
 ROUND_SECONDS = Histogram("fedshield_round_seconds", "Wall time of one round at a silo.", ["silo"], buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1800))
 
+# privacy and fairness
+EPSILON_SPENT = Gauge("fedshield_epsilon_spent", "Differential-privacy epsilon a silo has spent.", ["silo"])
+SILO_WITHDRAWN = Gauge("fedshield_silo_withdrawn", "1 when a silo stopped contributing (e.g. budget spent).", ["silo"])
+AGGREGATION_WEIGHT = Gauge("fedshield_aggregation_weight", "A silo's weight in the current round.", ["silo"])
+LR_SCALE = Gauge("fedshield_lr_scale", "A silo's learning-rate scale in the current round.", ["silo"])
+
 # training and quality
 TRAIN_LOSS = Gauge("fedshield_train_loss", "Mean local training loss in the last round.", ["silo"])
 VALIDATION_AUC = Gauge("fedshield_validation_auc", "Validation AUC of the global model at a silo.", ["silo"])

@@ -152,3 +152,31 @@ def test_late_upload_to_a_closed_round_is_refused(public_keys, keys, tmp_path):
 def test_coordinator_refuses_a_secret_key(keys, tmp_path):
     with pytest.raises(ValueError, match="public context only"):
         Coordinator(config(), keys, Store(tmp_path))
+
+
+def test_withdrawn_silo_is_not_waited_for_and_cannot_upload(aggregator, keys):
+    plan = join_all(aggregator.url)
+    data_b, _ = make_upload(keys, "bank-b", plan)
+    r = httpx.post(f"{aggregator.url}/v1/silos/bank-a/withdraw", json={"reason": "privacy budget spent"})
+    assert r.status_code == 200 and r.json()["withdrawn"] == {"bank-a": "privacy budget spent"}
+    assert put(aggregator.url, 0, "bank-b", data_b).status_code == 200
+    assert httpx.get(f"{aggregator.url}/v1/rounds/0/aggregate").status_code == 200  # closed without bank-a
+    data_a, _ = make_upload(keys, "bank-a", httpx.get(f"{aggregator.url}/v1/plan").json(), round=1)
+    refused = put(aggregator.url, 1, "bank-a", data_a)
+    assert (refused.status_code, refused.json()["error"]) == (409, "withdrawn")
+
+
+def test_dynamic_balance_plan_weights_follow_validation_losses(public_keys, keys, tmp_path):
+    cfg = config().model_copy(update={"aggregation": AggregationSpec(strategy="dynamic_balance", min_silos=1)})
+    with RunningAggregator(cfg, public_keys, tmp_path / "state") as agg:
+        plan = join_all(agg.url)
+        assert plan["weights"] == {"bank-a": 0.75, "bank-b": 0.25}  # round 0: no losses yet, sample shares
+        for silo, loss in (("bank-a", 0.2), ("bank-b", 0.8)):
+            data, _ = make_upload(keys, silo, plan)
+            r = httpx.put(f"{agg.url}/v1/rounds/0/uploads/{silo}", content=data,
+                          params={"samples": SAMPLES[silo], "val_loss": loss}, headers={"content-type": "application/octet-stream"})
+            assert r.status_code == 200
+        plan = httpx.get(f"{agg.url}/v1/plan").json()
+        assert plan["round"] == 1
+        assert plan["weights"]["bank-b"] == pytest.approx(100 * 0.8 / (300 * 0.2 + 100 * 0.8))
+        assert plan["lr_scales"]["bank-b"] > 1.0 > plan["lr_scales"]["bank-a"]

@@ -20,6 +20,7 @@ from .. import metrics
 from ..config import FederationConfig
 from ..crypto import CryptoError, EncryptedSum, EnvelopeReader, Keys
 from ..crypto.envelope import save_envelope
+from ..fairness import fedavg_weights, loss_weights, lr_scales
 from ..updates import kept_count
 from ..wire.messages import JoinRequest, RoundPlan, RoundSummary, Status, UploadMetadata, UploadReceipt
 from .store import Store
@@ -96,7 +97,7 @@ class Coordinator:
         size, layout = self._vector()
         return EncryptedSum(
             self.keys, round=self.current, count=kept_count(size, self.config.privacy.pruning),
-            packing=self.config.privacy.packing, layout=layout,
+            packing=self.config.packing(), layout=layout,
         )
 
     def _maybe_start(self) -> None:
@@ -109,11 +110,29 @@ class Coordinator:
         self._sum = self._new_sum()
         log.info("round %d open", round)
 
+    def _last_losses(self) -> dict[str, float]:
+        """Each silo's most recent validation loss from closed rounds (stable while a round is open)."""
+        losses: dict[str, float] = {}
+        for row in self.store.rounds():
+            if row["closed_at"] is not None:
+                for upload in self.store.uploads(row["round"]):
+                    if upload.metadata.get("val_loss") is not None:
+                        losses[upload.silo] = upload.metadata["val_loss"]
+        return losses
+
     def weights(self) -> dict[str, float]:
-        """FedAvg: each silo's share of the training examples (fixed by the joins)."""
-        joined = self._joined()
-        total = sum(samples for samples, _, _ in joined.values())
-        return {name: samples / total for name, (samples, _, _) in sorted(joined.items())}
+        """This round's aggregation weights: FedAvg sample shares, or dynamic balance by validation loss."""
+        samples = {name: s for name, (s, _, _) in self._joined().items()}
+        agg = self.config.aggregation
+        if agg.strategy == "dynamic_balance":
+            return loss_weights(samples, self._last_losses(), q=agg.q)
+        return fedavg_weights(samples)
+
+    def lr_scales(self) -> dict[str, float]:
+        agg = self.config.aggregation
+        if agg.strategy == "dynamic_balance":
+            return lr_scales(self._last_losses(), list(self.config.silo_names), gamma=agg.gamma)
+        return {name: 1.0 for name in self.config.silo_names}
 
     def _deadline(self) -> float | None:
         if self.current is None:
@@ -139,7 +158,8 @@ class Coordinator:
                 kept=kept_count(vector[0], self.config.privacy.pruning) if vector else None,
                 layout=vector[1] if vector else None,
                 weights=self.weights() if state != "waiting_for_silos" else {},
-                lr_scales={name: 1.0 for name in self.config.silo_names} if state == "open" else {},
+                lr_scales=self.lr_scales() if state == "open" else {},
+                withdrawn=self.store.withdrawn(),
                 deadline_s=max(0.0, deadline - time.time()) if deadline and state == "open" else None,
             )
 
@@ -201,6 +221,17 @@ class Coordinator:
             self._maybe_start()
             return self.plan()
 
+    def withdraw(self, silo: str, reason: str) -> RoundPlan:
+        """A silo stops contributing (e.g. its privacy budget is spent); rounds go on without it."""
+        with self._lock:
+            self._known(silo)
+            if silo not in self.store.withdrawn():
+                self.store.add_withdrawal(silo, self.current if self.current is not None else -1, reason)
+                log.warning("silo %s withdrew: %s", silo, reason)
+                metrics.SILO_WITHDRAWN.labels(silo).set(1)
+            self._maybe_close()
+            return self.plan()
+
     def accept_upload(self, round: int, silo: str, tmp_path: Path, metadata: UploadMetadata) -> UploadReceipt:
         """Validate an upload already streamed to ``tmp_path`` and take it, or refuse it changing nothing."""
         try:
@@ -221,6 +252,8 @@ class Coordinator:
                 if previous.sha256 == digest:
                     return UploadReceipt(round=round, silo=silo, bytes=size, sha256=digest, duplicate=True)
                 raise ApiError(409, "conflicting_upload", f"silo {silo!r} already uploaded different bytes for round {round}")
+            if silo in self.store.withdrawn():
+                raise ApiError(409, "withdrawn", f"silo {silo!r} has withdrawn from the federation")
             if self.finished:
                 raise ApiError(409, "federation_finished", "the federation has finished all its rounds")
             if self.current is None:
@@ -254,8 +287,12 @@ class Coordinator:
     def _maybe_close(self) -> None:
         if self.current is None or self.finished or self._sum is None:
             return
+        if not set(self.config.silo_names) - set(self.store.withdrawn()):
+            self.finished, self._sum = True, None  # nobody left to contribute
+            log.warning("every silo has withdrawn: federation finished at round %d", self.current)
+            return
         uploaded = len(self._sum.contributors)
-        everyone = uploaded == len(self.config.silo_names)
+        everyone = set(self._sum.contributors) >= set(self.config.silo_names) - set(self.store.withdrawn())
         late = time.time() >= (self._deadline() or float("inf")) and uploaded >= self.config.aggregation.min_silos
         if everyone or late:
             self._close()

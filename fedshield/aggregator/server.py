@@ -17,7 +17,7 @@ from .. import metrics
 from ..config import FederationConfig
 from ..crypto import Keys
 from ..crypto.envelope import max_ciphertext_bytes
-from ..wire.messages import ErrorBody, JoinRequest, RoundPlan, Status, UploadMetadata, UploadReceipt
+from ..wire.messages import ErrorBody, JoinRequest, RoundPlan, Status, UploadMetadata, UploadReceipt, WithdrawRequest
 from .rounds import ApiError, Coordinator
 from .store import Store
 
@@ -33,7 +33,7 @@ def upload_limit(coordinator: Coordinator) -> int:
     cap = coordinator.config.max_upload_bytes
     if plan.kept is None:
         return cap
-    packing, ckks = coordinator.config.privacy.packing, coordinator.keys.params
+    packing, ckks = coordinator.config.packing(), coordinator.keys.params
     expected = packing.ciphertexts_for(plan.kept, ckks) * (max_ciphertext_bytes(ckks) + 4) + ENVELOPE_SLACK
     return min(cap, expected)
 
@@ -69,6 +69,11 @@ def create_app(coordinator: Coordinator) -> FastAPI:
     def join(req: JoinRequest) -> RoundPlan:
         return coordinator.join(req)
 
+    @app.post("/v1/silos/{silo}/withdraw", response_model=RoundPlan, responses=ERRORS)
+    def withdraw(silo: str, req: WithdrawRequest) -> RoundPlan:
+        """The silo stops contributing (its privacy budget is spent, or its operator says so)."""
+        return coordinator.withdraw(silo, req.reason)
+
     @app.get("/v1/plan", response_model=RoundPlan)
     def plan() -> RoundPlan:
         return coordinator.plan()
@@ -82,9 +87,9 @@ def create_app(coordinator: Coordinator) -> FastAPI:
         openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
     )
     async def upload(round: int, silo: str, request: Request, samples: int, train_loss: float | None = None,
-                     val_loss: float | None = None, val_auc: float | None = None) -> UploadReceipt:
+                     val_loss: float | None = None, val_auc: float | None = None, epsilon: float | None = None) -> UploadReceipt:
         """Upload a silo's encrypted update (an envelope) with its plaintext metadata."""
-        metadata = UploadMetadata(samples=samples, train_loss=train_loss, val_loss=val_loss, val_auc=val_auc)
+        metadata = UploadMetadata(samples=samples, train_loss=train_loss, val_loss=val_loss, val_auc=val_auc, epsilon=epsilon)
         limit = upload_limit(coordinator)
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):

@@ -26,6 +26,8 @@ CREATE TABLE IF NOT EXISTS silos (
 CREATE TABLE IF NOT EXISTS rounds (
     round INTEGER PRIMARY KEY, opened_at REAL NOT NULL, closed_at REAL, contributors TEXT, weight_sum REAL,
     aggregate_s REAL);
+CREATE TABLE IF NOT EXISTS withdrawals (
+    silo TEXT PRIMARY KEY, round INTEGER NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS uploads (
     round INTEGER NOT NULL, silo TEXT NOT NULL, sha256 TEXT NOT NULL, bytes INTEGER NOT NULL,
     metadata TEXT NOT NULL, received_at REAL NOT NULL, PRIMARY KEY (round, silo));
@@ -100,6 +102,13 @@ class Store:
             {"round": r, "opened_at": o, "closed_at": c, "contributors": json.loads(cs) if cs else None, "weight_sum": w, "aggregate_s": a}
             for r, o, c, cs, w, a in rows
         ]
+
+    # withdrawals
+    def add_withdrawal(self, silo: str, round: int, reason: str) -> None:
+        self._write("INSERT OR IGNORE INTO withdrawals VALUES (?, ?, ?, ?)", (silo, round, reason, time.time()))
+
+    def withdrawn(self) -> dict[str, str]:
+        return dict(self._read("SELECT silo, reason FROM withdrawals ORDER BY at"))
 
     # uploads
     def add_upload(self, round: int, silo: str, sha256: str, size: int, metadata: dict) -> None:

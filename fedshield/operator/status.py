@@ -116,6 +116,9 @@ def compute_status(spec: FederatedFinetuneSpec, observed: Observed, previous: di
     }
     if fairness is not None:
         status["fairnessGap"] = fairness
+    spent = [m.get("epsilon") for c in closed for m in c.get("metadata", {}).values() if m.get("epsilon") is not None]
+    if spent:
+        status["epsilon"] = round(max(spent), 4)
     if phase == "Running" and not status["startTime"]:
         status["startTime"] = now
     if phase in ("Succeeded", "Failed") and not status["completionTime"]:

@@ -21,6 +21,7 @@ import numpy as np
 from .. import metrics
 from ..config import FederationConfig
 from ..crypto import EnvelopeReader, Keys, decrypt_envelope, encrypt_update
+from ..privacy import privatise
 from ..updates import VectorLayout, compensate, lora_parameters, next_residual, round_mask, scatter
 from ..wire.client import AggregatorClient
 from ..wire.messages import JoinRequest, UploadMetadata
@@ -47,6 +48,9 @@ class RoundRecord:
     decrypt_s: float
     train_s: float
     round_s: float
+    weight: float
+    lr_scale: float
+    epsilon: float | None
 
 
 def base_model_path(config: FederationConfig, cache_dir: Path) -> Path:
@@ -102,7 +106,16 @@ class SiloAgent:
         ))
         metrics.TOTAL_PARAMETERS.labels(self.silo).set(self.layout.size)
         log.info("%s joined: %d training examples, %d shared values", self.silo, len(self.train), self.layout.size)
+        budget = self.config.dp_budget(self.silo)
         while self.state.round_done + 1 < plan.rounds_total:
+            contributions = self.state.round_done + 2  # every round so far, and the next one
+            if budget is not None and not budget.allows(contributions):
+                reason = (f"privacy budget spent: a further round would reach epsilon {budget.spent(contributions):.3f} "
+                          f"> {budget.epsilon_budget} (delta {budget.delta})")
+                log.warning("%s withdraws: %s", self.silo, reason)
+                self.client.withdraw(self.silo, reason)
+                metrics.SILO_WITHDRAWN.labels(self.silo).set(1)
+                break
             record = self.run_round(self.state.round_done + 1)
             self.state.history.append(record.__dict__)
             with open(self.workdir / "metrics.jsonl", "a", encoding="utf-8") as fh:
@@ -128,11 +141,14 @@ class SiloAgent:
             train_s = time.perf_counter() - t
             delta = self.layout.flatten(self.params) - state.global_shared
             update = compensate(delta, state.residual)
+            budget = self.config.dp_budget(self.silo)
+            if budget is not None:  # DP-LoRA: the residual below is then taken from released values only
+                update = privatise(update, budget.clip_norm, budget.noise_multiplier)
             mask = round_mask(self.layout.size, plan.pruning, round, plan.mask_seed, score=state.score,
                               explore_share=plan.explore_share)
             encrypted = encrypt_update(
                 self.keys, update[mask], weight=plan.weights[self.silo], round=round, silo=self.silo,
-                packing=self.config.privacy.packing, layout=self.layout.digest,
+                packing=self.config.packing(), layout=self.layout.digest,
             )
             encrypt_s = encrypted.encrypt_s
             pending = PendingUpload(round, encrypted.data, mask, next_residual(update, mask, encrypted.sent), train_loss)
@@ -140,9 +156,13 @@ class SiloAgent:
             state.lora = self._lora_snapshot()
             save_state(self.workdir, state)  # a crash from here on re-sends these exact bytes
         val_loss, val_auc = self.evaluate()
+        budget = self.config.dp_budget(self.silo)
+        spent = budget.spent(round + 1) if budget is not None else None
         receipt = self.client.upload(round, self.silo, pending.data, UploadMetadata(
-            samples=len(self.train), train_loss=pending.train_loss, val_loss=val_loss, val_auc=val_auc,
+            samples=len(self.train), train_loss=pending.train_loss, val_loss=val_loss, val_auc=val_auc, epsilon=spent,
         ))
+        if spent is not None:
+            metrics.EPSILON_SPENT.labels(self.silo).set(spent)
         aggregate = self.client.aggregate(round)
         t = time.perf_counter()
         average = decrypt_envelope(self.keys, EnvelopeReader.from_bytes(aggregate), round=round,
@@ -161,7 +181,10 @@ class SiloAgent:
             round=round, silo=self.silo, train_loss=pending.train_loss, val_loss=val_loss, auc=val_auc,
             upload_bytes=receipt.bytes, download_bytes=len(aggregate), kept=int(pending.mask.size),
             encrypt_s=encrypt_s, decrypt_s=decrypt_s, train_s=train_s, round_s=time.perf_counter() - start,
+            weight=plan.weights[self.silo], lr_scale=plan.lr_scales.get(self.silo, 1.0), epsilon=spent,
         )
+        metrics.AGGREGATION_WEIGHT.labels(self.silo).set(record.weight)
+        metrics.LR_SCALE.labels(self.silo).set(record.lr_scale)
         self._export(record)
         log.info("%s round %d: loss %.4f auc %.3f", self.silo, round, val_loss, val_auc)
         return record

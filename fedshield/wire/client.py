@@ -9,7 +9,7 @@ from typing import Callable, TypeVar
 
 import httpx
 
-from .messages import ErrorBody, JoinRequest, RoundPlan, UploadMetadata, UploadReceipt
+from .messages import ErrorBody, JoinRequest, RoundPlan, UploadMetadata, UploadReceipt, WithdrawRequest
 
 log = logging.getLogger("fedshield.client")
 T = TypeVar("T")
@@ -61,6 +61,10 @@ class AggregatorClient:
     def join(self, request: JoinRequest) -> RoundPlan:
         response = self._ok(self._call(lambda: self._http.post("/v1/join", json=request.model_dump())))
         return RoundPlan.model_validate(response.json())
+
+    def withdraw(self, silo: str, reason: str) -> RoundPlan:
+        body = WithdrawRequest(reason=reason).model_dump()
+        return RoundPlan.model_validate(self._ok(self._call(lambda: self._http.post(f"/v1/silos/{silo}/withdraw", json=body))).json())
 
     def plan(self) -> RoundPlan:
         return RoundPlan.model_validate(self._ok(self._call(lambda: self._http.get("/v1/plan"))).json())

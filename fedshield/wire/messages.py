@@ -23,6 +23,11 @@ class UploadMetadata(Message):
     train_loss: float | None = None
     val_loss: float | None = None
     val_auc: float | None = None
+    epsilon: float | None = Field(None, description="Privacy budget the silo has spent including this upload.")
+
+
+class WithdrawRequest(Message):
+    reason: str = Field(min_length=1, max_length=500)
 
 
 class RoundPlan(Message):
@@ -39,6 +44,7 @@ class RoundPlan(Message):
     layout: str | None = None
     weights: dict[str, float] = {}
     lr_scales: dict[str, float] = {}
+    withdrawn: dict[str, str] = Field({}, description="Silos that stopped contributing, with their reason.")
     deadline_s: float | None = Field(None, description="Seconds until the round may close without every silo.")
 
 
