@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .config import FederationConfig
+from .fairness import fairness_indices
 from .crypto import create_keys, write_key_pair
 from .crypto.keys import PUBLIC_FILE, SECRET_FILE
 from .silo_agent.agent import base_model_path
@@ -139,8 +140,9 @@ def build_report(config: FederationConfig, records: list[dict], wall_s: float) -
         rounds.append({
             "round": r,
             "mean_auc": sum(x["auc"] for x in rows.values()) / len(rows),
-            "silos": {s: {k: x[k] for k in ("val_loss", "auc", "train_loss", "upload_bytes", "download_bytes", "encrypt_s",
-                                             "decrypt_s", "kept", "round_s")} | {"loss": x["val_loss"]} for s, x in sorted(rows.items())},
+            "silos": {s: {k: x.get(k) for k in ("val_loss", "auc", "train_loss", "upload_bytes", "download_bytes", "encrypt_s",
+                                                 "decrypt_s", "kept", "round_s", "weight", "lr_scale", "epsilon")}
+                      | {"loss": x["val_loss"]} for s, x in sorted(rows.items())},
         })
     return {
         "name": config.name,
@@ -149,6 +151,7 @@ def build_report(config: FederationConfig, records: list[dict], wall_s: float) -
             "rounds": len(rounds),
             "silos": list(config.silo_names),
             "first_mean_auc": rounds[0]["mean_auc"] if rounds else None,
+            "final_fairness": fairness_indices({s: x["auc"] for s, x in rounds[-1]["silos"].items()}) if rounds else None,
             "final_mean_auc": rounds[-1]["mean_auc"] if rounds else None,
             "upload_bytes_total": sum(x["upload_bytes"] for x in records),
             "download_bytes_total": sum(x["download_bytes"] for x in records),
