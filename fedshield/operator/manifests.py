@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import yaml
 
 from ..api.models import GROUP, KIND, VERSION, FederatedFinetuneSpec, SiloSpec
-from ..config import AggregationSpec, DataSpec, FederationConfig, LoraSpec, ModelSpec, PrivacySpec, TrainingSpec
+from ..config import AggregationSpec, DataSpec, DPSpec, FederationConfig, LoraSpec, ModelSpec, PrivacySpec, TrainingSpec
 from ..config import SiloSpec as ConfigSilo
 from ..crypto.params import PackingParams
 
@@ -75,6 +75,7 @@ def plan_name(owner: Owner) -> str:
 
 def federation_config(owner: Owner, spec: FederatedFinetuneSpec) -> FederationConfig:
     """The run plan every pod reads (the local federation's config, derived from the spec)."""
+    dp = spec.privacy.differential_privacy
     return FederationConfig(
         name=owner.name, rounds=spec.rounds, seed=0,
         silos=tuple(ConfigSilo(name=s.name, metrics_port=METRICS_PORT) for s in spec.silos),
@@ -83,9 +84,13 @@ def federation_config(owner: Owner, spec: FederatedFinetuneSpec) -> FederationCo
         lora=LoraSpec(r=spec.lora.r, alpha=spec.lora.alpha, dropout=spec.lora.dropout, target_modules=tuple(spec.lora.target_modules)),
         training=TrainingSpec(learning_rate=spec.training.learning_rate, batch_size=spec.training.batch_size,
                               local_steps=spec.training.local_steps, zero_stage=spec.training.zero_stage, precision=spec.training.precision),
-        aggregation=AggregationSpec(min_silos=spec.aggregation.min_silos, round_deadline_s=spec.aggregation.round_deadline_seconds),
+        aggregation=AggregationSpec(
+            strategy="dynamic_balance" if spec.aggregation.strategy == "dynamicBalance" else "fedavg",
+            min_silos=spec.aggregation.min_silos, round_deadline_s=spec.aggregation.round_deadline_seconds),
         privacy=PrivacySpec(pruning=spec.privacy.pruning, private_modules=tuple(spec.privacy.private_modules),
-                            packing=PackingParams(max_silos=max(16, len(spec.silos)))),
+                            packing=PackingParams(max_silos=max(16, len(spec.silos))),
+                            dp=DPSpec(enabled=dp.enabled, clip_norm=dp.clip_norm, noise_multiplier=dp.noise_multiplier,
+                                      target_epsilon=dp.target_epsilon, delta=dp.delta)),
         data=DataSpec(movielens_path=DATA_DIR),
     )
 
