@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import tempfile
 from pathlib import Path
 
 from rich.console import Console
+
+with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed announces its accelerator on stdout at import
+    import deepspeed  # noqa: F401
 
 from fedshield.config import AggregationSpec, DataSpec, FederationConfig, PrivacySpec, SiloSpec, TrainingSpec
 from fedshield.demo import run_local
