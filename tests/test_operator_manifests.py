@@ -122,6 +122,16 @@ def test_failed_silo_pod_is_reported_with_exit_code_and_reason():
     assert "hospital-a failed (OOMKilled, exit code 137)" in message
 
 
+def test_withdrawn_silo_and_epsilon_appear_in_status():
+    spec = FederatedFinetuneSpec.model_validate(EXAMPLE["spec"])
+    observed = Observed(jobs={"hospital-a": _job(succeeded=1)}, aggregator_ready=True, aggregator={
+        "plan": {"state": "open", "withdrawn": {"hospital-a": "privacy budget spent"}},
+        "closed": [{"round": 0, "contributors": ["hospital-a"], "metadata": {"hospital-a": {"epsilon": 1.25}}}]})
+    status = compute_status(spec, observed, None, "t", 1)
+    assert next(s for s in status["silos"] if s["name"] == "hospital-a")["reason"] == "Withdrawn: privacy budget spent"
+    assert status["epsilon"] == 1.25
+
+
 def test_fifty_silo_reconcile_is_fast():
     spec = spec_with(50)
     start = time.perf_counter()

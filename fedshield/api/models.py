@@ -64,6 +64,7 @@ class DifferentialPrivacySpec(Model):
     noise_multiplier: float | None = Field(None, gt=0, description="sigma: noise std is sigma * C. Give this or targetEpsilon.")
     target_epsilon: float | None = Field(None, gt=0, description="Total epsilon over all rounds; sigma is solved for it.")
     delta: float = Field(1e-5, gt=0, lt=1, description="delta of (epsilon, delta)-DP.")
+    epsilon_budget: float | None = Field(None, gt=0, description="A silo stops contributing before its spend would exceed this (default: targetEpsilon).")
 
 
 class PrivacySpec(Model):

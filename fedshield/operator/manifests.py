@@ -90,7 +90,7 @@ def federation_config(owner: Owner, spec: FederatedFinetuneSpec) -> FederationCo
         privacy=PrivacySpec(pruning=spec.privacy.pruning, private_modules=tuple(spec.privacy.private_modules),
                             packing=PackingParams(max_silos=max(16, len(spec.silos))),
                             dp=DPSpec(enabled=dp.enabled, clip_norm=dp.clip_norm, noise_multiplier=dp.noise_multiplier,
-                                      target_epsilon=dp.target_epsilon, delta=dp.delta)),
+                                      target_epsilon=dp.target_epsilon, delta=dp.delta, epsilon_budget=dp.epsilon_budget)),
         data=DataSpec(movielens_path=DATA_DIR),
     )
 

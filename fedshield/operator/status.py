@@ -66,10 +66,13 @@ def compute_status(spec: FederatedFinetuneSpec, observed: Observed, previous: di
     for summary in closed:
         for silo in summary.get("contributors", []):
             last_round[silo] = summary["round"]
+    withdrawn = agg.get("plan", {}).get("withdrawn", {}) or {}
     silos = []
     for silo in spec.silos:
         job = observed.jobs.get(silo.name)
         exit_code, reason = _last_termination(observed.failed_pods.get(silo.name, []))
+        if silo.name in withdrawn:
+            reason = f"Withdrawn: {withdrawn[silo.name]}"
         entry = {"name": silo.name, "phase": silo_phase(job, spec.suspend), "lastRound": last_round.get(silo.name),
                  "exitCode": exit_code, "reason": reason, "restarts": (job or {}).get("status", {}).get("failed", 0) or 0}
         silos.append({k: v for k, v in entry.items() if v is not None})
