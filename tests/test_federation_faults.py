@@ -30,7 +30,8 @@ def test_killed_silo_resumes_from_its_checkpoint(tmp_path):
     federation = Federation(config, tmp_path)
     try:
         federation.start()
-        wait_for(lambda: any(r["silo"] == "bank-a" for r in federation.records()), 180, federation)
+        # both silos finished round 0 (so both exported metrics); bank-b then waits for bank-a in round 1
+        wait_for(lambda: {r["silo"] for r in federation.records()} == {"bank-a", "bank-b"}, 180, federation)
         # every process serves Prometheus metrics on its own port (bank-b cannot finish without bank-a)
         scraped = httpx.get(f"http://127.0.0.1:{config.aggregator_metrics_port}/metrics").text
         assert 'fedshield_uploads_accepted_total{silo="bank-a"}' in scraped

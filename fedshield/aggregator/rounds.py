@@ -62,6 +62,10 @@ class Coordinator:
         self._sum: EncryptedSum | None = None
         self.current: int | None = None  # open round; None before round 0
         self.finished = False
+        # The open round's plan, fixed when it opens (silos poll it several times a second).
+        self._weights: dict[str, float] = {}
+        self._lr_scales: dict[str, float] = {}
+        self._deadline_at: float | None = None
         self._restore()
 
     # --- state ---------------------------------------------------------------------------
@@ -71,10 +75,13 @@ class Coordinator:
         closed = [r for r in rounds if r["closed_at"] is not None]
         if len(closed) >= self.config.rounds:
             self.finished = True
+            if self._joined():
+                self._fix_plan(opened_at=None)
             return
         open_rows = [r for r in rounds if r["closed_at"] is None]
         if open_rows:
             self.current = open_rows[0]["round"]
+            self._fix_plan(open_rows[0]["opened_at"])
             self._sum = self._new_sum()
             for row in self.store.uploads(self.current):
                 with EnvelopeReader.open(row.path) as reader:
@@ -107,8 +114,23 @@ class Coordinator:
     def _open(self, round: int) -> None:
         self.store.open_round(round)
         self.current = round
+        opened_at = next(r["opened_at"] for r in self.store.rounds() if r["round"] == round)
+        self._fix_plan(opened_at)
         self._sum = self._new_sum()
         log.info("round %d open", round)
+
+    def _fix_plan(self, opened_at: float | None) -> None:
+        """Weights, learning-rate scales and deadline of the round: they depend only on closed rounds."""
+        samples = {name: s for name, (s, _, _) in self._joined().items()}
+        agg = self.config.aggregation
+        if agg.strategy == "dynamic_balance":
+            losses = self._last_losses()
+            self._weights = loss_weights(samples, losses, q=agg.q)
+            self._lr_scales = lr_scales(losses, list(self.config.silo_names), gamma=agg.gamma)
+        else:
+            self._weights = fedavg_weights(samples)
+            self._lr_scales = {name: 1.0 for name in self.config.silo_names}
+        self._deadline_at = None if opened_at is None else opened_at + agg.round_deadline_s
 
     def _last_losses(self) -> dict[str, float]:
         """Each silo's most recent validation loss from closed rounds (stable while a round is open)."""
@@ -122,23 +144,13 @@ class Coordinator:
 
     def weights(self) -> dict[str, float]:
         """This round's aggregation weights: FedAvg sample shares, or dynamic balance by validation loss."""
-        samples = {name: s for name, (s, _, _) in self._joined().items()}
-        agg = self.config.aggregation
-        if agg.strategy == "dynamic_balance":
-            return loss_weights(samples, self._last_losses(), q=agg.q)
-        return fedavg_weights(samples)
+        return dict(self._weights)
 
     def lr_scales(self) -> dict[str, float]:
-        agg = self.config.aggregation
-        if agg.strategy == "dynamic_balance":
-            return lr_scales(self._last_losses(), list(self.config.silo_names), gamma=agg.gamma)
-        return {name: 1.0 for name in self.config.silo_names}
+        return dict(self._lr_scales)
 
     def _deadline(self) -> float | None:
-        if self.current is None:
-            return None
-        opened = next(r["opened_at"] for r in self.store.rounds() if r["round"] == self.current)
-        return opened + self.config.aggregation.round_deadline_s
+        return self._deadline_at if self.current is not None else None
 
     # --- queries -------------------------------------------------------------------------
 

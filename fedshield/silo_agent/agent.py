@@ -23,7 +23,7 @@ from ..config import FederationConfig
 from ..crypto import EnvelopeReader, Keys, decrypt_envelope, encrypt_update
 from ..privacy import privatise
 from ..updates import VectorLayout, compensate, lora_parameters, next_residual, round_mask, scatter
-from ..wire.client import AggregatorClient
+from ..wire.client import AggregatorClient, AggregatorRefused
 from ..wire.messages import JoinRequest, UploadMetadata
 from ..workloads.scoring import auc, log_loss
 from .checkpoint import PendingUpload, SiloState, load_state, save_state
@@ -38,7 +38,7 @@ log = logging.getLogger("fedshield.silo")
 class RoundRecord:
     round: int
     silo: str
-    train_loss: float
+    train_loss: float | None  # None when the silo missed the round
     val_loss: float
     auc: float
     upload_bytes: int
@@ -78,6 +78,7 @@ class SiloAgent:
         self.params = lora_parameters(self.model)
         self.layout = VectorLayout.from_tensors(self.params, config.privacy.private_modules)
         self.engine = create_engine(self.model, config.training)
+        self.budget = config.dp_budget(silo)  # None without DP
         self.state = load_state(self.workdir) or SiloState(
             round_done=-1, global_shared=self.layout.flatten(self.params),
             lora=self._lora_snapshot(),
@@ -106,7 +107,7 @@ class SiloAgent:
         ))
         metrics.TOTAL_PARAMETERS.labels(self.silo).set(self.layout.size)
         log.info("%s joined: %d training examples, %d shared values", self.silo, len(self.train), self.layout.size)
-        budget = self.config.dp_budget(self.silo)
+        budget = self.budget
         while self.state.round_done + 1 < plan.rounds_total:
             contributions = self.state.round_done + 2  # every round so far, and the next one
             if budget is not None and not budget.allows(contributions):
@@ -123,65 +124,90 @@ class SiloAgent:
         self.save_adapter(self.workdir / "adapter")
         return self.state.history
 
+    def _prepare_upload(self, round: int, plan) -> tuple[PendingUpload, float, float]:
+        """Train locally, then build (and checkpoint) this round's encrypted upload."""
+        state = self.state
+        set_learning_rate(self.engine, self.config.training.learning_rate * plan.lr_scales.get(self.silo, 1.0))
+        t = time.perf_counter()
+        train_loss = train_local(
+            self.engine, self.tokenizer, self.train, self.config.training.local_steps,
+            self.config.training.batch_size, seed=zlib.crc32(f"{self.config.seed}/{self.silo}/{round}".encode()),
+        )
+        train_s = time.perf_counter() - t
+        delta = self.layout.flatten(self.params) - state.global_shared
+        update = compensate(delta, state.residual)
+        if self.budget is not None:  # DP-LoRA: the residual below is then taken from released values only
+            update = privatise(update, self.budget.clip_norm, self.budget.noise_multiplier)
+        mask = self._mask(round, plan)
+        encrypted = encrypt_update(
+            self.keys, update[mask], weight=plan.weights[self.silo], round=round, silo=self.silo,
+            packing=self.config.packing(), layout=self.layout.digest,
+        )
+        pending = PendingUpload(round, encrypted.data, mask, next_residual(update, mask, encrypted.sent), train_loss)
+        state.pending = pending
+        state.lora = self._lora_snapshot()
+        save_state(self.workdir, state)  # a crash from here on re-sends these exact bytes
+        return pending, train_s, encrypted.encrypt_s
+
+    def _mask(self, round: int, plan) -> np.ndarray:
+        return round_mask(self.layout.size, plan.pruning, round, plan.mask_seed, score=self.state.score,
+                          explore_share=plan.explore_share)
+
     def run_round(self, round: int) -> RoundRecord:
+        """Contribute to ``round`` if it is still open (or re-send what a crash left pending), then apply its aggregate.
+
+        A silo that was down while the round closed does not contribute; it catches up by
+        applying the round's aggregate, so it rejoins from the current global state.
+        """
         start = time.perf_counter()
         plan = self.client.wait_for_round(round)
-        if plan.round != round or plan.state != "open":
-            raise RuntimeError(f"{self.silo} expected round {round} to open; the aggregator is at {plan.state} {plan.round}")
         state = self.state
-        pending, train_s, encrypt_s = state.pending, 0.0, 0.0
-        if pending is None or pending.round != round:
-            lr = self.config.training.learning_rate * plan.lr_scales.get(self.silo, 1.0)
-            set_learning_rate(self.engine, lr)
-            t = time.perf_counter()
-            train_loss = train_local(
-                self.engine, self.tokenizer, self.train, self.config.training.local_steps,
-                self.config.training.batch_size, seed=zlib.crc32(f"{self.config.seed}/{self.silo}/{round}".encode()),
-            )
-            train_s = time.perf_counter() - t
-            delta = self.layout.flatten(self.params) - state.global_shared
-            update = compensate(delta, state.residual)
-            budget = self.config.dp_budget(self.silo)
-            if budget is not None:  # DP-LoRA: the residual below is then taken from released values only
-                update = privatise(update, budget.clip_norm, budget.noise_multiplier)
-            mask = round_mask(self.layout.size, plan.pruning, round, plan.mask_seed, score=state.score,
-                              explore_share=plan.explore_share)
-            encrypted = encrypt_update(
-                self.keys, update[mask], weight=plan.weights[self.silo], round=round, silo=self.silo,
-                packing=self.config.packing(), layout=self.layout.digest,
-            )
-            encrypt_s = encrypted.encrypt_s
-            pending = PendingUpload(round, encrypted.data, mask, next_residual(update, mask, encrypted.sent), train_loss)
-            state.pending = pending
-            state.lora = self._lora_snapshot()
-            save_state(self.workdir, state)  # a crash from here on re-sends these exact bytes
-        val_loss, val_auc = self.evaluate()
-        budget = self.config.dp_budget(self.silo)
-        spent = budget.spent(round + 1) if budget is not None else None
-        receipt = self.client.upload(round, self.silo, pending.data, UploadMetadata(
-            samples=len(self.train), train_loss=pending.train_loss, val_loss=val_loss, val_auc=val_auc, epsilon=spent,
-        ))
+        pending = state.pending if state.pending is not None and state.pending.round == round else None
+        train_s = encrypt_s = 0.0
+        if pending is None and plan.state == "open" and plan.round == round:
+            pending, train_s, encrypt_s = self._prepare_upload(round, plan)
+        upload_bytes, spent, residual = 0, None, state.residual
+        if pending is not None:
+            val_loss, val_auc = self.evaluate()
+            spent = self.budget.spent(round + 1) if self.budget is not None else None
+            try:
+                receipt = self.client.upload(round, self.silo, pending.data, UploadMetadata(
+                    samples=len(self.train), train_loss=pending.train_loss, val_loss=val_loss, val_auc=val_auc, epsilon=spent,
+                ))
+                upload_bytes, residual = receipt.bytes, pending.residual
+            except AggregatorRefused as exc:
+                if exc.body.error != "round_closed":
+                    raise
+                # Not counted: everything this upload carried stays in error feedback.
+                sent = decrypt_envelope(self.keys, EnvelopeReader.from_bytes(pending.data))
+                residual = pending.residual + scatter(sent, pending.mask, self.layout.size)
+                spent = None
+                log.warning("%s: round %d closed before its upload arrived; catching up", self.silo, round)
+        else:
+            log.warning("%s missed round %d; catching up from its aggregate", self.silo, round)
         if spent is not None:
             metrics.EPSILON_SPENT.labels(self.silo).set(spent)
+        mask = pending.mask if pending is not None else self._mask(round, plan)
         aggregate = self.client.aggregate(round)
         t = time.perf_counter()
         average = decrypt_envelope(self.keys, EnvelopeReader.from_bytes(aggregate), round=round,
-                                   count=pending.mask.size, layout=self.layout.digest)
+                                   count=mask.size, layout=self.layout.digest)
         decrypt_s = time.perf_counter() - t
         state.global_shared = state.global_shared.copy()
-        state.global_shared[pending.mask] += average
-        state.score = np.abs(scatter(average, pending.mask, self.layout.size))
-        state.residual = pending.residual
+        state.global_shared[mask] += average
+        state.score = np.abs(scatter(average, mask, self.layout.size))
+        state.residual = residual
         self.layout.assign(self.params, state.global_shared)
         state.lora = self._lora_snapshot()
         state.pending, state.round_done = None, round
         val_loss, val_auc = self.evaluate()
         save_state(self.workdir, state)
         record = RoundRecord(
-            round=round, silo=self.silo, train_loss=pending.train_loss, val_loss=val_loss, auc=val_auc,
-            upload_bytes=receipt.bytes, download_bytes=len(aggregate), kept=int(pending.mask.size),
+            round=round, silo=self.silo, train_loss=pending.train_loss if pending else None, val_loss=val_loss, auc=val_auc,
+            upload_bytes=upload_bytes, download_bytes=len(aggregate), kept=int(mask.size),
             encrypt_s=encrypt_s, decrypt_s=decrypt_s, train_s=train_s, round_s=time.perf_counter() - start,
-            weight=plan.weights[self.silo], lr_scale=plan.lr_scales.get(self.silo, 1.0), epsilon=spent,
+            weight=plan.weights.get(self.silo, 0.0) if upload_bytes else 0.0,
+            lr_scale=plan.lr_scales.get(self.silo, 1.0), epsilon=spent,
         )
         metrics.AGGREGATION_WEIGHT.labels(self.silo).set(record.weight)
         metrics.LR_SCALE.labels(self.silo).set(record.lr_scale)
@@ -196,7 +222,8 @@ class SiloAgent:
         metrics.ENCRYPT_SECONDS.labels(self.silo).observe(r.encrypt_s)
         metrics.DECRYPT_SECONDS.labels(self.silo).observe(r.decrypt_s)
         metrics.ROUND_SECONDS.labels(self.silo).observe(r.round_s)
-        metrics.TRAIN_LOSS.labels(self.silo).set(r.train_loss)
+        if r.train_loss is not None:
+            metrics.TRAIN_LOSS.labels(self.silo).set(r.train_loss)
         metrics.VALIDATION_AUC.labels(self.silo).set(r.auc)
         metrics.VALIDATION_LOSS.labels(self.silo).set(r.val_loss)
         metrics.CURRENT_ROUND.set(r.round)
