@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 
 from .crypto.keys import PUBLIC_FILE, SECRET_FILE, create_keys, load_keys, write_key_pair
@@ -51,9 +53,11 @@ def _silo(args: argparse.Namespace) -> int:
     if spec is None:
         print(f"error: silo {args.name!r} is not in {args.config}", file=sys.stderr)
         return 2
-    metrics.serve_metrics(spec.metrics_port)
+    metrics.serve_metrics(spec.metrics_port, metrics.SILO)
     agent = SiloAgent(config, args.name, load_keys(args.secret_key), args.workdir, args.aggregator, model_cache=args.model_cache)
     agent.run()
+    if spec.metrics_port is not None and args.metrics_linger > 0:
+        time.sleep(args.metrics_linger)  # let Prometheus scrape the final values before the process ends
     return 0
 
 
@@ -144,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     silo.add_argument("--workdir", required=True)
     silo.add_argument("--aggregator", required=True, help="aggregator base URL")
     silo.add_argument("--model-cache", default=None, help="where the tiny demo model is built and cached")
+    silo.add_argument("--metrics-linger", type=float, default=float(os.environ.get("FEDSHIELD_METRICS_LINGER_S", "0")),
+                      help="seconds to keep serving /metrics after the last round (env FEDSHIELD_METRICS_LINGER_S)")
     silo.set_defaults(func=_silo)
     return parser
 

@@ -1,45 +1,76 @@
-"""Every Prometheus metric FedShield exports, in one place (names follow Prometheus conventions).
+"""Every Prometheus metric FedShield exports, in one place (the catalogue is docs/metrics.md).
 
-Label values are bounded: silo names only, never round numbers.
+Two registries, one per process kind, so a silo never exports the aggregator's series
+(and the reverse): ``SILO`` is served by silo agents, ``AGGREGATOR`` by the aggregator.
+Names follow Prometheus conventions: base units, ``_total`` for counters, ``_seconds``
+and ``_bytes``. Label values are bounded: silo names and error codes, never rounds.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+SILO = CollectorRegistry(auto_describe=True)
+AGGREGATOR = CollectorRegistry(auto_describe=True)
 
 CRYPTO_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+ROUND_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
+S = {"labelnames": ["silo"], "registry": SILO}
+A = {"registry": AGGREGATOR}
+A_SILO = {"labelnames": ["silo"], "registry": AGGREGATOR}
 
-# communication
-UPLOAD_BYTES = Counter("fedshield_upload_bytes_total", "Encrypted update bytes uploaded by a silo.", ["silo"])
-DOWNLOAD_BYTES = Counter("fedshield_download_bytes_total", "Aggregate bytes downloaded by a silo.", ["silo"])
-UPLOADS_ACCEPTED = Counter("fedshield_uploads_accepted_total", "Uploads the aggregator accepted.", ["silo"])
-UPLOADS_REJECTED = Counter("fedshield_uploads_rejected_total", "Uploads the aggregator refused, by reason.", ["reason"])
-KEPT_PARAMETERS = Gauge("fedshield_kept_parameters", "Update coordinates sent this round (after pruning).", ["silo"])
-TOTAL_PARAMETERS = Gauge("fedshield_shared_parameters", "Length of the shared update vector.", ["silo"])
+# --- silo agent: communication --------------------------------------------------------
+SILO_UPLOAD_BYTES = Counter("fedshield_silo_upload_bytes_total", "Encrypted update bytes the silo uploaded (accepted uploads).", **S)
+SILO_DOWNLOAD_BYTES = Counter("fedshield_silo_download_bytes_total", "Aggregate bytes the silo downloaded.", **S)
+SILO_CIPHERTEXTS = Counter("fedshield_silo_ciphertexts_uploaded_total", "CKKS ciphertexts in the silo's accepted uploads.", **S)
+SILO_KEPT_PARAMETERS = Gauge("fedshield_silo_kept_parameters", "Update coordinates sent in the last round (after pruning).", **S)
+SILO_SHARED_PARAMETERS = Gauge("fedshield_silo_shared_parameters", "Length of the shared update vector (private modules excluded).", **S)
+SILO_UPLOAD_PLAIN_RATIO = Gauge(
+    "fedshield_silo_upload_plain_ratio", "Last upload's bytes over the dense fp32 update's (4 bytes per shared parameter).", **S)
 
-# crypto cost
-ENCRYPT_SECONDS = Histogram("fedshield_encrypt_seconds", "Time a silo spends encrypting one update.", ["silo"], buckets=CRYPTO_BUCKETS)
-DECRYPT_SECONDS = Histogram("fedshield_decrypt_seconds", "Time a silo spends decrypting one aggregate.", ["silo"], buckets=CRYPTO_BUCKETS)
-AGGREGATE_SECONDS = Histogram("fedshield_aggregate_seconds", "Time to write one round's aggregate.", buckets=CRYPTO_BUCKETS)
+# --- silo agent: crypto cost ------------------------------------------------------------
+SILO_ENCRYPT_SECONDS = Histogram("fedshield_silo_encrypt_seconds", "Time to encrypt one update.", buckets=CRYPTO_BUCKETS, **S)
+SILO_DECRYPT_SECONDS = Histogram("fedshield_silo_decrypt_seconds", "Time to decrypt one aggregate.", buckets=CRYPTO_BUCKETS, **S)
 
-# rounds
-CURRENT_ROUND = Gauge("fedshield_current_round", "The round in progress.")
-ROUNDS_CLOSED = Counter("fedshield_rounds_closed_total", "Rounds the aggregator closed.")
-ROUND_SECONDS = Histogram("fedshield_round_seconds", "Wall time of one round at a silo.", ["silo"], buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1800))
+# --- silo agent: rounds, training, quality -----------------------------------------------
+SILO_ROUND = Gauge("fedshield_silo_round", "Last round the silo completed (-1 before the first).", **S)
+SILO_ROUND_SECONDS = Histogram("fedshield_silo_round_seconds", "Wall time of one round at the silo.", buckets=ROUND_BUCKETS, **S)
+SILO_TRAIN_LOSS = Gauge("fedshield_silo_train_loss", "Mean local training loss in the last round.", **S)
+SILO_TRAIN_TOKENS = Counter("fedshield_silo_train_tokens_total", "Prompt tokens processed by local training.", **S)
+SILO_TOKENS_PER_SECOND = Gauge("fedshield_silo_train_tokens_per_second", "Local training throughput in the last round.", **S)
+SILO_VALIDATION_AUC = Gauge("fedshield_silo_validation_auc", "Validation AUC of the current global model on the silo's data.", **S)
+SILO_VALIDATION_LOSS = Gauge("fedshield_silo_validation_loss", "Validation log-loss of the current global model on the silo's data.", **S)
 
-# privacy and fairness
-EPSILON_SPENT = Gauge("fedshield_epsilon_spent", "Differential-privacy epsilon a silo has spent.", ["silo"])
-SILO_WITHDRAWN = Gauge("fedshield_silo_withdrawn", "1 when a silo stopped contributing (e.g. budget spent).", ["silo"])
-AGGREGATION_WEIGHT = Gauge("fedshield_aggregation_weight", "A silo's weight in the current round.", ["silo"])
-LR_SCALE = Gauge("fedshield_lr_scale", "A silo's learning-rate scale in the current round.", ["silo"])
+# --- aggregator: communication ----------------------------------------------------------
+UPLOAD_BYTES = Counter("fedshield_aggregator_received_bytes_total", "Bytes of accepted uploads, per silo.", **A_SILO)
+UPLOADS_ACCEPTED = Counter("fedshield_aggregator_uploads_accepted_total", "Uploads accepted (retries not counted).", **A_SILO)
+UPLOADS_REJECTED = Counter("fedshield_aggregator_requests_rejected_total", "Requests refused, by error code.", ["error"], **A)
+AGGREGATE_BYTES = Gauge("fedshield_aggregator_aggregate_bytes", "Size of the last published aggregate.", **A)
 
-# training and quality
-TRAIN_LOSS = Gauge("fedshield_train_loss", "Mean local training loss in the last round.", ["silo"])
-VALIDATION_AUC = Gauge("fedshield_validation_auc", "Validation AUC of the global model at a silo.", ["silo"])
-VALIDATION_LOSS = Gauge("fedshield_validation_loss", "Validation log-loss of the global model at a silo.", ["silo"])
+# --- aggregator: crypto cost and rounds ---------------------------------------------------
+AGGREGATE_SECONDS = Histogram("fedshield_aggregator_aggregate_seconds", "Time to write one round's aggregate.", buckets=CRYPTO_BUCKETS, **A)
+CURRENT_ROUND = Gauge("fedshield_round", "The open round (the number of rounds once finished).", **A)
+ROUNDS_PLANNED = Gauge("fedshield_rounds_planned", "Rounds the federation runs.", **A)
+ROUNDS_CLOSED = Counter("fedshield_rounds_closed_total", "Rounds the aggregator closed.", **A)
+ROUND_DURATION = Histogram("fedshield_round_duration_seconds", "Time from a round's opening to its closing.", buckets=ROUND_BUCKETS, **A)
+SILOS_REPORTING = Gauge("fedshield_round_silos_reporting", "Uploads accepted in the open round.", **A)
+SILOS_EXPECTED = Gauge("fedshield_round_silos_expected", "Silos expected to upload (joined, not withdrawn).", **A)
+STRAGGLERS = Gauge("fedshield_round_stragglers", "Expected silos missing from the last closed round.", **A)
+STRAGGLER_ROUNDS = Counter("fedshield_silo_missed_rounds_total", "Rounds that closed without the silo's upload.", **A_SILO)
+
+# --- aggregator: fairness and privacy (what silos reported with the last closed round) ---
+REPORTED_AUC = Gauge("fedshield_reported_validation_auc", "Validation AUC a silo reported with its last upload.", **A_SILO)
+REPORTED_LOSS = Gauge("fedshield_reported_validation_loss", "Validation log-loss a silo reported with its last upload.", **A_SILO)
+FAIRNESS_JAIN = Gauge("fedshield_fairness_jain_index", "Jain's index of the reported validation AUCs (1 = equal).", **A)
+FAIRNESS_GAP = Gauge("fedshield_fairness_auc_gap", "Best minus worst reported validation AUC.", **A)
+FAIRNESS_WORST = Gauge("fedshield_fairness_worst_silo", "1 for the silo with the lowest reported AUC, 0 for the others.", **A_SILO)
+AGGREGATION_WEIGHT = Gauge("fedshield_aggregation_weight", "A silo's weight in the open round's plan.", **A_SILO)
+LR_SCALE = Gauge("fedshield_lr_scale", "A silo's learning-rate scale in the open round's plan.", **A_SILO)
+EPSILON_SPENT = Gauge("fedshield_epsilon_spent", "Differential-privacy epsilon a silo reported spent.", **A_SILO)
+SILO_WITHDRAWN = Gauge("fedshield_silo_withdrawn", "1 when a silo stopped contributing (e.g. budget spent).", **A_SILO)
 
 
-def serve_metrics(port: int | None) -> None:
-    """Expose /metrics on ``port`` (no-op when None)."""
+def serve_metrics(port: int | None, registry: CollectorRegistry = AGGREGATOR) -> None:
+    """Expose ``registry`` on ``port`` at /metrics (no-op when None)."""
     if port is not None:
-        start_http_server(port)
+        start_http_server(port, registry=registry)

@@ -34,9 +34,9 @@ def test_killed_silo_resumes_from_its_checkpoint(tmp_path):
         wait_for(lambda: {r["silo"] for r in federation.records()} == {"bank-a", "bank-b"}, 180, federation)
         # every process serves Prometheus metrics on its own port (bank-b cannot finish without bank-a)
         scraped = httpx.get(f"http://127.0.0.1:{config.aggregator_metrics_port}/metrics").text
-        assert 'fedshield_uploads_accepted_total{silo="bank-a"}' in scraped
+        assert 'fedshield_aggregator_uploads_accepted_total{silo="bank-a"}' in scraped
         silo_port = next(s.metrics_port for s in config.silos if s.name == "bank-b")
-        assert 'fedshield_validation_auc{silo="bank-b"}' in httpx.get(f"http://127.0.0.1:{silo_port}/metrics").text
+        assert 'fedshield_silo_validation_auc{silo="bank-b"}' in httpx.get(f"http://127.0.0.1:{silo_port}/metrics").text
         federation.kill("bank-a")
         federation.restart("bank-a")
         wait_for(federation.silos_done, 300, federation)

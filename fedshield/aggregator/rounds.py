@@ -16,13 +16,13 @@ import threading
 import time
 from pathlib import Path
 
-from .. import metrics
 from ..config import FederationConfig
 from ..crypto import CryptoError, EncryptedSum, EnvelopeReader, Keys
 from ..crypto.envelope import save_envelope
 from ..fairness import fedavg_weights, loss_weights, lr_scales
 from ..updates import kept_count
 from ..wire.messages import JoinRequest, RoundPlan, RoundSummary, Status, UploadMetadata, UploadReceipt
+from . import telemetry
 from .store import Store
 
 log = logging.getLogger("fedshield.aggregator")
@@ -89,6 +89,7 @@ class Coordinator:
             log.info("resumed round %d with %d accepted uploads", self.current, len(self._sum.contributors))
         else:
             self._maybe_start()
+        self._publish()
 
     def _joined(self) -> dict[str, tuple[int, int, str]]:
         return self.store.silos()
@@ -118,6 +119,22 @@ class Coordinator:
         self._fix_plan(opened_at)
         self._sum = self._new_sum()
         log.info("round %d open", round)
+        self._publish()
+
+    def _expected(self) -> list[str]:
+        withdrawn = self.store.withdrawn()
+        return [s for s in self.config.silo_names if s not in withdrawn]
+
+    def _publish(self) -> None:
+        """Export the state as Prometheus gauges (a few small queries, at state changes only)."""
+        expected = self._expected()
+        telemetry.publish_plan(self.config.rounds if self.finished else (self.current or 0), self.config.rounds,
+                               self._weights, self._lr_scales, expected, len(self._sum.contributors) if self._sum else 0)
+        telemetry.publish_withdrawn(self.config.silo_names, self.store.withdrawn())
+        closed = [r for r in self.store.rounds() if r["closed_at"] is not None]
+        if closed:
+            reports = {u.silo: u.metadata for u in self.store.uploads(closed[-1]["round"])}
+            telemetry.publish_reports(reports, expected, closed[-1]["contributors"])
 
     def _fix_plan(self, opened_at: float | None) -> None:
         """Weights, learning-rate scales and deadline of the round: they depend only on closed rounds."""
@@ -240,8 +257,8 @@ class Coordinator:
             if silo not in self.store.withdrawn():
                 self.store.add_withdrawal(silo, self.current if self.current is not None else -1, reason)
                 log.warning("silo %s withdrew: %s", silo, reason)
-                metrics.SILO_WITHDRAWN.labels(silo).set(1)
             self._maybe_close()
+            self._publish()
             return self.plan()
 
     def accept_upload(self, round: int, silo: str, tmp_path: Path, metadata: UploadMetadata) -> UploadReceipt:
@@ -289,6 +306,7 @@ class Coordinator:
             self.store.add_upload(round, silo, digest, size, metadata.model_dump())
             log.info("round %d: accepted %s (%d bytes)", round, silo, size)
             self._maybe_close()
+            self._publish()
             return UploadReceipt(round=round, silo=silo, bytes=size, sha256=digest, duplicate=False)
 
     def tick(self) -> None:
@@ -315,11 +333,13 @@ class Coordinator:
         save_envelope(self.store.aggregate_path(round), self._sum.to_bytes())
         elapsed = time.perf_counter() - start
         self.store.close_round(round, list(self._sum.contributors), self._sum.weight_sum, elapsed)
-        metrics.AGGREGATE_SECONDS.observe(elapsed)
-        metrics.ROUNDS_CLOSED.inc()
+        row = next(r for r in self.store.rounds() if r["round"] == round)
+        telemetry.observe_close(row["closed_at"] - row["opened_at"], elapsed, self.store.aggregate_path(round).stat().st_size,
+                                set(self._expected()) - set(self._sum.contributors))
         log.info("round %d closed with %s", round, ", ".join(self._sum.contributors))
         if round + 1 >= self.config.rounds:
             self.finished, self._sum = True, None
             log.info("federation finished")
+            self._publish()
         else:
             self._open(round + 1)

@@ -29,7 +29,7 @@ from ..workloads.scoring import auc, log_loss
 from .checkpoint import PendingUpload, SiloState, load_state, save_state
 from .data import public_corpus, silo_examples
 from .model import build_tiny_base, load_base, with_lora, yes_probabilities
-from .training import create_engine, set_learning_rate, train_local
+from .training import create_engine, set_learning_rate, train_local_stats
 
 log = logging.getLogger("fedshield.silo")
 
@@ -48,6 +48,8 @@ class RoundRecord:
     decrypt_s: float
     train_s: float
     round_s: float
+    train_tokens: int
+    ciphertexts: int
     weight: float
     lr_scale: float
     epsilon: float | None
@@ -105,7 +107,8 @@ class SiloAgent:
         plan = self.client.join(JoinRequest(
             silo=self.silo, samples=len(self.train), vector_size=self.layout.size, layout=self.layout.digest,
         ))
-        metrics.TOTAL_PARAMETERS.labels(self.silo).set(self.layout.size)
+        metrics.SILO_SHARED_PARAMETERS.labels(self.silo).set(self.layout.size)
+        metrics.SILO_ROUND.labels(self.silo).set(self.state.round_done)
         log.info("%s joined: %d training examples, %d shared values", self.silo, len(self.train), self.layout.size)
         budget = self.budget
         while self.state.round_done + 1 < plan.rounds_total:
@@ -115,7 +118,6 @@ class SiloAgent:
                           f"> {budget.epsilon_budget} (delta {budget.delta})")
                 log.warning("%s withdraws: %s", self.silo, reason)
                 self.client.withdraw(self.silo, reason)
-                metrics.SILO_WITHDRAWN.labels(self.silo).set(1)
                 break
             record = self.run_round(self.state.round_done + 1)
             self.state.history.append(record.__dict__)
@@ -124,12 +126,12 @@ class SiloAgent:
         self.save_adapter(self.workdir / "adapter")
         return self.state.history
 
-    def _prepare_upload(self, round: int, plan) -> tuple[PendingUpload, float, float]:
+    def _prepare_upload(self, round: int, plan) -> tuple[PendingUpload, float, float, int]:
         """Train locally, then build (and checkpoint) this round's encrypted upload."""
         state = self.state
         set_learning_rate(self.engine, self.config.training.learning_rate * plan.lr_scales.get(self.silo, 1.0))
         t = time.perf_counter()
-        train_loss = train_local(
+        train_loss, tokens = train_local_stats(
             self.engine, self.tokenizer, self.train, self.config.training.local_steps,
             self.config.training.batch_size, seed=zlib.crc32(f"{self.config.seed}/{self.silo}/{round}".encode()),
         )
@@ -147,7 +149,7 @@ class SiloAgent:
         state.pending = pending
         state.lora = self._lora_snapshot()
         save_state(self.workdir, state)  # a crash from here on re-sends these exact bytes
-        return pending, train_s, encrypted.encrypt_s
+        return pending, train_s, encrypted.encrypt_s, tokens
 
     def _mask(self, round: int, plan) -> np.ndarray:
         return round_mask(self.layout.size, plan.pruning, round, plan.mask_seed, score=self.state.score,
@@ -164,8 +166,9 @@ class SiloAgent:
         state = self.state
         pending = state.pending if state.pending is not None and state.pending.round == round else None
         train_s = encrypt_s = 0.0
+        tokens = 0
         if pending is None and plan.state == "open" and plan.round == round:
-            pending, train_s, encrypt_s = self._prepare_upload(round, plan)
+            pending, train_s, encrypt_s, tokens = self._prepare_upload(round, plan)
         upload_bytes, spent, residual = 0, None, state.residual
         if pending is not None:
             val_loss, val_auc = self.evaluate()
@@ -185,8 +188,6 @@ class SiloAgent:
                 log.warning("%s: round %d closed before its upload arrived; catching up", self.silo, round)
         else:
             log.warning("%s missed round %d; catching up from its aggregate", self.silo, round)
-        if spent is not None:
-            metrics.EPSILON_SPENT.labels(self.silo).set(spent)
         mask = pending.mask if pending is not None else self._mask(round, plan)
         aggregate = self.client.aggregate(round)
         t = time.perf_counter()
@@ -205,28 +206,33 @@ class SiloAgent:
         record = RoundRecord(
             round=round, silo=self.silo, train_loss=pending.train_loss if pending else None, val_loss=val_loss, auc=val_auc,
             upload_bytes=upload_bytes, download_bytes=len(aggregate), kept=int(mask.size),
-            encrypt_s=encrypt_s, decrypt_s=decrypt_s, train_s=train_s, round_s=time.perf_counter() - start,
+            encrypt_s=encrypt_s, decrypt_s=decrypt_s, train_s=train_s, round_s=time.perf_counter() - start, train_tokens=tokens,
+            ciphertexts=self.config.packing().ciphertexts_for(int(mask.size), self.keys.params) if upload_bytes else 0,
             weight=plan.weights.get(self.silo, 0.0) if upload_bytes else 0.0,
             lr_scale=plan.lr_scales.get(self.silo, 1.0), epsilon=spent,
         )
-        metrics.AGGREGATION_WEIGHT.labels(self.silo).set(record.weight)
-        metrics.LR_SCALE.labels(self.silo).set(record.lr_scale)
         self._export(record)
         log.info("%s round %d: loss %.4f auc %.3f", self.silo, round, val_loss, val_auc)
         return record
 
     def _export(self, r: RoundRecord) -> None:
-        metrics.UPLOAD_BYTES.labels(self.silo).inc(r.upload_bytes)
-        metrics.DOWNLOAD_BYTES.labels(self.silo).inc(r.download_bytes)
-        metrics.KEPT_PARAMETERS.labels(self.silo).set(r.kept)
-        metrics.ENCRYPT_SECONDS.labels(self.silo).observe(r.encrypt_s)
-        metrics.DECRYPT_SECONDS.labels(self.silo).observe(r.decrypt_s)
-        metrics.ROUND_SECONDS.labels(self.silo).observe(r.round_s)
+        silo = self.silo
+        metrics.SILO_UPLOAD_BYTES.labels(silo).inc(r.upload_bytes)
+        metrics.SILO_DOWNLOAD_BYTES.labels(silo).inc(r.download_bytes)
+        metrics.SILO_CIPHERTEXTS.labels(silo).inc(r.ciphertexts)
+        metrics.SILO_KEPT_PARAMETERS.labels(silo).set(r.kept)
+        if r.upload_bytes:
+            metrics.SILO_UPLOAD_PLAIN_RATIO.labels(silo).set(r.upload_bytes / (4 * self.layout.size))
+            metrics.SILO_ENCRYPT_SECONDS.labels(silo).observe(r.encrypt_s)
+        metrics.SILO_DECRYPT_SECONDS.labels(silo).observe(r.decrypt_s)
+        metrics.SILO_ROUND_SECONDS.labels(silo).observe(r.round_s)
+        metrics.SILO_ROUND.labels(silo).set(r.round)
         if r.train_loss is not None:
-            metrics.TRAIN_LOSS.labels(self.silo).set(r.train_loss)
-        metrics.VALIDATION_AUC.labels(self.silo).set(r.auc)
-        metrics.VALIDATION_LOSS.labels(self.silo).set(r.val_loss)
-        metrics.CURRENT_ROUND.set(r.round)
+            metrics.SILO_TRAIN_LOSS.labels(silo).set(r.train_loss)
+            metrics.SILO_TRAIN_TOKENS.labels(silo).inc(r.train_tokens)
+            metrics.SILO_TOKENS_PER_SECOND.labels(silo).set(r.train_tokens / max(r.train_s, 1e-9))
+        metrics.SILO_VALIDATION_AUC.labels(silo).set(r.auc)
+        metrics.SILO_VALIDATION_LOSS.labels(silo).set(r.val_loss)
 
     def save_adapter(self, out: Path) -> Path:
         """The federated adapter in PEFT format (private modules included: they belong to this silo)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import random
 import socket
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -64,17 +64,29 @@ def set_learning_rate(engine, lr: float) -> None:
         group["lr"] = lr
 
 
-def train_local(engine, tokenizer, examples: Sequence[Example], steps: int, batch_size: int, seed: int) -> float:
-    """``steps`` optimiser steps on seeded random batches; returns the mean loss."""
+class LocalTraining(NamedTuple):
+    loss: float  # mean training loss over the steps
+    tokens: int  # prompt tokens processed (padding excluded)
+
+
+def train_local_stats(engine, tokenizer, examples: Sequence[Example], steps: int, batch_size: int, seed: int) -> LocalTraining:
+    """``steps`` optimiser steps on seeded random batches; returns the mean loss and the tokens processed."""
     yes, no = answer_ids(tokenizer)
     rng = random.Random(seed)
     engine.train()
-    losses = []
+    losses, tokens = [], 0
     for _ in range(steps):
         batch = rng.sample(list(examples), min(batch_size, len(examples)))
-        logits = last_token_logits(engine, tokenizer, [e.prompt for e in batch])
+        prompts = [e.prompt for e in batch]
+        tokens += sum(len(ids) for ids in tokenizer(prompts)["input_ids"])
+        logits = last_token_logits(engine, tokenizer, prompts)
         loss = answer_loss(logits.float(), torch.tensor([e.label for e in batch]), yes, no)
         engine.backward(loss)
         engine.step()
         losses.append(float(loss.detach()))
-    return float(np.mean(losses))
+    return LocalTraining(float(np.mean(losses)), tokens)
+
+
+def train_local(engine, tokenizer, examples: Sequence[Example], steps: int, batch_size: int, seed: int) -> float:
+    """``steps`` optimiser steps on seeded random batches; returns the mean loss."""
+    return train_local_stats(engine, tokenizer, examples, steps, batch_size, seed).loss

@@ -1,0 +1,61 @@
+"""The aggregator's Prometheus gauges and counters, set from its round state.
+
+Gauges are derived from persisted state, so a restarted aggregator exports the same
+values again; counters and histograms count what this process saw (Prometheus'
+``rate``/``increase`` handle the reset at a restart).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from .. import metrics
+from ..fairness import fairness_indices
+
+
+def publish_plan(round: int, rounds_total: int, weights: Mapping[str, float], lr_scales: Mapping[str, float],
+                 expected: Iterable[str], reporting: int) -> None:
+    """The open round: its number, plan and how many of the expected silos have uploaded."""
+    metrics.CURRENT_ROUND.set(round)
+    metrics.ROUNDS_PLANNED.set(rounds_total)
+    metrics.SILOS_EXPECTED.set(len(list(expected)))
+    metrics.SILOS_REPORTING.set(reporting)
+    for silo, weight in weights.items():
+        metrics.AGGREGATION_WEIGHT.labels(silo).set(weight)
+    for silo, scale in lr_scales.items():
+        metrics.LR_SCALE.labels(silo).set(scale)
+
+
+def publish_withdrawn(silos: Iterable[str], withdrawn: Iterable[str]) -> None:
+    gone = set(withdrawn)
+    for silo in silos:
+        metrics.SILO_WITHDRAWN.labels(silo).set(1 if silo in gone else 0)
+
+
+def publish_reports(reports: Mapping[str, Mapping], expected: Iterable[str], contributors: Iterable[str]) -> None:
+    """What silos reported with the last closed round: validation metrics, fairness over them, epsilon, stragglers."""
+    aucs = {s: m["val_auc"] for s, m in reports.items() if m.get("val_auc") is not None}
+    for silo, m in reports.items():
+        if m.get("val_auc") is not None:
+            metrics.REPORTED_AUC.labels(silo).set(m["val_auc"])
+        if m.get("val_loss") is not None:
+            metrics.REPORTED_LOSS.labels(silo).set(m["val_loss"])
+        if m.get("epsilon") is not None:
+            metrics.EPSILON_SPENT.labels(silo).set(m["epsilon"])
+    if aucs:
+        indices = fairness_indices(aucs)
+        metrics.FAIRNESS_JAIN.set(indices["jain"])
+        metrics.FAIRNESS_GAP.set(indices["gap"])
+        for silo in aucs:
+            metrics.FAIRNESS_WORST.labels(silo).set(1 if silo == indices["worst_silo"] else 0)
+    metrics.STRAGGLERS.set(len(set(expected) - set(contributors)))
+
+
+def observe_close(duration_s: float, aggregate_s: float, aggregate_bytes: int, missing: Iterable[str]) -> None:
+    """Counters and histograms of one round this process closed."""
+    metrics.ROUNDS_CLOSED.inc()
+    metrics.ROUND_DURATION.observe(duration_s)
+    metrics.AGGREGATE_SECONDS.observe(aggregate_s)
+    metrics.AGGREGATE_BYTES.set(aggregate_bytes)
+    for silo in missing:
+        metrics.STRAGGLER_ROUNDS.labels(silo).inc()
