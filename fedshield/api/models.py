@@ -19,6 +19,7 @@ GROUP, VERSION, KIND, PLURAL, SINGULAR, SHORT_NAME = "fedshield.io", "v1alpha1",
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$"
+EXTENDED_RESOURCE = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 # Fields the CRD marks immutable (x-kubernetes-validations: self == oldSelf).
 IMMUTABLE = ("baseModel", "lora", "rounds", "training", "privacy", "silos")
 
@@ -92,7 +93,11 @@ class SiloSpec(Model):
     namespace: str = Field(description="Namespace the silo's Job runs in (owned by that organisation).", pattern=DNS_LABEL)
     key_secret: str = Field(description="Secret (in the silo's namespace) whose key secret.ckks holds the CKKS secret context. Mounted, never read by the operator.", pattern=DNS_SUBDOMAIN)
     dataset_volume: DatasetVolume = Field(description="The silo's private data.")
-    gpus: int = Field(1, ge=0, le=16, description="nvidia.com/gpu requested by the silo's pod.")
+    gpus: int = Field(1, ge=0, le=16, description="GPUs (of gpuResource) requested by the silo's pod.")
+    gpu_resource: str = Field("nvidia.com/gpu", pattern=EXTENDED_RESOURCE, description="Extended resource name of the GPUs (nvidia.com/gpu, amd.com/gpu, a MIG profile, ...).")
+    runtime_class_name: str | None = Field(None, pattern=DNS_SUBDOMAIN, description="RuntimeClass of the silo's pod (e.g. nvidia).")
+    priority_class_name: str | None = Field(None, pattern=DNS_SUBDOMAIN, description="PriorityClass of the silo's pod.")
+    service_account_name: str | None = Field(None, pattern=DNS_SUBDOMAIN, description="ServiceAccount (in the silo's namespace) the pod runs as; its token is never mounted.")
     image: str | None = Field(None, description="Container image; defaults to spec.image.")
     node_selector: dict[str, str] = Field({}, description="Node labels the silo's pod must match.")
     tolerations: list[Toleration] = Field([], max_length=32, description="Tolerations of the silo's pod.")

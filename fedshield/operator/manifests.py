@@ -202,7 +202,7 @@ def silo_job(owner: Owner, spec: FederatedFinetuneSpec, silo: SiloSpec) -> dict:
         volumes.append({"name": "model", "persistentVolumeClaim": {"claimName": spec.base_model.volume_claim, "readOnly": True}})
     limits = {"memory": silo.memory}
     if silo.gpus:
-        limits["nvidia.com/gpu"] = str(silo.gpus)
+        limits[silo.gpu_resource] = str(silo.gpus)
     pod = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
@@ -223,6 +223,10 @@ def silo_job(owner: Owner, spec: FederatedFinetuneSpec, silo: SiloSpec) -> dict:
         pod["nodeSelector"] = dict(silo.node_selector)
     if silo.tolerations:
         pod["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in silo.tolerations]
+    for key, value in (("runtimeClassName", silo.runtime_class_name), ("priorityClassName", silo.priority_class_name),
+                       ("serviceAccountName", silo.service_account_name)):
+        if value:
+            pod[key] = value
     job_spec = {
         "backoffLimit": SILO_JOB_BACKOFF_LIMIT,
         "suspend": spec.suspend,
