@@ -130,7 +130,7 @@ class Coordinator:
         expected = self._expected()
         telemetry.publish_plan(self.config.rounds if self.finished else (self.current or 0), self.config.rounds,
                                self._weights, self._lr_scales, expected, len(self._sum.contributors) if self._sum else 0)
-        telemetry.publish_withdrawn(self.config.silo_names, self.store.withdrawn())
+        telemetry.publish_silos(self.config.silo_names, self.store.withdrawn())
         closed = [r for r in self.store.rounds() if r["closed_at"] is not None]
         if closed:
             reports = {u.silo: u.metadata for u in self.store.uploads(closed[-1]["round"])}

@@ -26,10 +26,12 @@ def publish_plan(round: int, rounds_total: int, weights: Mapping[str, float], lr
         metrics.LR_SCALE.labels(silo).set(scale)
 
 
-def publish_withdrawn(silos: Iterable[str], withdrawn: Iterable[str]) -> None:
+def publish_silos(silos: Iterable[str], withdrawn: Iterable[str]) -> None:
+    """Withdrawal flags; every configured silo gets its series (a missed-round count of 0 is data, not absence)."""
     gone = set(withdrawn)
     for silo in silos:
         metrics.SILO_WITHDRAWN.labels(silo).set(1 if silo in gone else 0)
+        metrics.STRAGGLER_ROUNDS.labels(silo)
 
 
 def publish_reports(reports: Mapping[str, Mapping], expected: Iterable[str], contributors: Iterable[str]) -> None:

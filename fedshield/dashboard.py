@@ -1,0 +1,150 @@
+"""The Grafana dashboard, generated from one list of panels (``fedshield dashboard``).
+
+The chart ships the JSON (charts/fedshield-operator/dashboards/fedshield.json, a test
+keeps it equal to this output). Every expression uses metric names from
+``fedshield.metrics``; a test evaluates each one against a real Prometheus.
+Grafana variables used: ``$datasource``, ``$silo`` (multi-value regex),
+``$__rate_interval`` and ``$__range``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+SILO = 'silo=~"$silo"'
+
+
+@dataclass(frozen=True)
+class Panel:
+    title: str
+    description: str
+    exprs: tuple[tuple[str, str], ...]  # (PromQL, legend)
+    unit: str = "short"
+    kind: str = "timeseries"  # or "stat"
+
+
+def _auc(fn: str) -> str:
+    return f"{fn}(fedshield_silo_validation_auc{{{SILO}}})"
+
+
+ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
+    ("Communication", (
+        Panel("Uploaded bytes per silo", "Encrypted update bytes each silo uploaded over the dashboard's range.",
+              ((f"sum by (silo) (last_over_time(fedshield_silo_upload_bytes_total{{{SILO}}}[$__range]))", "{{silo}}"),),
+              "bytes", "stat"),
+        Panel("Downloaded bytes per silo", "Aggregate bytes each silo downloaded over the dashboard's range.",
+              ((f"sum by (silo) (last_over_time(fedshield_silo_download_bytes_total{{{SILO}}}[$__range]))", "{{silo}}"),),
+              "bytes", "stat"),
+        Panel("Upload rate at the aggregator", "Accepted upload bytes per second, by silo.",
+              (("sum by (silo) (rate(fedshield_aggregator_received_bytes_total[$__rate_interval]))", "{{silo}}"),), "Bps"),
+        Panel("Kept parameters", "Share of the shared update vector sent in the last round (after pruning).",
+              ((f"fedshield_silo_kept_parameters{{{SILO}}} / fedshield_silo_shared_parameters{{{SILO}}}", "{{silo}}"),), "percentunit"),
+        Panel("Upload size vs dense fp32", "Last upload's bytes over 4 bytes per shared parameter (below 1: smaller than plain).",
+              ((f"fedshield_silo_upload_plain_ratio{{{SILO}}}", "{{silo}}"),), "percentunit"),
+        Panel("Ciphertexts uploaded", "CKKS ciphertexts in accepted uploads over the dashboard's range.",
+              ((f"sum by (silo) (last_over_time(fedshield_silo_ciphertexts_uploaded_total{{{SILO}}}[$__range]))", "{{silo}}"),),
+              "short", "stat"),
+    )),
+    ("Crypto cost", (
+        Panel("Encrypt seconds (p50, p95)", "Time a silo spends encrypting one update.",
+              (("histogram_quantile(0.5, sum by (le) (rate(fedshield_silo_encrypt_seconds_bucket[$__rate_interval])))", "p50"),
+               ("histogram_quantile(0.95, sum by (le) (rate(fedshield_silo_encrypt_seconds_bucket[$__rate_interval])))", "p95")), "s"),
+        Panel("Decrypt seconds (p50, p95)", "Time a silo spends decrypting one aggregate.",
+              (("histogram_quantile(0.5, sum by (le) (rate(fedshield_silo_decrypt_seconds_bucket[$__rate_interval])))", "p50"),
+               ("histogram_quantile(0.95, sum by (le) (rate(fedshield_silo_decrypt_seconds_bucket[$__rate_interval])))", "p95")), "s"),
+        Panel("Homomorphic aggregation seconds (mean)", "Aggregator time to write one round's encrypted sum.",
+              (("sum(rate(fedshield_aggregator_aggregate_seconds_sum[$__rate_interval])) / "
+                "sum(rate(fedshield_aggregator_aggregate_seconds_count[$__rate_interval]))", "mean"),), "s"),
+    )),
+    ("Rounds", (
+        Panel("Round", "The open round and the rounds planned.",
+              (("fedshield_round", "open round"), ("fedshield_rounds_planned", "planned")), "short", "stat"),
+        Panel("Round duration (p50, max bucket)", "Time from a round's opening to its closing.",
+              (("histogram_quantile(0.5, sum by (le) (rate(fedshield_round_duration_seconds_bucket[$__rate_interval])))", "p50"),
+               ("histogram_quantile(0.99, sum by (le) (rate(fedshield_round_duration_seconds_bucket[$__rate_interval])))", "p99")), "s"),
+        Panel("Silos reporting", "Uploads accepted in the open round, of the silos expected.",
+              (("fedshield_round_silos_reporting", "reporting"), ("fedshield_round_silos_expected", "expected")), "short"),
+        Panel("Stragglers", "Silos missing from the last closed round; rounds each silo missed.",
+              (("fedshield_round_stragglers", "last round"), ("sum by (silo) (fedshield_silo_missed_rounds_total)", "{{silo}} missed")),
+              "short"),
+        Panel("Silo progress", "Last round each silo completed.", ((f"fedshield_silo_round{{{SILO}}}", "{{silo}}"),), "short"),
+        Panel("Refused requests", "Requests the aggregator refused, by error code.",
+              (("sum by (error) (increase(fedshield_aggregator_requests_rejected_total[$__range]))", "{{error}}"),), "short", "stat"),
+    )),
+    ("Fairness", (
+        Panel("Validation AUC per silo", "AUC of the current global model on each silo's validation data.",
+              ((f"fedshield_silo_validation_auc{{{SILO}}}", "{{silo}}"),), "short"),
+        Panel("Jain's index", "(Σx)² / (n·Σx²) over the silos' validation AUC (1 = equal).",
+              ((f"{_auc('sum')} ^ 2 / ({_auc('count')} * sum(fedshield_silo_validation_auc{{{SILO}}} ^ 2))", "Jain"),),
+              "short", "stat"),
+        Panel("Max–min AUC gap", "Best minus worst silo's validation AUC.", ((f"{_auc('max')} - {_auc('min')}", "gap"),), "short", "stat"),
+        Panel("Worst silo", "The silo with the lowest validation AUC.",
+              ((f"bottomk(1, fedshield_silo_validation_auc{{{SILO}}})", "{{silo}}"),), "short", "stat"),
+        Panel("Aggregation weights", "Each silo's weight in the open round (FedAvg or dynamic balance).",
+              (("fedshield_aggregation_weight", "{{silo}}"),), "percentunit"),
+        Panel("Learning-rate scales", "Each silo's learning-rate scale in the open round (dynamic balance).",
+              (("fedshield_lr_scale", "{{silo}}"),), "short"),
+        Panel("Reported fairness (drives dynamic balance)", "Jain's index and gap of the AUCs silos report with uploads (after local training).",
+              (("fedshield_fairness_jain_index", "Jain"), ("fedshield_fairness_auc_gap", "gap")), "short"),
+    )),
+    ("Privacy", (
+        Panel("Epsilon spent", "Differential-privacy epsilon each silo reported spent (DP-LoRA).",
+              (("fedshield_epsilon_spent", "{{silo}}"),), "short"),
+        Panel("Withdrawn silos", "1 when a silo stopped contributing (e.g. its budget is spent).",
+              (("fedshield_silo_withdrawn", "{{silo}}"),), "short"),
+    )),
+    ("Training", (
+        Panel("Tokens per second", "Local training throughput in the last round.",
+              ((f"fedshield_silo_train_tokens_per_second{{{SILO}}}", "{{silo}}"),), "short"),
+        Panel("Training loss", "Mean local training loss in the last round.",
+              ((f"fedshield_silo_train_loss{{{SILO}}}", "{{silo}}"),), "short"),
+        Panel("Validation loss", "Log-loss of the global model on each silo's validation data.",
+              ((f"fedshield_silo_validation_loss{{{SILO}}}", "{{silo}}"),), "short"),
+    )),
+)
+
+
+def expressions() -> list[str]:
+    """Every PromQL expression of the dashboard, in panel order."""
+    return [expr for _, panels in ROWS for p in panels for expr, _ in p.exprs]
+
+
+def _panel(p: Panel, id: int, x: int, y: int) -> dict:
+    return {
+        "id": id, "type": p.kind, "title": p.title, "description": p.description,
+        "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "gridPos": {"h": 8, "w": 8, "x": x, "y": y},
+        "fieldConfig": {"defaults": {"unit": p.unit}, "overrides": []},
+        "targets": [{"refId": chr(ord("A") + i), "expr": e, "legendFormat": legend, "datasource": {"type": "prometheus", "uid": "${datasource}"}}
+                    for i, (e, legend) in enumerate(p.exprs)],
+    }
+
+
+def dashboard() -> dict:
+    """The Grafana dashboard model (schemaVersion 39)."""
+    panels, y, next_id = [], 0, 1
+    for title, row in ROWS:
+        panels.append({"id": next_id, "type": "row", "title": title, "collapsed": False, "panels": [],
+                       "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}})
+        next_id, y = next_id + 1, y + 1
+        for i, p in enumerate(row):
+            panels.append(_panel(p, next_id, (i % 3) * 8, y + (i // 3) * 8))
+            next_id += 1
+        y += ((len(row) + 2) // 3) * 8
+    return {
+        "uid": "fedshield", "title": "FedShield federation", "tags": ["fedshield"], "schemaVersion": 39, "version": 1,
+        "editable": True, "timezone": "", "refresh": "30s", "time": {"from": "now-6h", "to": "now"},
+        "templating": {"list": [
+            {"name": "datasource", "type": "datasource", "query": "prometheus", "label": "Prometheus"},
+            {"name": "silo", "type": "query", "label": "Silo", "datasource": {"type": "prometheus", "uid": "${datasource}"},
+             "query": {"query": "label_values(fedshield_silo_round, silo)", "refId": "silos"},
+             "definition": "label_values(fedshield_silo_round, silo)", "refresh": 2,
+             "multi": True, "includeAll": True, "allValue": ".*", "current": {"text": "All", "value": "$__all"}},
+        ]},
+        "panels": panels,
+    }
+
+
+def dashboard_json() -> str:
+    return json.dumps(dashboard(), indent=2, ensure_ascii=False) + "\n"
