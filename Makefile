@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: venv demo test bench bench-quick keys clean
+.PHONY: venv tools demo test bench bench-quick keys clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,13 @@ venv: $(VENV)/.installed
 demo: venv
 	$(VENV)/bin/fedshield demo --out fedshield-demo
 
-test: venv
+# helm (static binary into .tools/bin) and Prometheus (Debian package) for the chart and dashboard
+# tests; without them those tests skip, unless FEDSHIELD_REQUIRE_TOOLS=1 (CI) makes them fail.
+tools:
+	-bash scripts/install-helm.sh
+	-bash scripts/install-prometheus.sh
+
+test: venv tools
 	$(PY) -m pytest -q
 
 bench: venv

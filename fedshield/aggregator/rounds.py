@@ -19,6 +19,7 @@ from pathlib import Path
 from ..config import FederationConfig
 from ..crypto import CryptoError, EncryptedSum, EnvelopeReader, Keys
 from ..crypto.envelope import save_envelope
+from ..faults import crash_point
 from ..fairness import fedavg_weights, loss_weights, lr_scales
 from ..updates import kept_count
 from ..wire.messages import JoinRequest, RoundPlan, RoundSummary, Status, UploadMetadata, UploadReceipt
@@ -303,6 +304,7 @@ class Coordinator:
                 raise ApiError(400, CRYPTO_ERROR_CODES.get(type(exc).__name__, "bad_envelope"), str(exc)) from None
             final = self.store.upload_path(round, silo)
             os.replace(tmp_path, final)
+            crash_point("upload-stored")  # the file is there, the database does not know it yet
             self.store.add_upload(round, silo, digest, size, metadata.model_dump())
             log.info("round %d: accepted %s (%d bytes)", round, silo, size)
             self._maybe_close()
@@ -332,6 +334,7 @@ class Coordinator:
         start = time.perf_counter()
         save_envelope(self.store.aggregate_path(round), self._sum.to_bytes())
         elapsed = time.perf_counter() - start
+        crash_point("aggregate-written")  # the aggregate is on disk, the round not yet closed
         self.store.close_round(round, list(self._sum.contributors), self._sum.weight_sum, elapsed)
         row = next(r for r in self.store.rounds() if r["round"] == round)
         telemetry.observe_close(row["closed_at"] - row["opened_at"], elapsed, self.store.aggregate_path(round).stat().st_size,
