@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 
 STATE_FILE = "state.pt"
+FORGOTTEN_FILE = "forgotten-users.json"
 
 
 @dataclass
@@ -32,6 +34,8 @@ class SiloState:
     score: np.ndarray | None = None  # |last aggregate| scattered: the next mask's exploit signal
     pending: PendingUpload | None = None
     history: list[dict] = field(default_factory=list)
+    optimizer: dict | None = None  # the optimiser's state_dict (AdamW moments): a restarted silo trains on identically
+    unlearnings_applied: int = 0  # published unlearnings this silo has applied
 
 
 def save_state(directory: str | Path, state: SiloState) -> None:
@@ -56,3 +60,17 @@ def load_state(directory: str | Path) -> SiloState | None:
 
 def clear_state(directory: str | Path) -> None:
     (Path(directory) / STATE_FILE).unlink(missing_ok=True)
+
+
+def forgotten_users(directory: str | Path) -> set[str]:
+    """Users this silo has forgotten: their records are dropped whenever its data is loaded."""
+    path = Path(directory) / FORGOTTEN_FILE
+    return set(json.loads(path.read_text())) if path.exists() else set()
+
+
+def remember_forgotten(directory: str | Path, users: set[str]) -> None:
+    """Add ``users`` to the forgotten list (atomically)."""
+    path = Path(directory) / FORGOTTEN_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(sorted(forgotten_users(directory) | set(users))))
+    os.replace(tmp, path)
