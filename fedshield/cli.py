@@ -34,13 +34,42 @@ def _keys_create(args: argparse.Namespace) -> int:
 def _aggregator(args: argparse.Namespace) -> int:
     from .aggregator.server import serve
     from .config import load_config
+    from .security.auth import Authenticator, TokenStore
+    from .security.tls import ServerTLS
 
     keys = load_keys(args.public_key)
     if keys.has_secret_key:
         print("error: the aggregator must be given the public context, not the secret one", file=sys.stderr)
         return 2
-    serve(load_config(args.config), keys, args.state_dir, host=args.host, port=args.port)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("error: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    secured = args.client_ca or args.token_file
+    if not args.tls_cert and secured:
+        print("error: --client-ca and --token-file need --tls-cert/--tls-key (identities travel over TLS only)", file=sys.stderr)
+        return 2
+    if not args.tls_cert:
+        logging.getLogger("fedshield.aggregator").warning(
+            "plain HTTP without identities: the silo name in each URL is trusted (tests only; see docs/security.md)")
+    if args.tls_cert and not secured:
+        print("error: TLS without identities: give --client-ca (mutual TLS) and/or --token-file", file=sys.stderr)
+        return 2
+    tls = ServerTLS(Path(args.tls_cert), Path(args.tls_key), Path(args.client_ca) if args.client_ca else None) if args.tls_cert else None
+    auth = Authenticator(mutual_tls=bool(args.client_ca), tokens=TokenStore.load(args.token_file) if args.token_file else None)
+    serve(load_config(args.config), keys, args.state_dir, host=args.host, port=args.port, tls=tls, auth=auth)
     return 0
+
+
+def _client_security(args: argparse.Namespace):
+    """The silo's credentials from --ca/--cert/--key or --token-file (None: plain HTTP)."""
+    from .security.auth import read_token
+    from .wire.client import ClientSecurity
+
+    if args.token_file:
+        return ClientSecurity(ca=args.ca, token=read_token(args.token_file))
+    if args.cert or args.key or args.ca:
+        return ClientSecurity(ca=args.ca, cert=args.cert, key=args.key)
+    return None
 
 
 def _silo(args: argparse.Namespace) -> int:
@@ -54,17 +83,45 @@ def _silo(args: argparse.Namespace) -> int:
         print(f"error: silo {args.name!r} is not in {args.config}", file=sys.stderr)
         return 2
     metrics.serve_metrics(spec.metrics_port, metrics.SILO)
-    agent = SiloAgent(config, args.name, load_keys(args.secret_key), args.workdir, args.aggregator, model_cache=args.model_cache)
+    if args.aggregator.startswith("https://") and not args.ca:
+        print("error: an https aggregator needs --ca (and --cert/--key, or --token-file)", file=sys.stderr)
+        return 2
+    if (args.cert or args.key or args.token_file) and not args.aggregator.startswith("https://"):
+        print("error: credentials are only sent to an https:// aggregator", file=sys.stderr)
+        return 2
+    agent = SiloAgent(config, args.name, load_keys(args.secret_key), args.workdir, args.aggregator, model_cache=args.model_cache,
+                      security=_client_security(args))
     agent.run()
     if spec.metrics_port is not None and args.metrics_linger > 0:
         time.sleep(args.metrics_linger)  # let Prometheus scrape the final values before the process ends
     return 0
 
 
+def _certs(args: argparse.Namespace) -> int:
+    from .security.certs import issue_all
+
+    silos = [s for s in args.silo for s in s.split(",") if s]
+    if args.config:
+        from .config import load_config
+
+        silos += [s for s in load_config(args.config).silo_names if s not in silos]
+    print(json.dumps(issue_all(args.out, silos, hosts=args.host or ["127.0.0.1", "localhost"]), indent=2))
+    return 0
+
+
+def _tokens(args: argparse.Namespace) -> int:
+    from .security.auth import create_tokens
+
+    silos = [s for s in args.silo for s in s.split(",") if s]
+    path = create_tokens(args.out, silos)
+    print(json.dumps({"aggregator": str(path), "silos": {s: str(Path(args.out) / "silos" / f"{s}.token") for s in silos}}))
+    return 0
+
+
 def _run(config, args: argparse.Namespace) -> int:
     from .demo import run_local
 
-    report = run_local(config, args.out)
+    report = run_local(config, args.out, security="none" if args.insecure_http else "mtls")
     return 0 if report["rounds"] else 1
 
 
@@ -126,12 +183,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="a whole federation on this machine: aggregator + 3 silos, tiny model, CPU")
     demo.add_argument("--out", default="fedshield-demo", help="directory for report.json, auc.png, logs and adapters")
     demo.add_argument("--rounds", type=int, default=None)
+    demo.add_argument("--insecure-http", action="store_true", help="plain HTTP without identities (default: mutual TLS)")
     demo.set_defaults(func=_demo)
 
     run = sub.add_parser("run", help="like demo, from a YAML config")
     run.add_argument("config")
     run.add_argument("--out", default="fedshield-run")
+    run.add_argument("--insecure-http", action="store_true", help="plain HTTP without identities (default: mutual TLS)")
     run.set_defaults(func=_run_config)
+
+    certs = sub.add_parser("certs", help="issue a CA, the aggregator's server certificate and per-silo client certificates")
+    certs.add_argument("--out", required=True, help="directory (an existing ca.crt/ca.key there is reused)")
+    certs.add_argument("--silo", action="append", default=[], help="silo name(s), repeatable or comma-separated")
+    certs.add_argument("--config", default=None, help="also issue for every silo of this federation config")
+    certs.add_argument("--host", action="append", default=[],
+                       help="aggregator host name or IP for the server certificate (repeatable; default 127.0.0.1, localhost)")
+    certs.set_defaults(func=_certs)
+
+    tokens = sub.add_parser("tokens", help="per-silo bearer tokens (the alternative to client certificates)")
+    tokens.add_argument("--out", required=True, help="writes tokens.json (hashes, aggregator) and silos/<name>.token")
+    tokens.add_argument("--silo", action="append", default=[], required=True, help="silo name(s)")
+    tokens.set_defaults(func=_tokens)
 
     agg = sub.add_parser("aggregator", help="run the aggregator service (public context only)")
     agg.add_argument("--config", required=True)
@@ -139,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     agg.add_argument("--state-dir", required=True)
     agg.add_argument("--host", default="127.0.0.1")
     agg.add_argument("--port", type=int, default=None)
+    agg.add_argument("--tls-cert", default=None, help="the aggregator's certificate (PEM)")
+    agg.add_argument("--tls-key", default=None, help="its private key (PEM)")
+    agg.add_argument("--client-ca", default=None, help="CA of silo client certificates: mutual TLS, identity = certificate CN")
+    agg.add_argument("--token-file", default=None, help="JSON silo -> 'sha256:<hex>' of its bearer token")
     agg.set_defaults(func=_aggregator)
 
     silo = sub.add_parser("silo", help="run one silo agent")
@@ -148,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     silo.add_argument("--workdir", required=True)
     silo.add_argument("--aggregator", required=True, help="aggregator base URL")
     silo.add_argument("--model-cache", default=None, help="where the tiny demo model is built and cached")
+    silo.add_argument("--ca", default=None, help="CA that signed the aggregator's certificate")
+    silo.add_argument("--cert", default=None, help="this silo's client certificate (CN = silo name)")
+    silo.add_argument("--key", default=None, help="its private key")
+    silo.add_argument("--token-file", default=None, help="file holding this silo's bearer token (instead of --cert/--key)")
     silo.add_argument("--metrics-linger", type=float, default=float(os.environ.get("FEDSHIELD_METRICS_LINGER_S", "0")),
                       help="seconds to keep serving /metrics after the last round (env FEDSHIELD_METRICS_LINGER_S)")
     silo.set_defaults(func=_silo)

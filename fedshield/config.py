@@ -85,6 +85,17 @@ class SiloSpec(Strict):
         return self
 
 
+class LimitsSpec(Strict):
+    """Aggregator admission limits (429/503 with Retry-After beyond them; silos back off and retry)."""
+
+    max_concurrent_uploads: int = Field(8, ge=1, description="Uploads streamed or checked at once; more get 503.")
+    silo_requests_per_s: float = Field(20.0, gt=0, description="Per-silo request rate on /v1 (a silo polls at 5/s).")
+    silo_request_burst: int = Field(60, ge=1)
+    silo_uploads_per_minute: float = Field(12.0, gt=0, description="Per-silo upload rate (retries included).")
+    silo_upload_burst: int = Field(4, ge=1)
+    retry_after_s: float = Field(1.0, gt=0, description="Retry-After sent with 503 when every upload slot is taken.")
+
+
 class FederationConfig(Strict):
     name: str = "demo"
     rounds: int = Field(5, ge=1)
@@ -99,6 +110,7 @@ class FederationConfig(Strict):
     privacy: PrivacySpec = PrivacySpec()
     data: DataSpec = DataSpec()
     max_upload_bytes: int = Field(1 << 30, ge=1024)
+    limits: LimitsSpec = LimitsSpec()
 
     @model_validator(mode="after")
     def _consistent(self) -> "FederationConfig":

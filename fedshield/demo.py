@@ -20,6 +20,9 @@ from .config import FederationConfig
 from .fairness import fairness_indices
 from .crypto import create_keys, write_key_pair
 from .crypto.keys import PUBLIC_FILE, SECRET_FILE
+from .security.auth import create_tokens
+from .security.certs import issue_all
+from .security.tls import client_context
 from .silo_agent.agent import base_model_path
 
 
@@ -37,15 +40,48 @@ def with_local_ports(config: FederationConfig) -> FederationConfig:
     })
 
 
-class Federation:
-    """The aggregator and silo processes of one local run, and their files under ``out``."""
+SECURITY = ("mtls", "token", "none")
 
-    def __init__(self, config: FederationConfig, out: Path):
-        self.config, self.out = config, out
+
+class Federation:
+    """The aggregator and silo processes of one local run, and their files under ``out``.
+
+    ``security``: "mtls" (default: freshly issued CA, server and per-silo client certificates in
+    ``out/certs``), "token" (TLS plus per-silo bearer tokens in ``out/tokens``), or "none" (plain
+    HTTP, silo names in URLs trusted: for tests that need to see the traffic).
+    """
+
+    def __init__(self, config: FederationConfig, out: Path, security: str = "mtls"):
+        if security not in SECURITY:
+            raise ValueError(f"security must be one of {SECURITY}")
+        self.config, self.out, self.security = config, out, security
         self.procs: dict[str, subprocess.Popen] = {}
         self._args: dict[str, list[str]] = {}
         self.logs = out / "logs"
-        self.url = f"http://127.0.0.1:{config.aggregator_port}"
+        self.certs = out / "certs"
+        scheme = "http" if security == "none" else "https"
+        self.url = f"{scheme}://127.0.0.1:{config.aggregator_port}"
+
+    def _credentials(self) -> tuple[list[str], dict[str, list[str]]]:
+        """Issue this run's certificates (and tokens): the aggregator's arguments and each silo's."""
+        if self.security == "none":
+            return [], {s: [] for s in self.config.silo_names}
+        shutil.rmtree(self.certs, ignore_errors=True)
+        issued = issue_all(self.certs, self.config.silo_names)
+        server = ["--tls-cert", issued["server_cert"], "--tls-key", issued["server_key"]]
+        if self.security == "mtls":
+            return server + ["--client-ca", issued["ca"]], {
+                s: ["--ca", issued["ca"], "--cert", f["cert"], "--key", f["key"]] for s, f in issued["silos"].items()}
+        tokens = self.out / "tokens"
+        shutil.rmtree(tokens, ignore_errors=True)
+        hashes = create_tokens(tokens, self.config.silo_names)
+        return server + ["--token-file", str(hashes)], {
+            s: ["--ca", issued["ca"], "--token-file", str(tokens / "silos" / f"{s}.token")] for s in self.config.silo_names}
+
+    def http(self, **kw) -> httpx.Client:
+        """An HTTP client for this run's aggregator that trusts its CA (no client identity)."""
+        verify = client_context(self.certs / "ca.crt") if self.security != "none" else True
+        return httpx.Client(base_url=self.url, verify=verify, **kw)
 
     def _spawn(self, name: str, args: list[str]) -> None:
         self._args[name] = args
@@ -72,23 +108,25 @@ class Federation:
         config_path.write_text(yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
         cache = self.out / "model-cache"
         base_model_path(self.config, cache)  # build the tiny model once, before the silos race for it
+        server_args, silo_args = self._credentials()
         self._spawn("aggregator", ["aggregator", "--config", str(config_path), "--public-key", str(keys_dir / PUBLIC_FILE),
-                                   "--state-dir", str(self.out / "state")])
+                                   "--state-dir", str(self.out / "state"), *server_args])
         self.wait_healthy()
         for silo in self.config.silos:
             self._spawn(silo.name, ["silo", "--config", str(config_path), "--name", silo.name,
                                     "--secret-key", str(keys_dir / SECRET_FILE), "--workdir", str(self.out / "silos" / silo.name),
-                                    "--aggregator", self.url, "--model-cache", str(cache)])
+                                    "--aggregator", self.url, "--model-cache", str(cache), *silo_args[silo.name]])
 
     def wait_healthy(self, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            self.check_alive()
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.2)
+        with self.http(timeout=1.0) as client:
+            while time.monotonic() < deadline:
+                self.check_alive()
+                try:
+                    if client.get("/healthz").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    time.sleep(0.2)
         raise TimeoutError("the aggregator did not become healthy")
 
     def check_alive(self) -> None:
@@ -182,20 +220,24 @@ def plot_auc(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def run_local(config: FederationConfig, out: str | Path, console: Console | None = None, timeout_s: float = 3600.0) -> dict:
+_SECURITY_NOTE = {"mtls": "mutual TLS, certificates in certs/", "token": "TLS + bearer tokens", "none": "plain HTTP, no identities"}
+
+
+def run_local(config: FederationConfig, out: str | Path, console: Console | None = None, timeout_s: float = 3600.0,
+              security: str = "mtls") -> dict:
     """Run the federation to the end; write ``report.json`` and ``auc.png`` into ``out``."""
     console = console or Console()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config = with_local_ports(config)
-    federation = Federation(config, out)
+    federation = Federation(config, out, security=security)
     start = time.monotonic()
     shown: set[int] = set()
     try:
         console.print(f"[bold]FedShield[/bold]: {len(config.silos)} silos, {config.rounds} rounds, "
                       f"pruning {config.privacy.pruning}, CKKS encryption; files in {out}")
         federation.start()
-        console.print(f"aggregator {federation.url}  metrics: aggregator :{config.aggregator_metrics_port}, "
+        console.print(f"aggregator {federation.url} ({_SECURITY_NOTE[security]})  metrics: aggregator :{config.aggregator_metrics_port}, "
                       + ", ".join(f"{s.name} :{s.metrics_port}" for s in config.silos))
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=True) as progress:

@@ -2,29 +2,92 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import threading
 from pathlib import Path
+from typing import Annotated
 
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import metrics
 from ..config import FederationConfig
 from ..crypto import Keys
 from ..crypto.envelope import max_ciphertext_bytes
-from ..wire.messages import ErrorBody, JoinRequest, RoundPlan, Status, UploadMetadata, UploadReceipt, WithdrawRequest
+from ..crypto.params import PackingParams
+from ..security.auth import Authenticator
+from ..security.limits import Busy, RateLimiter, UploadSlots
+from ..security.tls import ServerTLS, uvicorn_ssl_options
+from ..wire.messages import MAX_INT, ErrorBody, JoinRequest, RoundPlan, Status, UploadMetadata, UploadReceipt, WithdrawRequest
+from ..wire.unlearning import AUDIT_HEADER, UnlearningAudit, UnlearningRecord
 from .rounds import ApiError, Coordinator
 from .store import Store
 
 log = logging.getLogger("fedshield.aggregator")
-ERRORS = {400: {"model": ErrorBody}, 403: {"model": ErrorBody}, 404: {"model": ErrorBody}, 409: {"model": ErrorBody},
-          413: {"model": ErrorBody}, 422: {"model": ErrorBody}, 425: {"model": ErrorBody}}
+ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422, 425, 429, 503)}
 ENVELOPE_SLACK = 64 * 1024
+MAX_ROUND = 2**31 - 1
+Round = Annotated[int, PathParam(ge=0, le=MAX_ROUND)]
+Finite = Annotated[float | None, Query(allow_inf_nan=False)]
+IDENTITY = "fedshield.silo"  # scope key the guard sets: the authenticated silo, or None without authentication
+OPEN_PATHS = ("/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
+OBSERVER_PATHS = ("/v1/status",)  # open to observers without an identity (the operator), with the plan's details hidden
+
+
+class Guard:
+    """ASGI middleware in front of every route but the open ones: authenticates the caller and applies its rate limit.
+
+    It answers before any body is read, so an unauthenticated upload costs the aggregator nothing.
+    """
+
+    def __init__(self, app, auth: Authenticator, known: tuple[str, ...], rate: RateLimiter):
+        self.app, self.auth, self.known, self.rate = app, auth, known, rate
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or not self.auth.required:
+            if scope["type"] == "http":
+                scope[IDENTITY] = None
+            return await self.app(scope, receive, send)
+        header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
+        silo, why = self.auth.identify(scope, header)
+        if silo is None and scope["path"] in OBSERVER_PATHS:
+            scope[IDENTITY] = None
+            return await self.app(scope, receive, send)
+        if silo is None:
+            return await _reply(send, 401, "unauthenticated", why, {"www-authenticate": "Bearer"})
+        if silo not in self.known:
+            return await _reply(send, 403, "unknown_silo", f"{silo!r} is not a silo of this federation")
+        try:
+            self.rate.take(silo)
+        except Busy as exc:
+            return await _reply(send, exc.status, exc.code, exc.detail, {"retry-after": exc.retry_after})
+        scope[IDENTITY] = silo
+        await self.app(scope, receive, send)
+
+
+async def _reply(send, status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> None:
+    metrics.UPLOADS_REJECTED.labels(code).inc()
+    body = json.dumps(ErrorBody(error=code, detail=detail).model_dump()).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+def caller(request: Request, claimed: str | None = None) -> str | None:
+    """The authenticated silo; it must be ``claimed`` (the silo named in the URL or body) when one is given."""
+    silo = request.scope.get(IDENTITY)
+    if silo is not None and claimed is not None and claimed != silo:
+        raise ApiError(403, "identity_mismatch", f"authenticated as silo {silo!r}, not {claimed!r}")
+    return silo
 
 
 def upload_limit(coordinator: Coordinator) -> int:
@@ -38,17 +101,54 @@ def upload_limit(coordinator: Coordinator) -> int:
     return min(cap, expected)
 
 
-def create_app(coordinator: Coordinator) -> FastAPI:
+def replacement_limit(coordinator: Coordinator) -> int:
+    """Largest acceptable unlearning upload: the whole shared vector, one value per slot."""
+    plan = coordinator.plan()
+    cap = coordinator.config.max_upload_bytes
+    if plan.vector_size is None:
+        return cap
+    ckks = coordinator.keys.params
+    packing = PackingParams(digits_per_slot=1, max_silos=1)
+    return min(cap, packing.ciphertexts_for(plan.vector_size, ckks) * (max_ciphertext_bytes(ckks) + 4) + ENVELOPE_SLACK)
+
+
+def create_app(coordinator: Coordinator, auth: Authenticator | None = None) -> FastAPI:
+    """The aggregator's app; with ``auth`` requiring identities, every /v1 route is bound to the calling silo."""
+    auth = auth or Authenticator()
+    limits = coordinator.config.limits
+    slots = UploadSlots(limits.max_concurrent_uploads, limits.retry_after_s)
+    upload_rate = RateLimiter(limits.silo_uploads_per_minute / 60.0, limits.silo_upload_burst, "uploads")
     app = FastAPI(title="FedShield aggregator", version="v1",
                   description="Receives encrypted LoRA updates, sums them homomorphically, publishes aggregates.")
+    app.add_middleware(Guard, auth=auth, known=coordinator.config.silo_names,
+                       rate=RateLimiter(limits.silo_requests_per_s, limits.silo_request_burst))
     tmp_dir = coordinator.store.root / "incoming"
     tmp_dir.mkdir(exist_ok=True)
+
+    def joined_caller(request: Request) -> str | None:
+        """The caller, which must have joined (when identities are required)."""
+        silo = caller(request)
+        if auth.required and silo not in coordinator.store.silos():
+            raise ApiError(403, "not_joined", f"silo {silo!r} has not joined: join first")
+        return silo
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         if exc.status != 425:
             metrics.UPLOADS_REJECTED.labels(exc.code).inc()
         return JSONResponse(ErrorBody(error=exc.code, detail=exc.detail).model_dump(), status_code=exc.status)
+
+    @app.exception_handler(Busy)
+    async def _busy(_: Request, exc: Busy) -> JSONResponse:
+        metrics.UPLOADS_REJECTED.labels(exc.code).inc()
+        return JSONResponse(ErrorBody(error=exc.code, detail=exc.detail).model_dump(), status_code=exc.status,
+                            headers={"Retry-After": exc.retry_after})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(ErrorBody(error=code, detail=str(exc.detail)).model_dump(), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -66,31 +166,60 @@ def create_app(coordinator: Coordinator) -> FastAPI:
         return {"status": "ready", "state": coordinator.plan().state}
 
     @app.post("/v1/join", response_model=RoundPlan, responses=ERRORS)
-    def join(req: JoinRequest) -> RoundPlan:
+    def join(req: JoinRequest, request: Request) -> RoundPlan:
+        caller(request, req.silo)
         return coordinator.join(req)
 
     @app.post("/v1/silos/{silo}/withdraw", response_model=RoundPlan, responses=ERRORS)
-    def withdraw(silo: str, req: WithdrawRequest) -> RoundPlan:
+    def withdraw(silo: str, req: WithdrawRequest, request: Request) -> RoundPlan:
         """The silo stops contributing (its privacy budget is spent, or its operator says so)."""
+        caller(request, silo)
         return coordinator.withdraw(silo, req.reason)
 
-    @app.get("/v1/plan", response_model=RoundPlan)
-    def plan() -> RoundPlan:
+    @app.get("/v1/plan", response_model=RoundPlan, responses=ERRORS)
+    def plan(request: Request) -> RoundPlan:
+        joined_caller(request)
         return coordinator.plan()
 
-    @app.get("/v1/status", response_model=Status)
-    def status() -> Status:
-        return coordinator.status()
+    @app.get("/v1/status", response_model=Status, responses=ERRORS)
+    def status(request: Request) -> Status:
+        """The federation's progress; the plan's details (mask seed, layout, weights) only for joined silos."""
+        current = coordinator.status()
+        if auth.required and caller(request) not in coordinator.store.silos():
+            hidden = {"mask_seed": None, "layout": None, "weights": {}, "lr_scales": {}}
+            current = current.model_copy(update={"plan": current.plan.model_copy(update=hidden)})
+        return current
 
     @app.put(
         "/v1/rounds/{round}/uploads/{silo}", response_model=UploadReceipt, responses=ERRORS,
         openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
     )
-    async def upload(round: int, silo: str, request: Request, samples: int, train_loss: float | None = None,
-                     val_loss: float | None = None, val_auc: float | None = None, epsilon: float | None = None) -> UploadReceipt:
+    async def upload(round: Round, silo: str, request: Request, samples: Annotated[int, Query(ge=1, le=MAX_INT)],
+                     train_loss: Finite = None, val_loss: Finite = None, val_auc: Finite = None,
+                     epsilon: Finite = None) -> UploadReceipt:
         """Upload a silo's encrypted update (an envelope) with its plaintext metadata."""
-        metadata = UploadMetadata(samples=samples, train_loss=train_loss, val_loss=val_loss, val_auc=val_auc, epsilon=epsilon)
-        limit = upload_limit(coordinator)
+        caller(request, silo)
+        try:
+            metadata = UploadMetadata(samples=samples, train_loss=train_loss, val_loss=val_loss, val_auc=val_auc, epsilon=epsilon)
+        except ValidationError as exc:
+            raise ApiError(422, "malformed_request", str(exc.errors()[0].get("msg"))) from None
+        if silo in coordinator.config.silo_names:
+            upload_rate.take(silo)  # bounded keys: configured silos only
+        with slots.hold():
+            return await _receive(round, silo, request, metadata)
+
+    async def _receive(round: int, silo: str, request: Request, metadata: UploadMetadata) -> UploadReceipt:
+        path = await _spool(request, upload_limit(coordinator))
+        receipt = await run_in_threadpool(coordinator.accept_upload, round, silo, path, metadata)
+        if not receipt.duplicate:
+            metrics.UPLOADS_ACCEPTED.labels(silo).inc()
+            metrics.UPLOAD_BYTES.labels(silo).inc(receipt.bytes)
+        plan = coordinator.plan()
+        metrics.CURRENT_ROUND.set(plan.round)
+        return receipt
+
+    async def _spool(request: Request, limit: int) -> Path:
+        """Stream the request body to a temporary file, refusing it past ``limit`` bytes."""
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             raise ApiError(413, "payload_too_large", f"upload of {declared} bytes exceeds the limit of {limit}")
@@ -106,24 +235,52 @@ def create_app(coordinator: Coordinator) -> FastAPI:
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        receipt = await run_in_threadpool(coordinator.accept_upload, round, silo, path, metadata)
-        if not receipt.duplicate:
-            metrics.UPLOADS_ACCEPTED.labels(silo).inc()
-            metrics.UPLOAD_BYTES.labels(silo).inc(receipt.bytes)
-        plan = coordinator.plan()
-        metrics.CURRENT_ROUND.set(plan.round)
-        return receipt
+        return path
 
     @app.get("/v1/rounds/{round}/aggregate", responses={200: {"content": {"application/octet-stream": {}}}, **ERRORS})
-    def aggregate(round: int) -> FileResponse:
-        """The round's aggregate envelope (425 while the round is open)."""
+    def aggregate(round: Round, request: Request) -> FileResponse:
+        """The round's aggregate envelope (425 while the round is open). Individual uploads are never served."""
+        joined_caller(request)
         return FileResponse(coordinator.aggregate_path(round), media_type="application/octet-stream")
+
+    @app.get("/v1/unlearning", response_model=list[UnlearningRecord], responses=ERRORS)
+    def unlearnings(request: Request) -> list[UnlearningRecord]:
+        """The audit records of every published unlearning, oldest first."""
+        joined_caller(request)
+        return coordinator.unlearnings()
+
+    @app.put(
+        "/v1/unlearning/{version}/uploads/{silo}", response_model=UploadReceipt, responses=ERRORS,
+        openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
+    )
+    async def upload_unlearning(version: Round, silo: str, request: Request) -> UploadReceipt:
+        """A silo's encrypted replacement of the global adapter (E2URec), published as the next global state.
+
+        The audit record travels as JSON in the ``x-fedshield-audit`` header."""
+        caller(request, silo)
+        try:
+            audit = UnlearningAudit.model_validate_json(request.headers.get(AUDIT_HEADER) or "")
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise ApiError(422, "malformed_audit", f"{'.'.join(map(str, first.get('loc', ()))) or AUDIT_HEADER}: {first.get('msg')}") from None
+        if silo in coordinator.config.silo_names:
+            upload_rate.take(silo)
+        with slots.hold():
+            path = await _spool(request, replacement_limit(coordinator))
+            return await run_in_threadpool(coordinator.accept_unlearning, version, silo, path, audit)
+
+    @app.get("/v1/unlearning/{version}/aggregate", responses={200: {"content": {"application/octet-stream": {}}}, **ERRORS})
+    def unlearning_aggregate(version: Round, request: Request) -> FileResponse:
+        """A published unlearning, to apply like an aggregate."""
+        joined_caller(request)
+        return FileResponse(coordinator.unlearning_path(version), media_type="application/octet-stream")
 
     return app
 
 
-def serve(config: FederationConfig, public_keys: Keys, state_dir: str | Path, host: str = "127.0.0.1", port: int | None = None) -> None:
-    """Run the aggregator until interrupted."""
+def serve(config: FederationConfig, public_keys: Keys, state_dir: str | Path, host: str = "127.0.0.1", port: int | None = None,
+          tls: ServerTLS | None = None, auth: Authenticator | None = None) -> None:
+    """Run the aggregator until interrupted (HTTPS when ``tls`` is given)."""
     coordinator = Coordinator(config, public_keys, Store(state_dir))
     metrics.serve_metrics(config.aggregator_metrics_port)
     stop = threading.Event()
@@ -137,6 +294,7 @@ def serve(config: FederationConfig, public_keys: Keys, state_dir: str | Path, ho
 
     threading.Thread(target=ticker, name="round-deadline", daemon=True).start()
     try:
-        uvicorn.run(create_app(coordinator), host=host, port=port or config.aggregator_port, log_level="warning")
+        uvicorn.run(create_app(coordinator, auth), host=host, port=port or config.aggregator_port, log_level="warning",
+                    **uvicorn_ssl_options(tls))
     finally:
         stop.set()

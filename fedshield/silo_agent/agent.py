@@ -23,7 +23,7 @@ from ..config import FederationConfig
 from ..crypto import EnvelopeReader, Keys, decrypt_envelope, encrypt_update
 from ..privacy import privatise
 from ..updates import VectorLayout, compensate, lora_parameters, next_residual, round_mask, scatter
-from ..wire.client import AggregatorClient, AggregatorRefused
+from ..wire.client import AggregatorClient, AggregatorRefused, ClientSecurity
 from ..wire.messages import JoinRequest, UploadMetadata
 from ..workloads.scoring import auc, log_loss
 from .checkpoint import PendingUpload, SiloState, load_state, save_state
@@ -64,7 +64,7 @@ def base_model_path(config: FederationConfig, cache_dir: Path) -> Path:
 
 class SiloAgent:
     def __init__(self, config: FederationConfig, silo: str, keys: Keys, workdir: str | Path, aggregator_url: str,
-                 model_cache: str | Path | None = None):
+                 model_cache: str | Path | None = None, security: ClientSecurity | None = None):
         if silo not in config.silo_names:
             raise ValueError(f"silo {silo!r} is not in the federation's config")
         if not keys.has_secret_key:
@@ -72,7 +72,7 @@ class SiloAgent:
         self.config, self.silo, self.keys = config, silo, keys
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.client = AggregatorClient(aggregator_url)
+        self.client = AggregatorClient(aggregator_url, security=security)
         self.train, self.val = silo_examples(config, silo)
         base, self.tokenizer = load_base(base_model_path(config, Path(model_cache or self.workdir)))
         lora = config.lora

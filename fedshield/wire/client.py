@@ -1,18 +1,35 @@
-"""HTTP client a silo uses to talk to the aggregator: retries with backoff and jitter, idempotent calls."""
+"""HTTP client a silo uses to talk to the aggregator: TLS, retries with backoff and jitter, idempotent calls.
+
+Every call is safe to repeat: join and withdraw are idempotent at the aggregator, and a
+re-sent upload of the same bytes is answered ``duplicate: true`` (counted once).
+Two kinds of retry:
+
+- failures (connection errors, 5xx other than 503): at most ``retries`` attempts, exponential
+  backoff with full jitter, capped at ``max_backoff_s``;
+- "busy" answers (429, or 503 with Retry-After: a limit, not a fault): waited out for up to
+  ``busy_timeout_s``, each time at least the server's Retry-After plus jitter, so a crowd of
+  silos refused together does not come back together.
+"""
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import random
+import ssl
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, TypeVar
 
 import httpx
 
+from .unlearning import AUDIT_HEADER, UnlearningAudit, UnlearningRecord
 from .messages import ErrorBody, JoinRequest, RoundPlan, UploadMetadata, UploadReceipt, WithdrawRequest
 
 log = logging.getLogger("fedshield.client")
 T = TypeVar("T")
+BUSY = (429, 503)
 
 
 class AggregatorRefused(RuntimeError):
@@ -23,30 +40,84 @@ class AggregatorRefused(RuntimeError):
         self.status, self.body = status, body
 
 
+@dataclass(frozen=True)
+class ClientSecurity:
+    """How a silo proves who it is: mutual TLS (``ca`` + ``cert`` + ``key``) or a bearer token over TLS."""
+
+    ca: str | Path | None = None
+    cert: str | Path | None = None
+    key: str | Path | None = None
+    token: str | None = None
+
+    def verify(self) -> ssl.SSLContext | bool:
+        if self.ca is None:
+            return True
+        from ..security.tls import client_context
+
+        return client_context(self.ca, self.cert, self.key)
+
+    def headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.token}"} if self.token else {}
+
+
+def retry_after_s(response: httpx.Response) -> float | None:
+    """The Retry-After header in seconds (delta-seconds or an HTTP date), None when absent or unreadable."""
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
 class AggregatorClient:
-    def __init__(self, base_url: str, timeout_s: float = 60.0, retries: int = 8, backoff_s: float = 0.25):
-        self._http = httpx.Client(base_url=base_url, timeout=timeout_s)
-        self.retries, self.backoff_s = retries, backoff_s
+    def __init__(self, base_url: str, timeout_s: float = 60.0, retries: int = 8, backoff_s: float = 0.25,
+                 security: ClientSecurity | None = None, max_backoff_s: float = 30.0, busy_timeout_s: float = 900.0):
+        security = security or ClientSecurity()
+        self._http = httpx.Client(base_url=base_url, timeout=timeout_s, verify=security.verify(), headers=security.headers())
+        self.retries, self.backoff_s, self.max_backoff_s, self.busy_timeout_s = retries, backoff_s, max_backoff_s, busy_timeout_s
+        self.retried = 0  # attempts repeated (failures and busy answers), for benchmarks and logs
 
     def close(self) -> None:
         self._http.close()
 
-    def _call(self, send: Callable[[], httpx.Response]) -> httpx.Response:
-        for attempt in range(self.retries + 1):
+    def _backoff(self, attempt: int) -> float:
+        return random.uniform(0, min(self.max_backoff_s, self.backoff_s * 2**attempt))
+
+    def _call(self, send: Callable[[], httpx.Response], sleep: Callable[[float], None] = time.sleep) -> httpx.Response:
+        failures, busy_since = 0, None
+        while True:
             try:
                 response = send()
             except httpx.TransportError as exc:
-                if attempt == self.retries:
+                if failures >= self.retries:
                     raise
                 log.warning("aggregator unreachable (%s); retrying", exc)
+                delay = self._backoff(failures)
+                failures += 1
             else:
-                if response.status_code < 500:
+                wait = retry_after_s(response)
+                if response.status_code in BUSY and (wait is not None or response.status_code == 429):
+                    busy_since = busy_since or time.monotonic()
+                    if time.monotonic() - busy_since > self.busy_timeout_s:
+                        return response
+                    base = wait if wait is not None else self.backoff_s
+                    delay = base + random.uniform(0, max(base, self.backoff_s))
+                    log.info("aggregator busy (%d); retrying in %.2f s", response.status_code, delay)
+                elif response.status_code < 500:
                     return response
-                if attempt == self.retries:
-                    response.raise_for_status()
-                log.warning("aggregator error %d; retrying", response.status_code)
-            time.sleep(self.backoff_s * 2**min(attempt, 5) * (0.5 + random.random()))
-        raise AssertionError("unreachable")
+                else:
+                    if failures >= self.retries:
+                        response.raise_for_status()
+                    log.warning("aggregator error %d; retrying", response.status_code)
+                    delay = self._backoff(failures)
+                    failures += 1
+            self.retried += 1
+            sleep(delay)
 
     @staticmethod
     def _ok(response: httpx.Response) -> httpx.Response:
@@ -80,11 +151,20 @@ class AggregatorClient:
                 raise TimeoutError(f"round {round} did not open within {timeout_s} s")
             time.sleep(poll_s)
 
-    def upload(self, round: int, silo: str, data: bytes, metadata: UploadMetadata) -> UploadReceipt:
+    def upload(self, round: int, silo: str, data: bytes | Path, metadata: UploadMetadata) -> UploadReceipt:
+        """Send an envelope (bytes, or a file streamed from disk on every attempt); safe to repeat."""
         params = {k: v for k, v in metadata.model_dump().items() if v is not None}
         url = f"/v1/rounds/{round}/uploads/{silo}"
         headers = {"content-type": "application/octet-stream"}
-        response = self._ok(self._call(lambda: self._http.put(url, content=data, params=params, headers=headers)))
+
+        def send() -> httpx.Response:
+            if isinstance(data, Path):
+                with open(data, "rb") as fh:
+                    return self._http.put(url, content=_chunks(fh), params=params,
+                                          headers={**headers, "content-length": str(data.stat().st_size)})
+            return self._http.put(url, content=data, params=params, headers=headers)
+
+        response = self._ok(self._call(send))
         return UploadReceipt.model_validate(response.json())
 
     def aggregate(self, round: int, timeout_s: float = 3600.0, poll_s: float = 0.2) -> bytes:
@@ -97,3 +177,22 @@ class AggregatorClient:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"round {round} did not close within {timeout_s} s")
             time.sleep(poll_s)
+
+    def unlearnings(self) -> list[UnlearningRecord]:
+        """The federation's published unlearnings (audit records), oldest first."""
+        response = self._ok(self._call(lambda: self._http.get("/v1/unlearning")))
+        return [UnlearningRecord.model_validate(r) for r in response.json()]
+
+    def unlearning_aggregate(self, version: int) -> bytes:
+        return self._ok(self._call(lambda: self._http.get(f"/v1/unlearning/{version}/aggregate"))).content
+
+    def upload_unlearning(self, version: int, silo: str, data: bytes, audit: UnlearningAudit) -> UploadReceipt:
+        """Send the encrypted replacement of the global adapter with its audit record; safe to repeat."""
+        headers = {"content-type": "application/octet-stream", AUDIT_HEADER: audit.model_dump_json()}
+        response = self._ok(self._call(lambda: self._http.put(f"/v1/unlearning/{version}/uploads/{silo}", content=data, headers=headers)))
+        return UploadReceipt.model_validate(response.json())
+
+
+def _chunks(fh, size: int = 1 << 20):
+    while chunk := fh.read(size):
+        yield chunk

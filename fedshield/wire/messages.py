@@ -11,15 +11,20 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+MAX_INT = 2**53  # beyond what a federation needs; keeps every count exact in JSON and SQLite
+
+
 class JoinRequest(Message):
-    silo: str
-    samples: int = Field(ge=1, description="Training examples the silo holds (FedAvg weight).")
-    vector_size: int = Field(ge=1, description="Length of the shared update vector.")
-    layout: str = Field(description="Digest of the update vector's layout; must match across silos.")
+    silo: str = Field(max_length=63)
+    samples: int = Field(ge=1, le=MAX_INT, description="Training examples the silo holds (FedAvg weight).")
+    vector_size: int = Field(ge=1, le=MAX_INT, description="Length of the shared update vector.")
+    layout: str = Field(max_length=200, description="Digest of the update vector's layout; must match across silos.")
 
 
 class UploadMetadata(Message):
-    samples: int = Field(ge=1)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    samples: int = Field(ge=1, le=MAX_INT)
     train_loss: float | None = None
     val_loss: float | None = None
     val_auc: float | None = None
@@ -36,7 +41,7 @@ class RoundPlan(Message):
     state: Literal["waiting_for_silos", "open", "finished"]
     round: int = Field(description="The open round (or the number of rounds, once finished).")
     rounds_total: int
-    mask_seed: int
+    mask_seed: int | None = Field(None, description="Shared mask seed (only in the plan a joined silo reads).")
     pruning: float
     explore_share: float
     vector_size: int | None = None
