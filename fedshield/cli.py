@@ -145,6 +145,13 @@ def _crd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dashboard(args: argparse.Namespace) -> int:
+    from .dashboard import dashboard_json
+
+    sys.stdout.write(dashboard_json())
+    return 0
+
+
 def _operator(args: argparse.Namespace) -> int:
     import kopf
 
@@ -174,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     crd = sub.add_parser("crd", help="print the FederatedFinetune CRD (generated from the pydantic models)")
     crd.set_defaults(func=_crd)
+
+    dash = sub.add_parser("dashboard", help="print the Grafana dashboard JSON (generated from fedshield/dashboard.py)")
+    dash.set_defaults(func=_dashboard)
 
     op = sub.add_parser("operator", help="run the Kubernetes operator (kopf)")
     op.add_argument("--namespace", action="append", default=[], help="watch only this namespace (repeatable); default: all")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -85,8 +86,11 @@ class Federation:
 
     def _spawn(self, name: str, args: list[str]) -> None:
         self._args[name] = args
+        # Each process is its own one-rank torch.distributed world: never inherit this process's rendezvous.
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
         with open(self.logs / f"{name}.log", "ab") as log:
-            self.procs[name] = subprocess.Popen([sys.executable, "-m", "fedshield.cli", *args], stdout=log, stderr=subprocess.STDOUT)
+            self.procs[name] = subprocess.Popen([sys.executable, "-m", "fedshield.cli", *args], stdout=log, stderr=subprocess.STDOUT,
+                                                env=env)
 
     def kill(self, name: str) -> None:
         """SIGKILL one process (fault injection)."""

@@ -70,6 +70,14 @@ EPSILON_SPENT = Gauge("fedshield_epsilon_spent", "Differential-privacy epsilon a
 SILO_WITHDRAWN = Gauge("fedshield_silo_withdrawn", "1 when a silo stopped contributing (e.g. budget spent).", **A_SILO)
 
 
+# --- aggregator: unlearning (from the audit ledger, so they survive restarts) -------------
+ADAPTER_VERSION = Gauge("fedshield_adapter_version", "Global adapters published: closed rounds plus unlearnings.", **A)
+UNLEARNINGS = Gauge("fedshield_unlearning_completed", "Unlearnings a silo has completed.", **A_SILO)
+UNLEARNED_USERS = Gauge("fedshield_unlearning_users_forgotten", "Users forgotten by a silo's unlearnings, in all.", **A_SILO)
+UNLEARNING_SECONDS = Gauge("fedshield_unlearning_last_duration_seconds", "Time the silo's last unlearning took.", **A_SILO)
+UNLEARNING_TIMESTAMP = Gauge("fedshield_unlearning_last_timestamp_seconds", "Unix time the silo's last unlearning was published.", **A_SILO)
+
+
 def serve_metrics(port: int | None, registry: CollectorRegistry = AGGREGATOR) -> None:
     """Expose ``registry`` on ``port`` at /metrics (no-op when None)."""
     if port is not None:

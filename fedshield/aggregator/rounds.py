@@ -23,6 +23,7 @@ from ..faults import crash_point
 from ..fairness import fedavg_weights, loss_weights, lr_scales
 from ..updates import kept_count
 from ..wire.messages import JoinRequest, RoundPlan, RoundSummary, Status, UploadMetadata, UploadReceipt
+from ..wire.unlearning import UnlearningAudit, UnlearningRecord
 from . import telemetry
 from .store import Store
 
@@ -136,6 +137,7 @@ class Coordinator:
         if closed:
             reports = {u.silo: u.metadata for u in self.store.uploads(closed[-1]["round"])}
             telemetry.publish_reports(reports, expected, closed[-1]["contributors"])
+        telemetry.publish_unlearnings(self.store.unlearnings(), len(closed))
 
     def _fix_plan(self, opened_at: float | None) -> None:
         """Weights, learning-rate scales and deadline of the round: they depend only on closed rounds."""
@@ -310,6 +312,76 @@ class Coordinator:
             self._maybe_close()
             self._publish()
             return UploadReceipt(round=round, silo=silo, bytes=size, sha256=digest, duplicate=False)
+
+    # --- unlearning: a silo replaces the global adapter of a finished federation ------------
+
+    def adapter_version(self) -> int:
+        """How many global adapters were published: one per closed round and one per unlearning."""
+        closed = sum(1 for r in self.store.rounds() if r["closed_at"] is not None)
+        return closed + len(self.store.unlearnings())
+
+    def unlearning_round(self, version: int) -> int:
+        """The envelope round number of unlearning ``version`` (after every training round)."""
+        return self.config.rounds + version
+
+    def unlearnings(self) -> list[UnlearningRecord]:
+        with self._lock:
+            return [UnlearningRecord(version=r["version"], silo=r["silo"], adapter_version_before=r["adapter_before"],
+                                     adapter_version_after=r["adapter_before"] + 1, sha256=r["sha256"], bytes=r["bytes"],
+                                     received_at=r["received_at"], audit=UnlearningAudit(**r["audit"]))
+                    for r in self.store.unlearnings()]
+
+    def unlearning_path(self, version: int) -> Path:
+        with self._lock:
+            if version not in {r["version"] for r in self.store.unlearnings()}:
+                raise ApiError(404, "unknown_unlearning", f"unlearning {version} has not been published")
+            return self.store.unlearning_dir(version) / "aggregate.fshe"
+
+    def accept_unlearning(self, version: int, silo: str, tmp_path: Path, audit: UnlearningAudit) -> UploadReceipt:
+        """Take a silo's encrypted replacement of the global adapter and publish it, or refuse it changing nothing."""
+        try:
+            return self._accept_unlearning(version, silo, tmp_path, audit)
+        finally:
+            if tmp_path.exists():
+                tmp_path.unlink()
+
+    def _accept_unlearning(self, version: int, silo: str, tmp_path: Path, audit: UnlearningAudit) -> UploadReceipt:
+        with self._lock:
+            self._known(silo)
+            if silo not in self._joined():
+                raise ApiError(403, "not_joined", f"silo {silo!r} has not joined")
+            digest, size = sha256_file(tmp_path), tmp_path.stat().st_size
+            records = self.store.unlearnings()
+            previous = next((r for r in records if r["version"] == version), None)
+            if previous is not None:
+                if (previous["silo"], previous["sha256"]) == (silo, digest):
+                    return UploadReceipt(round=self.unlearning_round(version), silo=silo, bytes=size, sha256=digest, duplicate=True)
+                raise ApiError(409, "conflicting_upload", f"unlearning {version} was already published by {previous['silo']!r}")
+            if not self.finished:
+                raise ApiError(409, "federation_running", "unlearning replaces the adapter of a finished federation; "
+                                                          f"round {self.current} is still open")
+            if version != len(records):
+                raise ApiError(409, "wrong_version", f"the next unlearning is version {len(records)}, not {version}")
+            vector_size, layout = self._vector()
+            try:
+                with EnvelopeReader.open(tmp_path) as reader:
+                    head = reader.header
+                    if head.silo != silo:
+                        raise ApiError(400, "silo_mismatch", f"the envelope is from silo {head.silo!r}, uploaded as {silo!r}")
+                    if abs(head.weight - 1.0) > 1e-9:
+                        raise ApiError(400, "wrong_weight", f"a replacement is weighted 1, the envelope says {head.weight}")
+                    published = EncryptedSum(self.keys, round=self.unlearning_round(version), count=vector_size,
+                                             packing=head.packing, layout=layout)
+                    published.add(reader)
+            except CryptoError as exc:
+                raise ApiError(400, CRYPTO_ERROR_CODES.get(type(exc).__name__, "bad_envelope"), str(exc)) from None
+            folder = self.store.unlearning_dir(version)
+            save_envelope(folder / "aggregate.fshe", published.to_bytes())
+            os.replace(tmp_path, folder / f"{silo}.fshe")
+            self.store.add_unlearning(version, silo, digest, size, self.adapter_version(), audit.model_dump())
+            log.info("unlearning %d published for silo %s (%d users)", version, silo, audit.users_count)
+            self._publish()
+            return UploadReceipt(round=self.unlearning_round(version), silo=silo, bytes=size, sha256=digest, duplicate=False)
 
     def tick(self) -> None:
         """Close the open round if its deadline has passed (called periodically)."""

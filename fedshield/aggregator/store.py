@@ -5,6 +5,7 @@ Layout of the state directory::
     state.db                       silos, rounds, accepted uploads
     rounds/00003/clinic-a.fshe     an accepted upload (renamed into place before its row commits)
     rounds/00003/aggregate.fshe    the round's aggregate (written before the round's close commits)
+    unlearning/00000/aggregate.fshe  a published unlearning (written before its row commits)
 
 A crash at any point leaves either a committed row with its file, or a stray file
 without a row, which is ignored: an upload is accepted exactly when its row exists.
@@ -31,6 +32,9 @@ CREATE TABLE IF NOT EXISTS withdrawals (
 CREATE TABLE IF NOT EXISTS uploads (
     round INTEGER NOT NULL, silo TEXT NOT NULL, sha256 TEXT NOT NULL, bytes INTEGER NOT NULL,
     metadata TEXT NOT NULL, received_at REAL NOT NULL, PRIMARY KEY (round, silo));
+CREATE TABLE IF NOT EXISTS unlearnings (
+    version INTEGER PRIMARY KEY, silo TEXT NOT NULL, sha256 TEXT NOT NULL, bytes INTEGER NOT NULL,
+    adapter_before INTEGER NOT NULL, audit TEXT NOT NULL, received_at REAL NOT NULL);
 """
 
 
@@ -117,6 +121,21 @@ class Store:
     def uploads(self, round: int) -> list[UploadRow]:
         rows = self._read("SELECT round, silo, sha256, bytes, metadata FROM uploads WHERE round = ? ORDER BY received_at", (round,))
         return [UploadRow(r, s, h, b, json.loads(m), self.upload_path(r, s)) for r, s, h, b, m in rows]
+
+    # unlearnings: a silo's replacement of the global adapter, published like an aggregate
+    def unlearning_dir(self, version: int) -> Path:
+        path = self.root / "unlearning" / f"{version:05d}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def add_unlearning(self, version: int, silo: str, sha256: str, size: int, adapter_before: int, audit: dict) -> None:
+        self._write("INSERT INTO unlearnings VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (version, silo, sha256, size, adapter_before, json.dumps(audit), time.time()))
+
+    def unlearnings(self) -> list[dict]:
+        rows = self._read("SELECT version, silo, sha256, bytes, adapter_before, audit, received_at FROM unlearnings ORDER BY version")
+        return [{"version": v, "silo": s, "sha256": h, "bytes": b, "adapter_before": a, "audit": json.loads(j), "received_at": t}
+                for v, s, h, b, a, j, t in rows]
 
     def close(self) -> None:
         with self._lock:

@@ -61,3 +61,15 @@ def observe_close(duration_s: float, aggregate_s: float, aggregate_bytes: int, m
     metrics.AGGREGATE_BYTES.set(aggregate_bytes)
     for silo in missing:
         metrics.STRAGGLER_ROUNDS.labels(silo).inc()
+
+
+def publish_unlearnings(records: list[dict], closed_rounds: int) -> None:
+    """The unlearning ledger (store rows) as gauges, and the global adapter's version."""
+    metrics.ADAPTER_VERSION.set(closed_rounds + len(records))
+    for r in records:
+        silo = r["silo"]
+        mine = [x for x in records if x["silo"] == silo]
+        metrics.UNLEARNINGS.labels(silo).set(len(mine))
+        metrics.UNLEARNED_USERS.labels(silo).set(sum(x["audit"]["users_count"] for x in mine))
+        metrics.UNLEARNING_SECONDS.labels(silo).set(mine[-1]["audit"]["seconds"])
+        metrics.UNLEARNING_TIMESTAMP.labels(silo).set(mine[-1]["received_at"])

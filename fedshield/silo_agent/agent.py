@@ -26,7 +26,7 @@ from ..updates import VectorLayout, compensate, lora_parameters, next_residual, 
 from ..wire.client import AggregatorClient, AggregatorRefused, ClientSecurity
 from ..wire.messages import JoinRequest, UploadMetadata
 from ..workloads.scoring import auc, log_loss
-from .checkpoint import PendingUpload, SiloState, load_state, save_state
+from .checkpoint import PendingUpload, SiloState, forgotten_users, load_state, save_state
 from .data import public_corpus, silo_examples
 from .model import build_tiny_base, load_base, with_lora, yes_probabilities
 from .training import create_engine, set_learning_rate, train_local_stats
@@ -73,8 +73,10 @@ class SiloAgent:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.client = AggregatorClient(aggregator_url, security=security)
-        self.train, self.val = silo_examples(config, silo)
-        base, self.tokenizer = load_base(base_model_path(config, Path(model_cache or self.workdir)))
+        gone = forgotten_users(self.workdir)  # users this silo has unlearned: their records are never used again
+        self.train, self.val = ([e for e in part if e.user not in gone] for part in silo_examples(config, silo))
+        self.model_cache = Path(model_cache or self.workdir)
+        base, self.tokenizer = load_base(base_model_path(config, self.model_cache))
         lora = config.lora
         self.model = with_lora(base, lora.r, lora.alpha, lora.dropout, lora.target_modules, seed=config.seed)
         self.params = lora_parameters(self.model)
@@ -96,6 +98,14 @@ class SiloAgent:
         with torch.no_grad():
             for name, tensor in self.state.lora.items():
                 self.params[name].copy_(tensor)
+        if self.state.optimizer is not None:
+            self.engine.optimizer.load_state_dict(self.state.optimizer)
+
+    def _checkpoint(self) -> None:
+        """Persist the LoRA tensors, optimiser moments and round state atomically."""
+        self.state.lora = self._lora_snapshot()
+        self.state.optimizer = self.engine.optimizer.state_dict()
+        save_state(self.workdir, self.state)
 
     def evaluate(self) -> tuple[float, float]:
         probs = yes_probabilities(self.model, self.tokenizer, [e.prompt for e in self.val])
@@ -109,6 +119,7 @@ class SiloAgent:
         ))
         metrics.SILO_SHARED_PARAMETERS.labels(self.silo).set(self.layout.size)
         metrics.SILO_ROUND.labels(self.silo).set(self.state.round_done)
+        self._count_history()
         log.info("%s joined: %d training examples, %d shared values", self.silo, len(self.train), self.layout.size)
         budget = self.budget
         while self.state.round_done + 1 < plan.rounds_total:
@@ -123,6 +134,7 @@ class SiloAgent:
             self.state.history.append(record.__dict__)
             with open(self.workdir / "metrics.jsonl", "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record.__dict__) + "\n")
+        self.apply_unlearnings()
         self.save_adapter(self.workdir / "adapter")
         return self.state.history
 
@@ -147,8 +159,7 @@ class SiloAgent:
         )
         pending = PendingUpload(round, encrypted.data, mask, next_residual(update, mask, encrypted.sent), train_loss)
         state.pending = pending
-        state.lora = self._lora_snapshot()
-        save_state(self.workdir, state)  # a crash from here on re-sends these exact bytes
+        self._checkpoint()  # a crash from here on re-sends these exact bytes
         return pending, train_s, encrypted.encrypt_s, tokens
 
     def _mask(self, round: int, plan) -> np.ndarray:
@@ -199,10 +210,9 @@ class SiloAgent:
         state.score = np.abs(scatter(average, mask, self.layout.size))
         state.residual = residual
         self.layout.assign(self.params, state.global_shared)
-        state.lora = self._lora_snapshot()
         state.pending, state.round_done = None, round
         val_loss, val_auc = self.evaluate()
-        save_state(self.workdir, state)
+        self._checkpoint()
         record = RoundRecord(
             round=round, silo=self.silo, train_loss=pending.train_loss if pending else None, val_loss=val_loss, auc=val_auc,
             upload_bytes=upload_bytes, download_bytes=len(aggregate), kept=int(mask.size),
@@ -215,6 +225,14 @@ class SiloAgent:
         log.info("%s round %d: loss %.4f auc %.3f", self.silo, round, val_loss, val_auc)
         return record
 
+    def _count_history(self) -> None:
+        """After a restart, the byte and token counters start from what this silo's checkpoint says it sent."""
+        for r in self.state.history:
+            metrics.SILO_UPLOAD_BYTES.labels(self.silo).inc(r["upload_bytes"])
+            metrics.SILO_DOWNLOAD_BYTES.labels(self.silo).inc(r["download_bytes"])
+            metrics.SILO_CIPHERTEXTS.labels(self.silo).inc(r.get("ciphertexts", 0))
+            metrics.SILO_TRAIN_TOKENS.labels(self.silo).inc(r.get("train_tokens", 0))
+
     def _export(self, r: RoundRecord) -> None:
         silo = self.silo
         metrics.SILO_UPLOAD_BYTES.labels(silo).inc(r.upload_bytes)
@@ -226,13 +244,46 @@ class SiloAgent:
             metrics.SILO_ENCRYPT_SECONDS.labels(silo).observe(r.encrypt_s)
         metrics.SILO_DECRYPT_SECONDS.labels(silo).observe(r.decrypt_s)
         metrics.SILO_ROUND_SECONDS.labels(silo).observe(r.round_s)
-        metrics.SILO_ROUND.labels(silo).set(r.round)
         if r.train_loss is not None:
             metrics.SILO_TRAIN_LOSS.labels(silo).set(r.train_loss)
             metrics.SILO_TRAIN_TOKENS.labels(silo).inc(r.train_tokens)
             metrics.SILO_TOKENS_PER_SECOND.labels(silo).set(r.train_tokens / max(r.train_s, 1e-9))
         metrics.SILO_VALIDATION_AUC.labels(silo).set(r.auc)
         metrics.SILO_VALIDATION_LOSS.labels(silo).set(r.val_loss)
+        metrics.SILO_ROUND.labels(silo).set(r.round)  # last: a scrape showing the round shows all of it
+
+    def apply_unlearnings(self) -> int:
+        """Apply every unlearning the aggregator published since this silo last looked (a delta on the shared adapter)."""
+        applied = 0
+        for record in self.client.unlearnings()[self.state.unlearnings_applied:]:
+            data = self.client.unlearning_aggregate(record.version)
+            delta = decrypt_envelope(self.keys, EnvelopeReader.from_bytes(data), round=self.config.rounds + record.version,
+                                     count=self.layout.size, layout=self.layout.digest)
+            self.state.global_shared = self.state.global_shared + delta
+            self.layout.assign(self.params, self.state.global_shared)
+            self.state.unlearnings_applied = record.version + 1
+            self._checkpoint()
+            applied += 1
+            log.info("%s applied unlearning %d (from %s): adapter version %d", self.silo, record.version, record.silo,
+                     record.adapter_version_after)
+        if applied:
+            self.save_adapter(self.workdir / "adapter")
+        return applied
+
+    def forget_local_state(self, private: dict) -> None:
+        """After unlearning here: new private layers; no residual, mask scores, pending upload or optimiser moments
+        computed from the forgotten records; the checkpoint rewritten without them."""
+        import torch
+
+        with torch.no_grad():
+            for name, tensor in private.items():
+                self.params[name].copy_(tensor.to(self.params[name].dtype))
+        self.engine.optimizer.state.clear()
+        gone = forgotten_users(self.workdir)
+        self.train = [e for e in self.train if e.user not in gone]
+        self.val = [e for e in self.val if e.user not in gone]
+        self.state.residual = self.state.score = self.state.pending = None
+        self._checkpoint()
 
     def save_adapter(self, out: Path) -> Path:
         """The federated adapter in PEFT format (private modules included: they belong to this silo)."""

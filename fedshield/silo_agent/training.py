@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import random
 import socket
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -90,3 +90,15 @@ def train_local_stats(engine, tokenizer, examples: Sequence[Example], steps: int
 def train_local(engine, tokenizer, examples: Sequence[Example], steps: int, batch_size: int, seed: int) -> float:
     """``steps`` optimiser steps on seeded random batches; returns the mean loss."""
     return train_local_stats(engine, tokenizer, examples, steps, batch_size, seed).loss
+
+
+def train_steps(engine, steps: int, step_loss: Callable[[int], torch.Tensor]) -> list[float]:
+    """``steps`` optimiser steps of ``engine`` on any loss (``step_loss(step)`` runs the forward pass); returns the losses."""
+    engine.train()
+    losses = []
+    for step in range(steps):
+        loss = step_loss(step)
+        engine.backward(loss)
+        engine.step()
+        losses.append(float(loss.detach()))
+    return losses

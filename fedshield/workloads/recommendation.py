@@ -32,6 +32,7 @@ class Interaction:
 class Example:
     prompt: str
     label: int  # 1 = the user liked the target item
+    user: str = ""  # whose interaction it is ("" when unknown); lets a silo forget a user's records
 
 
 def prompt_for(liked: Sequence[str], disliked: Sequence[str], target: str) -> str:
@@ -52,7 +53,7 @@ def build_examples(interactions: Iterable[Interaction], history: int = 5, like_t
             past = seq[max(0, t - history) : t]
             liked = [it.item for it in past if it.rating >= like_threshold]
             disliked = [it.item for it in past if it.rating < like_threshold]
-            examples.append(Example(prompt_for(liked, disliked, seq[t].item), int(seq[t].rating >= like_threshold)))
+            examples.append(Example(prompt_for(liked, disliked, seq[t].item), int(seq[t].rating >= like_threshold), user))
     return examples
 
 
