@@ -26,6 +26,8 @@ from rich.console import Console
 from fedshield.config import DPSpec, FederationConfig, PrivacySpec, SiloSpec, TrainingSpec
 from fedshield.dashboard import expressions
 from fedshield.demo import free_port, run_local, with_local_ports
+from fedshield.security.certs import silo_files
+from fedshield.security.tls import client_context
 
 PROMETHEUS = shutil.which("prometheus")
 if PROMETHEUS is None and os.environ.get("FEDSHIELD_REQUIRE_TOOLS") != "1":
@@ -88,10 +90,12 @@ def substitute(expr: str) -> str:
 
 
 def refuse_one_request(out: Path) -> None:
-    """An upload from a silo that is not in the federation: the aggregator refuses it (and counts it)."""
+    """Silo a's certificate used to upload as silo b: the aggregator refuses it (and counts it)."""
     port = yaml.safe_load((out / "config.yaml").read_text())["aggregator_port"]
-    response = httpx.put(f"http://127.0.0.1:{port}/v1/rounds/0/uploads/intruder", params={"samples": 1}, content=b"x")
-    assert response.status_code == 403
+    files = silo_files(out / "certs", "a")
+    with httpx.Client(verify=client_context(files.ca, files.cert, files.key)) as client:
+        response = client.put(f"https://127.0.0.1:{port}/v1/rounds/0/uploads/b", params={"samples": 1}, content=b"x")
+    assert response.status_code == 403 and response.json()["error"] == "identity_mismatch"
 
 
 def test_every_dashboard_query_returns_data_and_matches_the_report(tmp_path, monkeypatch):
