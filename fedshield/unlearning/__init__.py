@@ -1,0 +1,24 @@
+"""Federated unlearning (E2URec) at one silo, its baselines (NegGrad, Retrain) and their scoring.
+
+An integrator calls :func:`unlearn` with the current model (base path + every LoRA tensor),
+the federation's :class:`~fedshield.updates.VectorLayout` and a :func:`forget_split`; it
+gets back the replacement shared vector (to encrypt and upload as a special round) and
+the silo's new private tensors.
+"""
+
+from .e2urec import unlearn
+from .evaluate import jensen_shannon, score_adapter, yes_distribution
+from .fold import FoldedAdapter, fold_into_adapter, fold_module
+from .losses import answer_cross_entropy, answer_kl, student_loss
+from .neggrad import neg_grad
+from .result import UnlearningResult
+from .retrain import FederationRun, run_federation, write_movielens
+from .spec import UnlearningSpec
+from .split import ForgetSplit, forget_split
+from .teacher import forgetting_teacher
+
+__all__ = [
+    "FederationRun", "FoldedAdapter", "ForgetSplit", "UnlearningResult", "UnlearningSpec", "answer_cross_entropy", "answer_kl",
+    "fold_into_adapter", "fold_module", "forget_split", "forgetting_teacher", "jensen_shannon", "neg_grad", "run_federation",
+    "score_adapter", "student_loss", "unlearn", "write_movielens", "yes_distribution",
+]
