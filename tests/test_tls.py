@@ -235,3 +235,17 @@ def test_retry_after_is_read_as_seconds_or_an_http_date():
     assert 25 <= retry_after_s(httpx.Response(503, headers={"retry-after": when})) <= 31
     assert retry_after_s(httpx.Response(503, headers={"retry-after": "soon"})) is None
     assert retry_after_s(httpx.Response(503)) is None
+
+
+@pytest.mark.slow
+def test_a_federation_of_processes_runs_over_tls_with_bearer_tokens(tmp_path):
+    from fedshield.config import TrainingSpec
+    from fedshield.demo import run_local
+
+    cfg = FederationConfig(rounds=1, silos=(SiloSpec(name="bank-a"), SiloSpec(name="bank-b")),
+                           training=TrainingSpec(local_steps=2, batch_size=4))
+    report = run_local(cfg, tmp_path, security="token")
+    assert [sorted(r["silos"]) for r in report["rounds"]] == [["bank-a", "bank-b"]]
+    assert all(s["upload_bytes"] > 0 for s in report["rounds"][0]["silos"].values())
+    stored = (tmp_path / "tokens" / "tokens.json").read_text()
+    assert all(read_token(tmp_path / "tokens" / "silos" / f"{s}.token") not in stored for s in ("bank-a", "bank-b"))
