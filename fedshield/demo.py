@@ -52,7 +52,7 @@ class Federation:
     HTTP, silo names in URLs trusted: for tests that need to see the traffic).
     """
 
-    def __init__(self, config: FederationConfig, out: Path, security: str = "mtls"):
+    def __init__(self, config: FederationConfig, out: Path, security: str = "mtls", silo_port: int | None = None):
         if security not in SECURITY:
             raise ValueError(f"security must be one of {SECURITY}")
         self.config, self.out, self.security = config, out, security
@@ -62,20 +62,28 @@ class Federation:
         self.certs = out / "certs"
         scheme = "http" if security == "none" else "https"
         self.url = f"{scheme}://127.0.0.1:{config.aggregator_port}"
+        # Where silos connect: the aggregator, or a port in front of it (a fault-injecting proxy in tests).
+        self.silo_url = f"{scheme}://127.0.0.1:{silo_port or config.aggregator_port}"
 
-    def _credentials(self) -> tuple[list[str], dict[str, list[str]]]:
-        """Issue this run's certificates (and tokens): the aggregator's arguments and each silo's."""
+    def _credentials(self, fresh: bool = True) -> tuple[list[str], dict[str, list[str]]]:
+        """Issue this run's certificates (and tokens): the aggregator's arguments and each silo's.
+
+        ``fresh=False`` (resuming a run) keeps the run's CA and tokens and reissues certificates under that CA.
+        """
         if self.security == "none":
             return [], {s: [] for s in self.config.silo_names}
-        shutil.rmtree(self.certs, ignore_errors=True)
+        if fresh:
+            shutil.rmtree(self.certs, ignore_errors=True)
         issued = issue_all(self.certs, self.config.silo_names)
         server = ["--tls-cert", issued["server_cert"], "--tls-key", issued["server_key"]]
         if self.security == "mtls":
             return server + ["--client-ca", issued["ca"]], {
                 s: ["--ca", issued["ca"], "--cert", f["cert"], "--key", f["key"]] for s, f in issued["silos"].items()}
         tokens = self.out / "tokens"
-        shutil.rmtree(tokens, ignore_errors=True)
-        hashes = create_tokens(tokens, self.config.silo_names)
+        if fresh or not (tokens / "tokens.json").exists():
+            shutil.rmtree(tokens, ignore_errors=True)
+            create_tokens(tokens, self.config.silo_names)
+        hashes = tokens / "tokens.json"
         return server + ["--token-file", str(hashes)], {
             s: ["--ca", issued["ca"], "--token-file", str(tokens / "silos" / f"{s}.token")] for s in self.config.silo_names}
 
@@ -101,25 +109,30 @@ class Federation:
         """Start a process again with the arguments it had: it resumes from its own state."""
         self._spawn(name, self._args[name])
 
-    def start(self) -> None:
-        for stale in ("state", "silos", "logs"):
-            shutil.rmtree(self.out / stale, ignore_errors=True)
-        self.logs.mkdir(parents=True)
+    def start(self, resume: bool = False, silos: tuple[str, ...] | None = None) -> None:
+        """Start the aggregator, then the ``silos`` (default: all). ``resume`` keeps the run's state, keys and CA."""
+        if not resume:
+            for stale in ("state", "silos", "logs"):
+                shutil.rmtree(self.out / stale, ignore_errors=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
         keys_dir = self.out / "keys"
         if not (keys_dir / SECRET_FILE).exists():
             write_key_pair(create_keys(), keys_dir)
         config_path = self.out / "config.yaml"
         config_path.write_text(yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
-        cache = self.out / "model-cache"
-        base_model_path(self.config, cache)  # build the tiny model once, before the silos race for it
-        server_args, silo_args = self._credentials()
+        base_model_path(self.config, self.out / "model-cache")  # build the tiny model once, before the silos race for it
+        server_args, self._silo_args = self._credentials(fresh=not resume)
         self._spawn("aggregator", ["aggregator", "--config", str(config_path), "--public-key", str(keys_dir / PUBLIC_FILE),
                                    "--state-dir", str(self.out / "state"), *server_args])
         self.wait_healthy()
-        for silo in self.config.silos:
-            self._spawn(silo.name, ["silo", "--config", str(config_path), "--name", silo.name,
-                                    "--secret-key", str(keys_dir / SECRET_FILE), "--workdir", str(self.out / "silos" / silo.name),
-                                    "--aggregator", self.url, "--model-cache", str(cache), *silo_args[silo.name]])
+        self.start_silos(self.config.silo_names if silos is None else silos)
+
+    def start_silos(self, silos: tuple[str, ...]) -> None:
+        """Start silo agents (after :meth:`start`): each resumes from its own work directory."""
+        for silo in silos:
+            self._spawn(silo, ["silo", "--config", str(self.out / "config.yaml"), "--name", silo,
+                               "--secret-key", str(self.out / "keys" / SECRET_FILE), "--workdir", str(self.out / "silos" / silo),
+                               "--aggregator", self.silo_url, "--model-cache", str(self.out / "model-cache"), *self._silo_args[silo]])
 
     def wait_healthy(self, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -141,7 +154,8 @@ class Federation:
                 raise RuntimeError(f"{name} exited with code {code}; its log ends:\n{tail}")
 
     def silos_done(self) -> bool:
-        return all(self.procs[s].poll() == 0 for s in self.config.silo_names)
+        """Every silo process started has exited cleanly."""
+        return all(self.procs[s].poll() == 0 for s in self.config.silo_names if s in self.procs)
 
     def records(self) -> list[dict]:
         out = []

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Faults:
-    drop_rate: float = 0.0  # share of connections cut after a random number of bytes, of the request or of the response
-    drop_after_max: int = 64 * 1024  # the cut happens within the first this-many bytes of that direction
-    delay_rate: float = 0.0  # share of connections whose every chunk is delayed
+    drop_rate: float = 0.0  # chance, per chunk forwarded either way, that the connection is cut inside that chunk
+    delay_rate: float = 0.0  # chance, per chunk, that it is held back ``delay_s`` first
     delay_s: float = 0.2
     seed: int = 0
 
@@ -54,37 +53,31 @@ class FaultProxy:
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         self.connections += 1
-        drop_after = self._rng.randrange(1, self.faults.drop_after_max) if self._rng.random() < self.faults.drop_rate else None
-        cut_response = self._rng.random() < 0.5  # else the request is cut (the aggregator may or may not have taken it)
-        delay = self.faults.delay_s if self._rng.random() < self.faults.delay_rate else 0.0
-        self.dropped += drop_after is not None
-        self.delayed += delay > 0
         try:
             target_r, target_w = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
             client_w.close()
             return
 
-        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limit: int | None) -> None:
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             """Copy one direction; when it ends (or is cut), abort the other side so both ends see it."""
-            sent = 0
             try:
                 while chunk := await reader.read(16 * 1024):
-                    if delay:
-                        await asyncio.sleep(delay)
-                    if limit is not None and sent + len(chunk) >= limit:
-                        writer.write(chunk[: limit - sent])  # the connection dies mid-request
+                    if self._rng.random() < self.faults.delay_rate:
+                        self.delayed += 1
+                        await asyncio.sleep(self.faults.delay_s)
+                    if self._rng.random() < self.faults.drop_rate:
+                        self.dropped += 1
+                        writer.write(chunk[: self._rng.randrange(len(chunk))])  # the connection dies mid-message
                         break
                     writer.write(chunk)
-                    sent += len(chunk)
                     await writer.drain()
             except (ConnectionError, OSError):
                 pass
             finally:
                 _abort(writer)
 
-        await asyncio.gather(pipe(client_r, target_w, None if cut_response else drop_after),
-                             pipe(target_r, client_w, drop_after if cut_response else None))
+        await asyncio.gather(pipe(client_r, target_w), pipe(target_r, client_w))
 
 
 def _abort(writer: asyncio.StreamWriter) -> None:

@@ -75,7 +75,7 @@ def retry_after_s(response: httpx.Response) -> float | None:
 
 
 class AggregatorClient:
-    def __init__(self, base_url: str, timeout_s: float = 60.0, retries: int = 8, backoff_s: float = 0.25,
+    def __init__(self, base_url: str, timeout_s: float = 60.0, retries: int = 20, backoff_s: float = 0.25,
                  security: ClientSecurity | None = None, max_backoff_s: float = 30.0, busy_timeout_s: float = 900.0):
         security = security or ClientSecurity()
         self._http = httpx.Client(base_url=base_url, timeout=timeout_s, verify=security.verify(), headers=security.headers())
