@@ -141,7 +141,7 @@ def _run_config(args: argparse.Namespace) -> int:
 def _crd(args: argparse.Namespace) -> int:
     from .api.crd import crd_yaml
 
-    sys.stdout.write(crd_yaml())
+    sys.stdout.write(crd_yaml(args.kind))
     return 0
 
 
@@ -179,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--force", action="store_true", help="replace an existing key set")
     create.set_defaults(func=_keys_create)
 
-    crd = sub.add_parser("crd", help="print the FederatedFinetune CRD (generated from the pydantic models)")
+    crd = sub.add_parser("crd", help="print a CRD (generated from the pydantic models): FederatedFinetune by default")
+    crd.add_argument("--kind", choices=("finetune", "unlearning"), default="finetune",
+                     help="finetune: FederatedFinetune; unlearning: FederatedUnlearning")
     crd.set_defaults(func=_crd)
 
     dash = sub.add_parser("dashboard", help="print the Grafana dashboard JSON (generated from fedshield/dashboard.py)")

@@ -4,7 +4,8 @@ Stock kmock 0.8 stores bodies verbatim and its watch snapshot races with its eve
 This subclass (1) stamps uid, namespace, creationTimestamp and a resourceVersion that
 changes on every write, answering a failed JSON-patch ``test`` with 422 as the API server
 does; (2) subscribes to the event bus atomically with the watch's snapshot and replays
-only objects newer than the LIST the client started from.
+only objects newer than the LIST the client started from; (3) honours equality-based
+``labelSelector`` terms (``k=v,k2=v2``) on LIST, which kmock ignores.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import kmock
 
 VERBS = {"get", "list", "watch", "create", "patch", "update", "delete"}
 CR = kmock.resource("fedshield.io/v1alpha1/federatedfinetunes")
+UNLEARNING_CR = kmock.resource("fedshield.io/v1alpha1/federatedunlearnings")
 JOBS = kmock.resource("batch/v1/jobs")
 PODS = kmock.resource("v1/pods")
 DEPLOYMENTS = kmock.resource("apps/v1/deployments")
@@ -60,6 +62,10 @@ class Emulator(kmock.KubernetesEmulator):
     async def _serve_list(self, request):
         result = await super()._serve_list(request)
         result["metadata"] = {"resourceVersion": str(self._rv)}
+        terms = [t.split("=", 1) for t in (request.params.get("labelSelector") or "").split(",") if "=" in t and "!" not in t]
+        if terms:
+            result["items"] = [o for o in result["items"]
+                               if all((o.get("metadata", {}).get("labels") or {}).get(k) == v for k, v in terms)]
         return result
 
     @staticmethod
@@ -94,6 +100,8 @@ def declare_resources(k8s: kmock.KubernetesEmulator) -> None:
     k8s.resources["v1/namespaces"] = dict(kind="Namespace", singular="namespace", namespaced=False, verbs=VERBS)
     k8s.resources["v1/events"] = dict(kind="Event", singular="event", namespaced=True, verbs=VERBS)
     k8s.resources[CR] = dict(kind="FederatedFinetune", singular="federatedfinetune", namespaced=True, verbs=VERBS, subresources={"status"})
+    k8s.resources[UNLEARNING_CR] = dict(kind="FederatedUnlearning", singular="federatedunlearning", namespaced=True, verbs=VERBS,
+                                        subresources={"status"})
     for res, kind in ((JOBS, "Job"), (PODS, "Pod"), (DEPLOYMENTS, "Deployment"), (SERVICES, "Service"),
                       (CONFIGMAPS, "ConfigMap"), (PVCS, "PersistentVolumeClaim")):
         k8s.resources[res] = dict(kind=kind, singular=kind.lower(), namespaced=True, verbs=VERBS, subresources={"status"})

@@ -63,3 +63,10 @@ def test_every_kind_the_operator_writes_is_granted():
         if plural != "pods":
             assert {"create", "patch"} <= verbs
     assert {"patch"} <= granted[("fedshield.io", "federatedfinetunes/status")]
+
+
+def test_federated_unlearnings_and_their_status_are_granted():
+    granted = {(group, res): set(rule["verbs"]) for rule in template_rules() for group in rule["apiGroups"] for res in rule["resources"]}
+    assert {"get", "list", "watch", "patch"} <= granted[("fedshield.io", "federatedunlearnings")]
+    assert {"patch"} <= granted[("fedshield.io", "federatedunlearnings/status")]
+    assert {"get"} <= granted[("fedshield.io", "federatedfinetunes")]  # the unlearning reads the finetune it names

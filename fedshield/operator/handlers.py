@@ -1,7 +1,8 @@
 """Thin kopf handlers: parse, build (pure), apply, observe, compute status (pure), patch.
 
-Shared state comes through kopf's ``memo``: ``memo.kube`` (a :class:`Kube`) and
-``memo.aggregator_status`` (an async callable: aggregator URL -> its /v1/status or None).
+Shared state comes through kopf's ``memo``: ``memo.kube`` (a :class:`Kube`),
+``memo.aggregator_status`` (an async callable: aggregator URL -> its /v1/status or None) and
+``memo.unlearning_records`` (aggregator URL -> its /v1/unlearning ledger or None).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import httpx
 import kopf
 from pydantic import ValidationError
 
+from ..api import unlearning as unlearning_api
 from ..api.models import GROUP, IMMUTABLE, PLURAL, VERSION, FederatedFinetuneSpec
+from . import unlearning
 from .kube import Kube
 from .manifests import (
     FEDERATION_LABEL, NAMESPACE_LABEL, SILO_LABEL, Owner, aggregator_url, desired_children, plan_configmap, silo_job,
@@ -25,6 +28,7 @@ log = logging.getLogger("fedshield.operator")
 FINALIZER = f"{GROUP}/cleanup"
 STATUS_INTERVAL_S = float(os.environ.get("FEDSHIELD_STATUS_INTERVAL", "10"))
 RESOURCE = (GROUP, VERSION, PLURAL)
+UNLEARNING = (GROUP, VERSION, unlearning_api.PLURAL)
 
 
 def now() -> str:
@@ -61,6 +65,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None
         memo.kube = Kube.from_environment()
     if getattr(memo, "aggregator_status", None) is None:
         memo.aggregator_status = fetch_aggregator_status
+    if getattr(memo, "unlearning_records", None) is None:
+        memo.unlearning_records = unlearning.fetch_unlearning_records
 
 
 def parse(spec: dict) -> FederatedFinetuneSpec:
@@ -161,3 +167,54 @@ async def cleanup(meta, spec, memo, **_) -> None:
         await memo.kube.delete(silo_job(owner, parsed, silo))
     for namespace in sorted({s.namespace for s in parsed.silos} - {owner.namespace}):
         await memo.kube.delete(plan_configmap(owner, namespace, ""))
+
+
+# --- FederatedUnlearning: the logic is in unlearning.py; these only wire it to kopf -------------
+
+def _unlearning_target(meta) -> unlearning.Target:
+    return unlearning.Target(meta["name"], meta["namespace"], meta["uid"])
+
+
+async def _unlearning_step(meta, spec, status, patch, memo) -> None:
+    previous = dict(status or {})
+    try:
+        new = await unlearning.step(memo.kube, memo.unlearning_records, _unlearning_target(meta), dict(spec), previous, now(),
+                                    meta.get("generation"))
+    except unlearning.Refused as exc:
+        patch.status["message"] = str(exc)
+        raise _refuse(patch, meta, exc.reason, str(exc)) from None
+    if new != previous:
+        patch.status.update(new)
+
+
+@kopf.on.resume(*UNLEARNING)
+@kopf.on.create(*UNLEARNING)
+async def reconcile_unlearning(meta, spec, status, patch, memo, **_) -> None:
+    """Refuse a spec or reference that cannot work (naming the field); otherwise start or resume following it."""
+    await _unlearning_step(meta, spec, status, patch, memo)
+
+
+@kopf.on.update(*UNLEARNING)
+async def refuse_unlearning_change(meta, patch, old, new, **_) -> None:
+    """The whole spec is immutable (the CRD says so with CEL; this covers servers that skip it)."""
+    if (old or {}).get("spec") != (new or {}).get("spec"):
+        message = "spec cannot change after creation; create a new FederatedUnlearning"
+        patch.status["message"] = message
+        raise _refuse(patch, meta, "ImmutableFieldChanged", message)
+
+
+@kopf.timer(*UNLEARNING, interval=STATUS_INTERVAL_S, initial_delay=STATUS_INTERVAL_S)
+async def follow_unlearning(meta, spec, status, patch, memo, **_) -> None:
+    """Wait for the finetune, then follow the unlearning and apply Jobs into status until done."""
+    if (status or {}).get("phase") in unlearning.TERMINAL:
+        return
+    try:
+        await _unlearning_step(meta, spec, status, patch, memo)
+    except kopf.PermanentError:
+        pass  # reported in status by _unlearning_step; a timer has no one to raise to
+
+
+@kopf.on.delete(*UNLEARNING)
+async def cleanup_unlearning(meta, spec, status, memo, **_) -> None:
+    """Delete its Jobs and ConfigMap in silo namespaces (owner references cannot reach them)."""
+    await unlearning.cleanup(memo.kube, _unlearning_target(meta), dict(spec), dict(status or {}))

@@ -184,7 +184,14 @@ def aggregator_service(owner: Owner, spec: FederatedFinetuneSpec) -> dict:
     }
 
 
-def silo_job(owner: Owner, spec: FederatedFinetuneSpec, silo: SiloSpec) -> dict:
+def silo_command(owner: Owner, silo: SiloSpec) -> list[str]:
+    """The silo agent's command line (also what an "apply" Job runs: a silo agent restarted on its state)."""
+    return ["fedshield", "silo", "--config", f"{CONFIG_DIR}/config.yaml", "--name", silo.name,
+            "--secret-key", f"{KEYS_DIR}/secret.ckks", "--workdir", STATE_DIR, "--aggregator", aggregator_url(owner)]
+
+
+def silo_pod(owner: Owner, spec: FederatedFinetuneSpec, silo: SiloSpec, command: list[str]) -> dict:
+    """The pod spec of a silo's Jobs: image, key Secret, data, plan, state volume, GPUs, security context."""
     scratch, scratch_mounts = _scratch_volumes()
     data = {"name": "data", "mountPath": f"{DATA_DIR}/{silo.name}", "readOnly": True}
     if silo.dataset_volume.sub_path:
@@ -209,8 +216,7 @@ def silo_job(owner: Owner, spec: FederatedFinetuneSpec, silo: SiloSpec) -> dict:
         "securityContext": _pod_security(),
         "containers": [{
             "name": "silo", "image": silo.image or spec.image, "imagePullPolicy": "IfNotPresent",
-            "command": ["fedshield", "silo", "--config", f"{CONFIG_DIR}/config.yaml", "--name", silo.name,
-                        "--secret-key", f"{KEYS_DIR}/secret.ckks", "--workdir", STATE_DIR, "--aggregator", aggregator_url(owner)],
+            "command": command,
             "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
             "env": ENV,
             "resources": {"requests": {"cpu": silo.cpu, "memory": silo.memory}, "limits": limits},
@@ -227,6 +233,11 @@ def silo_job(owner: Owner, spec: FederatedFinetuneSpec, silo: SiloSpec) -> dict:
                        ("serviceAccountName", silo.service_account_name)):
         if value:
             pod[key] = value
+    return pod
+
+
+def silo_job(owner: Owner, spec: FederatedFinetuneSpec, silo: SiloSpec) -> dict:
+    pod = silo_pod(owner, spec, silo, silo_command(owner, silo))
     job_spec = {
         "backoffLimit": SILO_JOB_BACKOFF_LIMIT,
         "suspend": spec.suspend,
