@@ -145,6 +145,46 @@ def _crd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _forget_request(args: argparse.Namespace):
+    from .silo_agent.forget import ForgetRequest
+
+    users = [u for part in args.users for u in part.split(",") if u]
+    if args.users_file:
+        users += [line.strip() for line in Path(args.users_file).read_text().splitlines() if line.strip()]
+    if bool(users) == (args.fraction is not None):
+        raise SystemExit("error: give the users to forget (--users/--users-file) or --fraction, not both and not neither")
+    return ForgetRequest(users=tuple(users) if users else None, fraction=args.fraction,
+                         requested_by=args.requested_by, reason=args.reason)
+
+
+def _unlearn(args: argparse.Namespace) -> int:
+    from .unlearning import UnlearningSpec
+
+    request = _forget_request(args)
+    spec = UnlearningSpec(alpha=args.alpha, beta=args.beta, steps=args.steps)
+    if args.run_dir:
+        from .local_unlearning import unlearn_local
+
+        if not args.silo:
+            print("error: --run-dir needs --silo", file=sys.stderr)
+            return 2
+        record = unlearn_local(args.run_dir, args.silo, request, spec)
+    else:
+        from .config import load_config
+        from .silo_agent.agent import SiloAgent
+        from .silo_agent.forget import run_unlearning
+
+        missing = [f"--{n.replace('_', '-')}" for n in ("config", "silo", "secret_key", "workdir", "aggregator") if not getattr(args, n)]
+        if missing:
+            print(f"error: without --run-dir, give {', '.join(missing)}", file=sys.stderr)
+            return 2
+        agent = SiloAgent(load_config(args.config), args.silo, load_keys(args.secret_key), args.workdir, args.aggregator,
+                          model_cache=args.model_cache, security=_client_security(args))
+        record = run_unlearning(agent, request, spec)
+    print(record.model_dump_json(indent=2))
+    return 0
+
+
 def _dashboard(args: argparse.Namespace) -> int:
     from .dashboard import dashboard_json
 
@@ -203,6 +243,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="fedshield-run")
     run.add_argument("--insecure-http", action="store_true", help="plain HTTP without identities (default: mutual TLS)")
     run.set_defaults(func=_run_config)
+
+    forget = sub.add_parser("unlearn", help="forget users at one silo (E2URec); every silo gets the new global adapter")
+    forget.add_argument("--run-dir", default=None, help="a finished local run (fedshield demo/run): everything happens locally")
+    forget.add_argument("--silo", default=None, help="the silo holding the users' records")
+    forget.add_argument("--users", action="append", default=[], help="user ids, repeatable or comma-separated")
+    forget.add_argument("--users-file", default=None, help="file with one user id per line")
+    forget.add_argument("--fraction", type=float, default=None, help="forget a seeded random share of the silo's users (demos)")
+    forget.add_argument("--requested-by", required=True, help="who asked (kept in the audit record)")
+    forget.add_argument("--reason", default="", help="why (kept in the audit record)")
+    forget.add_argument("--alpha", type=float, default=2.0, help="forgetting teacher: v - alpha * ReLU(v_aug - v)")
+    forget.add_argument("--beta", type=float, default=0.4, help="weight of the forget-set KL")
+    forget.add_argument("--steps", type=int, default=30, help="student optimiser steps")
+    for flag, help_ in (("--config", "federation config (silo mode)"), ("--secret-key", "the silo's secret context (silo mode)"),
+                        ("--workdir", "the silo's work directory (silo mode)"), ("--aggregator", "aggregator base URL (silo mode)"),
+                        ("--model-cache", "where the tiny demo model is cached"), ("--ca", "CA of the aggregator's certificate"),
+                        ("--cert", "this silo's client certificate"), ("--key", "its private key"), ("--token-file", "bearer token file")):
+        forget.add_argument(flag, default=None, help=help_)
+    forget.set_defaults(func=_unlearn)
 
     certs = sub.add_parser("certs", help="issue a CA, the aggregator's server certificate and per-silo client certificates")
     certs.add_argument("--out", required=True, help="directory (an existing ca.crt/ca.key there is reused)")
