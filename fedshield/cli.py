@@ -195,8 +195,10 @@ def _dashboard(args: argparse.Namespace) -> int:
 def _operator(args: argparse.Namespace) -> int:
     import kopf
 
+    from . import metrics
     from .operator import handlers  # noqa: F401  (registers the handlers)
 
+    metrics.serve_metrics(args.metrics_port, metrics.OPERATOR)
     kopf.run(
         standalone=True,  # one replica with a Recreate strategy: no peering objects needed
         clusterwide=not args.namespace,
@@ -230,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     op = sub.add_parser("operator", help="run the Kubernetes operator (kopf)")
     op.add_argument("--namespace", action="append", default=[], help="watch only this namespace (repeatable); default: all")
     op.add_argument("--health-port", type=int, default=8080)
+    op.add_argument("--metrics-port", type=int, default=int(os.environ.get("FEDSHIELD_METRICS_PORT", "0")) or None,
+                    help="serve the operator's Prometheus metrics here (env FEDSHIELD_METRICS_PORT; default: off)")
     op.set_defaults(func=_operator)
 
     demo = sub.add_parser("demo", help="a whole federation on this machine: aggregator + 3 silos, tiny model, CPU")

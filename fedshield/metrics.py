@@ -1,7 +1,7 @@
 """Every Prometheus metric FedShield exports, in one place (the catalogue is docs/metrics.md).
 
-Two registries, one per process kind, so a silo never exports the aggregator's series
-(and the reverse): ``SILO`` is served by silo agents, ``AGGREGATOR`` by the aggregator.
+One registry per process kind, so no process exports another's series: ``SILO`` is
+served by silo agents, ``AGGREGATOR`` by the aggregator, ``OPERATOR`` by the operator.
 Names follow Prometheus conventions: base units, ``_total`` for counters, ``_seconds``
 and ``_bytes``. Label values are bounded: silo names and error codes, never rounds.
 """
@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 SILO = CollectorRegistry(auto_describe=True)
 AGGREGATOR = CollectorRegistry(auto_describe=True)
+OPERATOR = CollectorRegistry(auto_describe=True)
 
 CRYPTO_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 ROUND_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
@@ -76,6 +77,15 @@ UNLEARNINGS = Gauge("fedshield_unlearning_completed", "Unlearnings a silo has co
 UNLEARNED_USERS = Gauge("fedshield_unlearning_users_forgotten", "Users forgotten by a silo's unlearnings, in all.", **A_SILO)
 UNLEARNING_SECONDS = Gauge("fedshield_unlearning_last_duration_seconds", "Time the silo's last unlearning took.", **A_SILO)
 UNLEARNING_TIMESTAMP = Gauge("fedshield_unlearning_last_timestamp_seconds", "Unix time the silo's last unlearning was published.", **A_SILO)
+
+
+# --- operator (labels: the custom resource kind, its phase, the child kind) ----------------
+OPERATOR_REFRESH_SECONDS = Histogram("fedshield_operator_status_refresh_seconds", "Time to observe children and compute one status.",
+                                     ["kind"], buckets=CRYPTO_BUCKETS, registry=OPERATOR)
+OPERATOR_RESOURCES = Gauge("fedshield_operator_resources", "Custom resources the operator follows, by kind and phase.",
+                           ["kind", "phase"], registry=OPERATOR)
+OPERATOR_CHILDREN_APPLIED = Counter("fedshield_operator_children_applied_total", "Child objects the operator created or updated.",
+                                    ["kind"], registry=OPERATOR)
 
 
 def serve_metrics(port: int | None, registry: CollectorRegistry = AGGREGATOR) -> None:

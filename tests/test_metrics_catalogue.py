@@ -11,12 +11,13 @@ from fedshield.dashboard import dashboard_json, expressions
 ROOT = Path(__file__).resolve().parents[1]
 METRIC = re.compile(r"\bfedshield_[a-z_]+\b")
 SUFFIXES = ("_bucket", "_sum", "_count")
+REGISTRIES = (metrics.SILO, metrics.AGGREGATOR, metrics.OPERATOR)
 
 
 def catalogue() -> dict[str, str]:
     """Exported family name -> type, for both registries."""
     out = {}
-    for registry in (metrics.SILO, metrics.AGGREGATOR):
+    for registry in REGISTRIES:
         for family in registry.collect():
             name = family.name + ("_total" if family.type == "counter" else "")
             out[name] = family.type
@@ -43,15 +44,16 @@ def test_names_follow_prometheus_conventions():
 
 
 def test_labels_are_bounded():
-    for registry in (metrics.SILO, metrics.AGGREGATOR):
+    for registry in REGISTRIES:
         for collector in registry._collector_to_names:  # noqa: SLF001 - the registered metric objects
-            assert set(getattr(collector, "_labelnames", ())) <= {"silo", "error"}, collector
+            assert set(getattr(collector, "_labelnames", ())) <= {"silo", "error", "kind", "phase"}, collector
 
 
-def test_no_series_is_exported_by_both_processes():
-    silo = {f.name for f in metrics.SILO.collect()}
-    aggregator = {f.name for f in metrics.AGGREGATOR.collect()}
-    assert not silo & aggregator
+def test_no_series_is_exported_by_two_kinds_of_process():
+    names = [{f.name for f in registry.collect()} for registry in REGISTRIES]
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not a & b
 
 
 def test_dashboard_uses_only_catalogued_metrics_and_covers_each_area():

@@ -11,6 +11,8 @@ import kopf
 import pytest
 import yaml
 
+from fedshield import metrics
+
 from fedshield.operator import handlers  # noqa: F401  (registers the handlers in kopf's default registry)
 from fedshield.operator.kube import Kube
 
@@ -134,6 +136,9 @@ async def test_cr_creates_children_in_the_right_namespaces_with_the_right_mounts
     await eventually(lambda: status(k8s).get("silosReady") == "0/3", what="initial status")
     assert status(k8s)["phase"] == "Pending" and "fedshield.io/cleanup" in raw(k8s, (CR, NS, NAME))["metadata"]["finalizers"]
     assert not [r for r in k8s if "/secrets" in str(r.url)], "the operator must never touch a Secret"
+    # the operator's own metrics: children it applied, resources by phase
+    assert metrics.OPERATOR.get_sample_value("fedshield_operator_children_applied_total", {"kind": "Job"}) >= 3
+    assert metrics.OPERATOR.get_sample_value("fedshield_operator_resources", {"kind": "FederatedFinetune", "phase": "Pending"}) >= 1
 
 
 async def test_status_follows_pods_and_rounds_and_does_not_busy_loop(k8s, operator):

@@ -16,8 +16,9 @@ import kopf
 from pydantic import ValidationError
 
 from ..api import unlearning as unlearning_api
-from ..api.models import GROUP, IMMUTABLE, PLURAL, VERSION, FederatedFinetuneSpec
-from . import unlearning
+from .. import metrics
+from ..api.models import GROUP, IMMUTABLE, KIND, PLURAL, VERSION, FederatedFinetuneSpec
+from . import telemetry, unlearning
 from .kube import Kube
 from .manifests import (
     FEDERATION_LABEL, NAMESPACE_LABEL, SILO_LABEL, Owner, aggregator_url, desired_children, plan_configmap, silo_job,
@@ -96,8 +97,10 @@ async def observe(kube: Kube, owner: Owner, spec: FederatedFinetuneSpec, memo) -
 
 async def refresh_status(body, meta, status, patch, memo, spec: FederatedFinetuneSpec) -> None:
     owner = owner_of(meta)
-    observed = await observe(memo.kube, owner, spec, memo)
-    new = compute_status(spec, observed, dict(status or {}), now(), meta.get("generation"), aggregator_url(owner))
+    with metrics.OPERATOR_REFRESH_SECONDS.labels(KIND).time():
+        observed = await observe(memo.kube, owner, spec, memo)
+        new = compute_status(spec, observed, dict(status or {}), now(), meta.get("generation"), aggregator_url(owner))
+    telemetry.observe_phase(KIND, f"{meta['namespace']}/{meta['name']}", new.get("phase"))
     if new != dict(status or {}):  # compute_status keeps transition times, so "unchanged" is plain equality
         patch.status.update(new)
 
@@ -135,6 +138,7 @@ async def reconcile(body, meta, spec, status, patch, memo, old=None, **_) -> Non
     for child in desired_children(owner, parsed):
         result = await memo.kube.apply(child)
         if result != "unchanged":
+            metrics.OPERATOR_CHILDREN_APPLIED.labels(child["kind"]).inc()
             log.info("%s %s %s/%s", result, child["kind"], child["metadata"]["namespace"], child["metadata"]["name"])
     await refresh_status(body, meta, status, patch, memo, parsed)
 
@@ -163,6 +167,7 @@ async def cleanup(meta, spec, memo, **_) -> None:
     except ValidationError:
         return  # nothing was created for an invalid spec
     owner = owner_of(meta)
+    telemetry.observe_phase(KIND, f"{meta['namespace']}/{meta['name']}", None)
     for silo in parsed.silos:
         await memo.kube.delete(silo_job(owner, parsed, silo))
     for namespace in sorted({s.namespace for s in parsed.silos} - {owner.namespace}):
@@ -182,7 +187,9 @@ async def _unlearning_step(meta, spec, status, patch, memo) -> None:
                                     meta.get("generation"))
     except unlearning.Refused as exc:
         patch.status["message"] = str(exc)
+        telemetry.observe_phase(unlearning_api.KIND, f"{meta['namespace']}/{meta['name']}", "Failed")
         raise _refuse(patch, meta, exc.reason, str(exc)) from None
+    telemetry.observe_phase(unlearning_api.KIND, f"{meta['namespace']}/{meta['name']}", new.get("phase"))
     if new != previous:
         patch.status.update(new)
 
@@ -217,4 +224,5 @@ async def follow_unlearning(meta, spec, status, patch, memo, **_) -> None:
 @kopf.on.delete(*UNLEARNING)
 async def cleanup_unlearning(meta, spec, status, memo, **_) -> None:
     """Delete its Jobs and ConfigMap in silo namespaces (owner references cannot reach them)."""
+    telemetry.observe_phase(unlearning_api.KIND, f"{meta['namespace']}/{meta['name']}", None)
     await unlearning.cleanup(memo.kube, _unlearning_target(meta), dict(spec), dict(status or {}))
