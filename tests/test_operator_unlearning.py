@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from fedshield.api.crd import crd_yaml, unlearning_crd
 from fedshield.api.models import FederatedFinetuneSpec
+from fedshield.api import unlearning as fu_api
 from fedshield.api.unlearning import FederatedUnlearningSpec
 from fedshield.cli import main
 from fedshield.operator import unlearning as fu
@@ -427,3 +428,16 @@ async def test_waits_for_the_finetune_then_forgets_at_one_silo_and_applies_every
     assert response.status == 200
     await eventually(lambda: k8s.objects[UNLEARNING_CR, NS, NAME].deleted, what="deleted after the finalizer")
     assert unlearning_jobs(k8s) == [] and k8s.objects[CONFIGMAPS, "org-hospital-a", f"{NAME}-forget"].deleted
+
+
+@pytest.mark.parametrize("path", ["forget/1.txt", "a..b/c", "a/b..", "..", "../a", "a/../b", "a/.."])
+def test_path_rule_of_the_crd_and_pydantic_agree(path):
+    [rule] = [r["rule"] for r in fu_api.FORGET_RULES if "matches(" in r["rule"]]
+    pattern = re.search(r"matches\('(.*)'\)", rule).group(1)  # an RE2 pattern Python's re reads alike
+    cel_refuses = re.search(pattern, path) is not None
+    try:
+        spec_with(path=path)
+        pydantic_refuses = False
+    except ValidationError:
+        pydantic_refuses = True
+    assert cel_refuses == pydantic_refuses == (".." in path.split("/"))

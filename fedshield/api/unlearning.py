@@ -64,7 +64,7 @@ class FederatedUnlearningSpec(Model):
 FORGET_RULES = [
     {"rule": "(has(self.users) ? 1 : 0) + (has(self.configMap) ? 1 : 0) + (has(self.path) ? 1 : 0) == 1",
      "message": "forget: give exactly one of users, configMap and path"},
-    {"rule": "!has(self.path) || !self.path.split('/').exists(s, s == '..')",
+    {"rule": "!has(self.path) || !self.path.matches('(^|/)[.][.](/|$)')",
      "message": "forget.path: must stay on the state volume (no '..')"},
 ]
 
