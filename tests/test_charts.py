@@ -346,3 +346,28 @@ def test_dockerfile_targets_are_pinned_and_run_as_non_root():
     assert "--index-url" in " ".join(stages["slim"])  # CPU wheels for slim
     ignored = (ROOT / ".dockerignore").read_text().splitlines()
     assert "*" in ignored and "!fedshield/" in ignored  # only the package and its metadata go in
+
+
+def test_silo_certificate_secret_reaches_the_silo_job(key_file):
+    """tls.secretName (a cert-manager Certificate's Secret) becomes the entry's tls: the Job mounts it and speaks https."""
+    docs = render(SILO, "--set-file", f"ckks.secretKey={key_file}", "--set", "tls.secretName=hospital-a-client-tls")
+    entry = silo_entry(docs)
+    assert entry.tls is not None and entry.tls.secret_name == "hospital-a-client-tls"
+    spec = FederatedFinetuneSpec.model_validate(dict(
+        EXAMPLE["spec"], silos=[entry.model_dump(by_alias=True, exclude_none=True)], aggregation={"minSilos": 1},
+        aggregator=dict(EXAMPLE["spec"]["aggregator"], tls={"secretName": "aggregator-tls"})))
+    job = silo_job(OWNER, spec, spec.silos[0])
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    pod = job["spec"]["template"]["spec"]
+    assert {v["name"]: v for v in pod["volumes"]}["tls"]["secret"]["secretName"] == "hospital-a-client-tls"
+    command = pod["containers"][0]["command"]
+    assert command[command.index("--aggregator") + 1].startswith("https://") and "--cert" in command
+
+
+def test_operator_trusts_a_mounted_ca_bundle_not_a_secret():
+    docs = render(OPERATOR, "--set", "aggregatorCA.configMap=fedshield-aggregator-ca")
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    volume = {v["name"]: v for v in pod["volumes"]}["aggregator-ca"]
+    assert volume["configMap"]["name"] == "fedshield-aggregator-ca" and "secret" not in volume
+    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    assert env["FEDSHIELD_AGGREGATOR_CA"] == "/etc/fedshield/aggregator-ca/ca.crt"

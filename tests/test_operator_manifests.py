@@ -138,3 +138,41 @@ def test_fifty_silo_reconcile_is_fast():
     desired_children(OWNER, spec)
     compute_status(spec, Observed(jobs={s.name: _job(active=1) for s in spec.silos}, aggregator_ready=True), None, "t", 1)
     assert time.perf_counter() - start < 5  # the figure itself is in benchmarks/operator.py
+
+
+def tls_spec() -> FederatedFinetuneSpec:
+    raw = dict(EXAMPLE["spec"])
+    raw["aggregator"] = dict(raw["aggregator"], tls={"secretName": "aggregator-tls"})
+    raw["silos"] = [dict(s, tls={"secretName": f"{s['name']}-tls"}) for s in raw["silos"]]
+    return FederatedFinetuneSpec.model_validate(raw)
+
+
+def test_mutual_tls_mounts_cert_manager_secrets_and_uses_https():
+    spec = tls_spec()
+    children = desired_children(OWNER, spec)
+    for manifest in children:
+        kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+    aggregator = next(c for c in children if c["kind"] == "Deployment")["spec"]["template"]["spec"]
+    container = aggregator["containers"][0]
+    assert {v["name"]: v for v in aggregator["volumes"]}["tls"]["secret"]["secretName"] == "aggregator-tls"
+    command = container["command"]
+    assert command[command.index("--client-ca") + 1].endswith("/ca.crt") and "--tls-cert" in command and "--tls-key" in command
+    assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTPS" == container["livenessProbe"]["httpGet"]["scheme"]
+    for silo in spec.silos:
+        pod = silo_job(OWNER, spec, silo)["spec"]["template"]["spec"]
+        assert {v["name"]: v for v in pod["volumes"]}["tls"]["secret"]["secretName"] == f"{silo.name}-tls"
+        command = pod["containers"][0]["command"]
+        assert command[command.index("--aggregator") + 1] == aggregator_url(OWNER, tls=True).replace("http://", "https://")
+        assert command[command.index("--aggregator") + 1].startswith("https://")
+        assert {"--ca", "--cert", "--key"} <= set(command)
+
+
+@pytest.mark.parametrize("where", ["aggregator", "one silo"])
+def test_tls_on_one_side_only_is_refused(where):
+    raw = tls_spec().model_dump(by_alias=True, exclude_none=True)
+    if where == "aggregator":
+        del raw["aggregator"]["tls"]
+    else:
+        del raw["silos"][0]["tls"]
+    with pytest.raises(ValueError, match="tls: set aggregator.tls and every silo's tls together"):
+        FederatedFinetuneSpec.model_validate(raw)

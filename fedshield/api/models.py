@@ -88,6 +88,10 @@ class DatasetVolume(Model):
     sub_path: str | None = Field(None, description="Path inside the claim.", pattern=r"^[^/].*$")
 
 
+class TlsSpec(Model):
+    secret_name: str = Field(description="Secret with tls.crt, tls.key and ca.crt (the layout cert-manager writes). Mounted into the pod, never read by the operator.", pattern=DNS_SUBDOMAIN)
+
+
 class SiloSpec(Model):
     name: str = Field(description="Silo name: a DNS label, unique in the federation.", pattern=DNS_LABEL)
     namespace: str = Field(description="Namespace the silo's Job runs in (owned by that organisation).", pattern=DNS_LABEL)
@@ -104,6 +108,7 @@ class SiloSpec(Model):
     memory: str = Field("16Gi", pattern=QUANTITY, description="Memory request and limit.")
     cpu: str = Field("4", pattern=QUANTITY, description="CPU request.")
     state_size: str = Field("20Gi", pattern=QUANTITY, description="Size of the silo's state volume (checkpoints and the final adapter; retained after deletion).")
+    tls: TlsSpec | None = Field(None, description="The silo's client certificate (Common Name = the silo's name); ca.crt is the CA of the aggregator's certificate. Required when aggregator.tls is set.")
 
 
 class AggregatorSpec(Model):
@@ -113,6 +118,7 @@ class AggregatorSpec(Model):
     memory: str = Field("2Gi", pattern=QUANTITY, description="Memory request and limit.")
     cpu: str = Field("1", pattern=QUANTITY, description="CPU request.")
     storage_size: str = Field("10Gi", pattern=QUANTITY, description="Size of the aggregator's state volume (uploads, aggregates, SQLite).")
+    tls: TlsSpec | None = Field(None, description="Mutual TLS: the aggregator's server certificate (valid for <name>-aggregator.<namespace>.svc); ca.crt is the CA of the silos' client certificates. Every silo then needs tls.")
 
 
 class FederatedFinetuneSpec(Model):
@@ -137,6 +143,9 @@ class FederatedFinetuneSpec(Model):
             raise ValueError("silos: names must be unique")
         if self.aggregation.min_silos > len(self.silos):
             raise ValueError(f"aggregation.minSilos ({self.aggregation.min_silos}) exceeds the number of silos ({len(self.silos)})")
+        with_tls = [s.name for s in self.silos if s.tls is not None]
+        if (self.aggregator.tls is not None) != (len(with_tls) == len(self.silos)) or (self.aggregator.tls is None and with_tls):
+            raise ValueError("tls: set aggregator.tls and every silo's tls together (mutual TLS), or none of them")
         dp = self.privacy.differential_privacy
         if dp.enabled and (dp.noise_multiplier is None) == (dp.target_epsilon is None):
             raise ValueError("privacy.differentialPrivacy: give exactly one of noiseMultiplier and targetEpsilon")
@@ -152,6 +161,8 @@ SPEC_RULES = [
              "|| !self.privacy.differentialPrivacy.enabled "
              "|| (has(self.privacy.differentialPrivacy.noiseMultiplier) != has(self.privacy.differentialPrivacy.targetEpsilon))",
      "message": "privacy.differentialPrivacy: give exactly one of noiseMultiplier and targetEpsilon"},
+    {"rule": "self.silos.all(s, has(s.tls) == has(self.aggregator.tls))",
+     "message": "tls: set aggregator.tls and every silo's tls together (mutual TLS), or none of them"},
 ]
 
 

@@ -19,6 +19,7 @@ from ..api import unlearning as unlearning_api
 from .. import metrics
 from ..api.models import GROUP, IMMUTABLE, KIND, PLURAL, VERSION, FederatedFinetuneSpec
 from . import telemetry, unlearning
+from .aggregator_http import aggregator_client
 from .kube import Kube
 from .manifests import (
     FEDERATION_LABEL, NAMESPACE_LABEL, SILO_LABEL, Owner, aggregator_url, desired_children, plan_configmap, silo_job,
@@ -39,7 +40,7 @@ def now() -> str:
 async def fetch_aggregator_status(url: str) -> dict | None:
     """The aggregator's /v1/status, or None when it is not reachable (yet)."""
     try:
-        async with httpx.AsyncClient(timeout=3) as client:
+        async with aggregator_client() as client:
             response = await client.get(f"{url}/v1/status")
             return response.json() if response.status_code == 200 else None
     except (httpx.HTTPError, ValueError):
@@ -91,7 +92,7 @@ async def observe(kube: Kube, owner: Owner, spec: FederatedFinetuneSpec, memo) -
         for pod in await kube.list("v1", "Pod", namespace, selector):
             if pod.get("status", {}).get("phase") == "Failed":
                 failed.setdefault(pod["metadata"]["labels"].get(SILO_LABEL), []).append(pod)
-    aggregator = await memo.aggregator_status(aggregator_url(owner))
+    aggregator = await memo.aggregator_status(aggregator_url(owner, tls=spec.aggregator.tls is not None))
     return Observed(jobs=jobs, failed_pods=failed, aggregator=aggregator, aggregator_ready=aggregator is not None)
 
 
@@ -99,7 +100,8 @@ async def refresh_status(body, meta, status, patch, memo, spec: FederatedFinetun
     owner = owner_of(meta)
     with metrics.OPERATOR_REFRESH_SECONDS.labels(KIND).time():
         observed = await observe(memo.kube, owner, spec, memo)
-        new = compute_status(spec, observed, dict(status or {}), now(), meta.get("generation"), aggregator_url(owner))
+        new = compute_status(spec, observed, dict(status or {}), now(), meta.get("generation"),
+                             aggregator_url(owner, tls=spec.aggregator.tls is not None))
     telemetry.observe_phase(KIND, f"{meta['namespace']}/{meta['name']}", new.get("phase"))
     if new != dict(status or {}):  # compute_status keeps transition times, so "unchanged" is plain equality
         patch.status.update(new)

@@ -21,6 +21,7 @@ from ..crypto.params import PackingParams
 
 AGGREGATOR_PORT, METRICS_PORT = 8470, 9090
 CONFIG_DIR, KEYS_DIR, STATE_DIR, DATA_DIR, MODELS_DIR = "/etc/fedshield", "/var/run/fedshield/keys", "/state", "/data", "/models"
+TLS_DIR = "/var/run/fedshield/tls"
 FEDERATION_LABEL, NAMESPACE_LABEL, SILO_LABEL = "fedshield.io/federation", "fedshield.io/federation-namespace", "fedshield.io/silo"
 SILO_JOB_BACKOFF_LIMIT = 4
 USER_ID = 10001
@@ -61,8 +62,15 @@ def aggregator_name(owner: Owner) -> str:
     return f"{owner.name}-aggregator"
 
 
-def aggregator_url(owner: Owner) -> str:
-    return f"http://{aggregator_name(owner)}.{owner.namespace}.svc:{AGGREGATOR_PORT}"
+def aggregator_url(owner: Owner, tls: bool = False) -> str:
+    """The aggregator's in-cluster URL (https when the federation uses mutual TLS)."""
+    return f"{'https' if tls else 'http'}://{aggregator_name(owner)}.{owner.namespace}.svc:{AGGREGATOR_PORT}"
+
+
+def _tls(secret: str) -> tuple[dict, dict]:
+    """The volume and mount of a cert-manager style TLS Secret."""
+    return ({"name": "tls", "secret": {"secretName": secret, "defaultMode": 0o400}},
+            {"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
 
 
 def silo_job_name(owner: Owner, silo: str) -> str:
@@ -134,20 +142,32 @@ def state_claim(owner: Owner, name: str, namespace: str, size: str, component: s
 def aggregator_deployment(owner: Owner, spec: FederatedFinetuneSpec) -> dict:
     agg = spec.aggregator
     scratch, scratch_mounts = _scratch_volumes()
+    scheme = "HTTPS" if agg.tls else "HTTP"
     container = {
         "name": "aggregator", "image": agg.image or spec.image, "imagePullPolicy": "IfNotPresent",
         "command": ["fedshield", "aggregator", "--config", f"{CONFIG_DIR}/config.yaml", "--public-key", f"{KEYS_DIR}/public.ckks",
-                    "--state-dir", STATE_DIR, "--host", "0.0.0.0", "--port", str(AGGREGATOR_PORT)],
+                    "--state-dir", STATE_DIR, "--host", "0.0.0.0", "--port", str(AGGREGATOR_PORT)] + (
+                    ["--tls-cert", f"{TLS_DIR}/tls.crt", "--tls-key", f"{TLS_DIR}/tls.key", "--client-ca", f"{TLS_DIR}/ca.crt"]
+                    if agg.tls else []),
         "ports": [{"name": "http", "containerPort": AGGREGATOR_PORT}, {"name": "metrics", "containerPort": METRICS_PORT}],
         "env": ENV,
         "resources": {"requests": {"cpu": agg.cpu, "memory": agg.memory}, "limits": {"memory": agg.memory}},
-        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
-        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 20, "failureThreshold": 6},
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http", "scheme": scheme}, "periodSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http", "scheme": scheme}, "periodSeconds": 20, "failureThreshold": 6},
         "securityContext": _security_context(),
         "volumeMounts": [{"name": "public-key", "mountPath": KEYS_DIR, "readOnly": True},
                          {"name": "plan", "mountPath": CONFIG_DIR, "readOnly": True},
                          {"name": "state", "mountPath": STATE_DIR}] + scratch_mounts,
     }
+    volumes = [
+        {"name": "public-key", "secret": {"secretName": agg.public_key_secret, "items": [{"key": "public.ckks", "path": "public.ckks"}]}},
+        {"name": "plan", "configMap": {"name": plan_name(owner)}},
+        {"name": "state", "persistentVolumeClaim": {"claimName": f"{aggregator_name(owner)}-state"}},
+    ] + scratch
+    if agg.tls:
+        volume, mount = _tls(agg.tls.secret_name)
+        volumes.append(volume)
+        container["volumeMounts"].append(mount)
     selector = {"app.kubernetes.io/instance": owner.name, "app.kubernetes.io/component": "aggregator"}
     return {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(owner, aggregator_name(owner), owner.namespace, "aggregator"),
@@ -161,11 +181,7 @@ def aggregator_deployment(owner: Owner, spec: FederatedFinetuneSpec) -> dict:
                     "automountServiceAccountToken": False,
                     "securityContext": _pod_security(),
                     "containers": [container],
-                    "volumes": [
-                        {"name": "public-key", "secret": {"secretName": agg.public_key_secret, "items": [{"key": "public.ckks", "path": "public.ckks"}]}},
-                        {"name": "plan", "configMap": {"name": plan_name(owner)}},
-                        {"name": "state", "persistentVolumeClaim": {"claimName": f"{aggregator_name(owner)}-state"}},
-                    ] + scratch,
+                    "volumes": volumes,
                 },
             },
         },
@@ -184,10 +200,16 @@ def aggregator_service(owner: Owner, spec: FederatedFinetuneSpec) -> dict:
     }
 
 
+def silo_connection(owner: Owner, silo: SiloSpec) -> list[str]:
+    """How a silo reaches the aggregator: its URL and, under mutual TLS, the CA and the silo's certificate."""
+    tls = ["--ca", f"{TLS_DIR}/ca.crt", "--cert", f"{TLS_DIR}/tls.crt", "--key", f"{TLS_DIR}/tls.key"] if silo.tls else []
+    return ["--aggregator", aggregator_url(owner, tls=silo.tls is not None), *tls]
+
+
 def silo_command(owner: Owner, silo: SiloSpec) -> list[str]:
     """The silo agent's command line (also what an "apply" Job runs: a silo agent restarted on its state)."""
     return ["fedshield", "silo", "--config", f"{CONFIG_DIR}/config.yaml", "--name", silo.name,
-            "--secret-key", f"{KEYS_DIR}/secret.ckks", "--workdir", STATE_DIR, "--aggregator", aggregator_url(owner)]
+            "--secret-key", f"{KEYS_DIR}/secret.ckks", "--workdir", STATE_DIR, *silo_connection(owner, silo)]
 
 
 def silo_pod(owner: Owner, spec: FederatedFinetuneSpec, silo: SiloSpec, command: list[str]) -> dict:
@@ -204,6 +226,10 @@ def silo_pod(owner: Owner, spec: FederatedFinetuneSpec, silo: SiloSpec, command:
         {"name": "plan", "configMap": {"name": plan_name(owner)}},
         {"name": "state", "persistentVolumeClaim": {"claimName": f"{silo_job_name(owner, silo.name)}-state"}},
     ] + scratch
+    if silo.tls:
+        volume, mount = _tls(silo.tls.secret_name)
+        volumes.append(volume)
+        mounts.append(mount)
     if spec.base_model.volume_claim:
         mounts.append({"name": "model", "mountPath": MODELS_DIR, "readOnly": True})
         volumes.append({"name": "model", "persistentVolumeClaim": {"claimName": spec.base_model.volume_claim, "readOnly": True}})

@@ -26,9 +26,11 @@ from pydantic import ValidationError
 from ..api.models import GROUP, VERSION, FederatedFinetuneSpec, SiloSpec
 from ..api.models import PLURAL as FINETUNE_PLURAL
 from ..api.unlearning import KIND, FederatedUnlearningSpec
+from .aggregator_http import aggregator_client
 from .kube import Kube
 from .manifests import (
-    CONFIG_DIR, KEYS_DIR, SILO_JOB_BACKOFF_LIMIT, SILO_LABEL, STATE_DIR, Owner, aggregator_url, silo_command, silo_pod,
+    CONFIG_DIR, KEYS_DIR, SILO_JOB_BACKOFF_LIMIT, SILO_LABEL, STATE_DIR, Owner, aggregator_url, silo_command, silo_connection,
+    silo_pod,
 )
 from .status import _condition, _last_termination, silo_phase
 
@@ -149,9 +151,9 @@ def _forget_source(target: Target, spec: FederatedUnlearningSpec) -> tuple[str, 
     return f"{FORGET_DIR}/{FORGET_FILE}", {"name": "forget", "configMap": {"name": name, "items": [{"key": key, "path": FORGET_FILE}]}}
 
 
-def unlearn_command(finetune: Owner, spec: FederatedUnlearningSpec, users_file: str) -> list[str]:
+def unlearn_command(finetune: Owner, silo: SiloSpec, spec: FederatedUnlearningSpec, users_file: str) -> list[str]:
     return ["fedshield", "unlearn", "--config", f"{CONFIG_DIR}/config.yaml", "--silo", spec.silo,
-            "--secret-key", f"{KEYS_DIR}/secret.ckks", "--workdir", STATE_DIR, "--aggregator", aggregator_url(finetune),
+            "--secret-key", f"{KEYS_DIR}/secret.ckks", "--workdir", STATE_DIR, *silo_connection(finetune, silo),
             "--users-file", users_file, "--requested-by", spec.requested_by, "--reason", spec.reason,
             "--alpha", repr(spec.alpha), "--beta", repr(spec.beta), "--steps", str(spec.steps)]
 
@@ -170,7 +172,7 @@ def unlearning_job(target: Target, finetune: Owner, ft_spec: FederatedFinetuneSp
     """
     silo = silo_of(ft_spec, spec.silo)
     users_file, volume = _forget_source(target, spec)
-    pod = silo_pod(finetune, ft_spec, silo, unlearn_command(finetune, spec, users_file))
+    pod = silo_pod(finetune, ft_spec, silo, unlearn_command(finetune, silo, spec, users_file))
     if volume is not None:
         pod["volumes"].append(volume)
         pod["containers"][0]["volumeMounts"].append({"name": "forget", "mountPath": FORGET_DIR, "readOnly": True})
@@ -295,7 +297,7 @@ RecordsFn = Callable[[str], Awaitable["list[dict] | None"]]
 async def fetch_unlearning_records(url: str) -> list[dict] | None:
     """The aggregator's `GET /v1/unlearning` (its audit records), or None when it is not reachable."""
     try:
-        async with httpx.AsyncClient(timeout=3) as client:
+        async with aggregator_client() as client:
             response = await client.get(f"{url}/v1/unlearning")
             return response.json() if response.status_code == 200 else None
     except (httpx.HTTPError, ValueError):
@@ -335,7 +337,7 @@ async def step(kube: Kube, records_of: RecordsFn, target: Target, raw_spec: dict
             and p.get("status", {}).get("phase") == "Failed"]
     record, live = None, None
     if job is not None and silo_phase(job, False) == "Succeeded" and "adapterVersionAfter" not in previous:
-        record = pick_record(await records_of(aggregator_url(owner)), spec.silo)
+        record = pick_record(await records_of(aggregator_url(owner, tls=ft_spec.aggregator.tls is not None)), spec.silo)
     if record is not None or "adapterVersionAfter" in previous:  # published: every other silo applies it
         wanted = apply_jobs(target, owner, ft_spec, spec)
         if record is not None:  # first sight of the record: the apply Jobs are due now

@@ -52,5 +52,6 @@ fedshield.io/silo: {{ include "fedshield-silo.siloName" . }}
 {{- with .Values.gpu.runtimeClassName }}{{ $_ := set $entry "runtimeClassName" . }}{{ end -}}
 {{- with .Values.gpu.priorityClassName }}{{ $_ := set $entry "priorityClassName" . }}{{ end -}}
 {{- with (include "fedshield-silo.serviceAccountName" .) }}{{ $_ := set $entry "serviceAccountName" . }}{{ end -}}
+{{- with .Values.tls.secretName }}{{ $_ := set $entry "tls" (dict "secretName" .) }}{{ end -}}
 {{ toYaml (list $entry) }}
 {{- end }}
