@@ -121,3 +121,35 @@ def test_connections_cut_and_delayed(tmp_path, fault_free):
     faulty = run(tmp_path, faults=Faults(drop_rate=0.02, delay_rate=0.05, delay_s=0.05, seed=3))
     assert faulty["proxy"].dropped >= 3 and faulty["proxy"].delayed >= 3
     assert_same_as(fault_free, faulty)
+
+
+def test_silo_down_past_the_deadline_rejoins_from_the_global_state(tmp_path):
+    """A round closes at its deadline without the dead silo; restarted, it applies what it missed and goes on."""
+    config = with_local_ports(CONFIG.model_copy(update={
+        "rounds": 4, "aggregation": AggregationSpec(min_silos=1, round_deadline_s=15)}))
+    federation = Federation(config, tmp_path)
+    try:
+        federation.start()
+        wait_for(lambda: any(r["silo"] == "bank-a" for r in federation.records()), 300, federation)
+        federation.kill("bank-a")
+        wait_for(lambda: 1 in closed_rounds(tmp_path), 300, federation, allow_down=("bank-a",))
+        federation.restart("bank-a")
+        wait_for(federation.silos_done, 600, federation)
+    finally:
+        federation.stop()
+    assert "bank-a" not in counted(tmp_path)[1]  # round 1 closed at its deadline with bank-b alone
+    history = sorted((r["round"], r["upload_bytes"]) for r in federation.records() if r["silo"] == "bank-a")
+    assert [r for r, _ in history] == [0, 1, 2, 3] and history[1][1] == 0  # caught up on round 1, every round applied once
+    layout, recomputed = expected_global(config, tmp_path)
+    for silo in config.silo_names:
+        assert np.abs(saved_shared_vector(layout, tmp_path, silo) - recomputed).max() < 1e-5
+
+
+def closed_rounds(out: Path) -> set[int]:
+    db = sqlite3.connect(out / "state" / "state.db")
+    try:
+        return {r for (r,) in db.execute("SELECT round FROM rounds WHERE closed_at IS NOT NULL")}
+    except sqlite3.OperationalError:
+        return set()
+    finally:
+        db.close()
