@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 from peft import PeftModel
 
 from fedshield.config import FederationConfig
+from fedshield.demo import Federation
 from fedshield.crypto import EnvelopeReader, decrypt_envelope, load_keys
 from fedshield.silo_agent.model import load_base, with_lora
 from fedshield.updates import VectorLayout, lora_parameters, round_mask, scatter
@@ -37,3 +39,14 @@ def saved_shared_vector(layout: VectorLayout, out: Path, silo: str) -> np.ndarra
     base, _ = load_base(out / "model-cache" / "tiny-llama")
     adapter = PeftModel.from_pretrained(base, out / "silos" / silo / "adapter")
     return layout.flatten(lora_parameters(adapter))
+
+
+def wait_for(condition, timeout_s: float, federation: Federation, allow_down: tuple[str, ...] = ()) -> None:
+    """Poll ``condition`` until true; fail early when a process (other than ``allow_down``) died with an error."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if any(name not in allow_down and proc.poll() not in (None, 0) for name, proc in federation.procs.items()):
+            federation.check_alive()
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        time.sleep(0.1)

@@ -20,7 +20,7 @@ from fedshield.config import AggregationSpec, FederationConfig, LoraSpec, Privac
 from fedshield.demo import Federation, with_local_ports
 
 from fault_proxy import FaultProxy, Faults
-from federation_checks import expected_global, saved_shared_vector
+from federation_checks import expected_global, saved_shared_vector, wait_for
 
 pytestmark = pytest.mark.slow
 CONFIG = FederationConfig(
@@ -31,17 +31,6 @@ CONFIG = FederationConfig(
 )
 # CKKS noise (~1e-7 per aggregate) is the only difference between runs; training carries it on a little.
 SAME = 1e-4
-
-
-def wait_for(condition, timeout_s: float, federation: Federation, allow_down: tuple[str, ...] = ()) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        for name, proc in federation.procs.items():
-            if name not in allow_down and proc.poll() not in (None, 0):
-                federation.check_alive()
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        time.sleep(0.1)
 
 
 def run(out: Path, monkeypatch=None, crash_at: str | None = None, faults: Faults | None = None, kill_silo: bool = False) -> dict:

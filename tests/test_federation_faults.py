@@ -1,6 +1,5 @@
 """Kill -9 a silo mid-federation: restarted, it resumes from its checkpoint and the result is unchanged."""
 
-import time
 
 import httpx
 import numpy as np
@@ -9,18 +8,9 @@ import pytest
 from fedshield.config import FederationConfig, SiloSpec, TrainingSpec
 from fedshield.demo import Federation, with_local_ports
 
-from federation_checks import expected_global, saved_shared_vector
+from federation_checks import expected_global, saved_shared_vector, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for(predicate, timeout_s: float, federation: Federation) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        federation.check_alive()
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        time.sleep(0.1)
 
 
 def test_killed_silo_resumes_from_its_checkpoint(tmp_path):

@@ -5,7 +5,6 @@ and the forgetting silo keeps nothing computed from the forgotten records."""
 from __future__ import annotations
 
 import hashlib
-import time
 
 import httpx
 import numpy as np
@@ -22,19 +21,10 @@ from fedshield.silo_agent.forget import ForgetRequest, run_unlearning
 from fedshield.unlearning import UnlearningSpec
 from fedshield.wire.client import AggregatorRefused
 
-from federation_checks import saved_shared_vector
+from federation_checks import expected_global, saved_shared_vector, wait_for
 
 pytestmark = pytest.mark.slow
 SPEC = UnlearningSpec(steps=6, augment_steps=4, batch_size=8)
-
-
-def wait_for(condition, timeout_s: float, federation: Federation) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        federation.check_alive()
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        time.sleep(0.2)
 
 
 def test_one_silo_forgets_and_every_silo_gets_the_new_adapter(tmp_path):
@@ -86,8 +76,6 @@ def test_one_silo_forgets_and_every_silo_gets_the_new_adapter(tmp_path):
         decrypt_envelope(public, EnvelopeReader.open(published / "aggregate.fshe"))
 
     # both silos hold the same global adapter, and it is the forgetting silo's replacement
-    from federation_checks import expected_global
-
     layout, _ = expected_global(config, tmp_path)
     a, b = (saved_shared_vector(layout, tmp_path, s) for s in config.silo_names)
     assert np.abs(a - b).max() < 1e-6

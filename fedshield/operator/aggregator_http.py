@@ -19,3 +19,13 @@ def aggregator_client(timeout_s: float = 3.0) -> httpx.AsyncClient:
     ca = os.environ.get(CA_ENV)
     verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca) if ca else True
     return httpx.AsyncClient(timeout=timeout_s, verify=verify)
+
+
+async def get_json(url: str):
+    """GET ``url`` and decode its JSON body; None when unreachable, refused or not JSON."""
+    try:
+        async with aggregator_client() as client:
+            response = await client.get(url)
+            return response.json() if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None

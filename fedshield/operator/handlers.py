@@ -11,7 +11,6 @@ import datetime as dt
 import logging
 import os
 
-import httpx
 import kopf
 from pydantic import ValidationError
 
@@ -19,7 +18,7 @@ from ..api import unlearning as unlearning_api
 from .. import metrics
 from ..api.models import GROUP, IMMUTABLE, KIND, PLURAL, VERSION, FederatedFinetuneSpec
 from . import telemetry, unlearning
-from .aggregator_http import aggregator_client
+from .aggregator_http import get_json
 from .kube import Kube
 from .manifests import (
     FEDERATION_LABEL, NAMESPACE_LABEL, SILO_LABEL, Owner, aggregator_url, desired_children, plan_configmap, silo_job,
@@ -39,12 +38,7 @@ def now() -> str:
 
 async def fetch_aggregator_status(url: str) -> dict | None:
     """The aggregator's /v1/status, or None when it is not reachable (yet)."""
-    try:
-        async with aggregator_client() as client:
-            response = await client.get(f"{url}/v1/status")
-            return response.json() if response.status_code == 200 else None
-    except (httpx.HTTPError, ValueError):
-        return None
+    return await get_json(f"{url}/v1/status")
 
 
 def configure(settings: kopf.OperatorSettings) -> None:

@@ -11,6 +11,7 @@ the silo half.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import yaml
 
@@ -34,9 +35,10 @@ class Owner:
     name: str
     namespace: str
     uid: str
+    kind: ClassVar[str] = KIND
 
     def reference(self) -> dict:
-        return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": self.name, "uid": self.uid,
+        return {"apiVersion": f"{GROUP}/{VERSION}", "kind": self.kind, "name": self.name, "uid": self.uid,
                 "controller": True, "blockOwnerDeletion": True}
 
 

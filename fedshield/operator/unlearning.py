@@ -18,15 +18,14 @@ state applies published unlearnings and exits).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, ClassVar
 
-import httpx
 from pydantic import ValidationError
 
 from ..api.models import GROUP, VERSION, FederatedFinetuneSpec, SiloSpec
 from ..api.models import PLURAL as FINETUNE_PLURAL
 from ..api.unlearning import KIND, FederatedUnlearningSpec
-from .aggregator_http import aggregator_client
+from .aggregator_http import get_json
 from .kube import Kube
 from .manifests import (
     CONFIG_DIR, KEYS_DIR, SILO_JOB_BACKOFF_LIMIT, SILO_LABEL, STATE_DIR, Owner, aggregator_url, silo_command, silo_connection,
@@ -55,16 +54,10 @@ class Refused(Exception):
 
 
 @dataclass(frozen=True)
-class Target:
+class Target(Owner):
     """The FederatedUnlearning the children belong to (from its metadata)."""
 
-    name: str
-    namespace: str
-    uid: str
-
-    def reference(self) -> dict:
-        return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": self.name, "uid": self.uid,
-                "controller": True, "blockOwnerDeletion": True}
+    kind: ClassVar[str] = KIND
 
 
 # --- parsing and references (pure) ---------------------------------------------------------
@@ -296,12 +289,7 @@ RecordsFn = Callable[[str], Awaitable["list[dict] | None"]]
 
 async def fetch_unlearning_records(url: str) -> list[dict] | None:
     """The aggregator's `GET /v1/unlearning` (its audit records), or None when it is not reachable."""
-    try:
-        async with aggregator_client() as client:
-            response = await client.get(f"{url}/v1/unlearning")
-            return response.json() if response.status_code == 200 else None
-    except (httpx.HTTPError, ValueError):
-        return None
+    return await get_json(f"{url}/v1/unlearning")
 
 
 async def get_finetune(kube: Kube, namespace: str, name: str) -> dict | None:
