@@ -107,8 +107,8 @@ def test_silo_killed_mid_training(tmp_path, fault_free):
 
 
 def test_connections_cut_and_delayed(tmp_path, fault_free):
-    faulty = run(tmp_path, faults=Faults(drop_rate=0.02, delay_rate=0.05, delay_s=0.05, seed=3))
-    assert faulty["proxy"].dropped >= 3 and faulty["proxy"].delayed >= 3
+    faulty = run(tmp_path, faults=Faults(drop_rate=0.05, delay_rate=0.1, delay_s=0.05, seed=3))
+    assert faulty["proxy"].dropped >= 1 and faulty["proxy"].delayed >= 1  # how many depends on timing: chunks are polls too
     assert_same_as(fault_free, faulty)
 
 
