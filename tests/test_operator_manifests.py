@@ -176,3 +176,9 @@ def test_tls_on_one_side_only_is_refused(where):
         del raw["silos"][0]["tls"]
     with pytest.raises(ValueError, match="tls: set aggregator.tls and every silo's tls together"):
         FederatedFinetuneSpec.model_validate(raw)
+
+
+def test_silo_pods_keep_metrics_up_after_the_last_round():
+    spec = FederatedFinetuneSpec.model_validate(EXAMPLE["spec"])
+    env = {e["name"]: e["value"] for e in silo_job(OWNER, spec, spec.silos[0])["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert float(env["FEDSHIELD_METRICS_LINGER_S"]) >= 60  # two scrapes at the usual 30 s interval

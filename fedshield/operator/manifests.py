@@ -134,6 +134,8 @@ def _scratch_volumes() -> tuple[list[dict], list[dict]]:
 
 ENV = [{"name": "HOME", "value": "/tmp"}, {"name": "HF_HOME", "value": "/cache/hf"}, {"name": "HF_HUB_OFFLINE", "value": "1"},
        {"name": "TORCH_EXTENSIONS_DIR", "value": "/cache/torch_extensions"}, {"name": "PYTHONUNBUFFERED", "value": "1"}]
+# A silo's pod ends with its last round: keep /metrics up long enough for a 30 s scrape interval to see the end.
+SILO_ENV = ENV + [{"name": "FEDSHIELD_METRICS_LINGER_S", "value": "60"}]
 
 
 def state_claim(owner: Owner, name: str, namespace: str, size: str, component: str, silo: str | None = None) -> dict:
@@ -246,7 +248,7 @@ def silo_pod(owner: Owner, spec: FederatedFinetuneSpec, silo: SiloSpec, command:
             "name": "silo", "image": silo.image or spec.image, "imagePullPolicy": "IfNotPresent",
             "command": command,
             "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
-            "env": ENV,
+            "env": SILO_ENV,
             "resources": {"requests": {"cpu": silo.cpu, "memory": silo.memory}, "limits": limits},
             "securityContext": _security_context(),
             "volumeMounts": mounts,
