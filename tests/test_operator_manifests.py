@@ -182,3 +182,15 @@ def test_silo_pods_keep_metrics_up_after_the_last_round():
     spec = FederatedFinetuneSpec.model_validate(EXAMPLE["spec"])
     env = {e["name"]: e["value"] for e in silo_job(OWNER, spec, spec.silos[0])["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert float(env["FEDSHIELD_METRICS_LINGER_S"]) >= 60  # two scrapes at the usual 30 s interval
+
+
+def test_evicted_silo_pod_is_reported_while_the_job_recreates_it():
+    """A node drain evicts the silo's pod (no container exit): the Job makes a new pod, status says why and counts it."""
+    spec = FederatedFinetuneSpec.model_validate(EXAMPLE["spec"])
+    evicted = {"status": {"phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory."}}
+    observed = Observed(jobs={"hospital-a": _job(active=1, failed=1), "hospital-b": _job(active=1), "clinic-c": _job(active=1)},
+                        failed_pods={"hospital-a": [evicted]}, aggregator_ready=True, aggregator={"plan": {"state": "open"}, "closed": []})
+    status = compute_status(spec, observed, None, "2026-11-23T08:00:00Z", 1)
+    silo = next(s for s in status["silos"] if s["name"] == "hospital-a")
+    assert (silo["phase"], silo["reason"], silo["restarts"]) == ("Running", "Evicted", 1) and silo.get("exitCode") is None
+    assert status["phase"] == "Running"
