@@ -233,6 +233,11 @@ class Coordinator:
         if silo not in self.config.silo_names:
             raise ApiError(403, "unknown_silo", f"silo {silo!r} is not part of federation {self.config.name!r}")
 
+    def _joined_silo(self, silo: str) -> None:
+        self._known(silo)
+        if silo not in self._joined():
+            raise ApiError(403, "not_joined", f"silo {silo!r} has not joined")
+
     def join(self, req: JoinRequest) -> RoundPlan:
         with self._lock:
             self._known(req.silo)
@@ -274,9 +279,7 @@ class Coordinator:
 
     def _accept(self, round: int, silo: str, tmp_path: Path, metadata: UploadMetadata) -> UploadReceipt:
         with self._lock:
-            self._known(silo)
-            if silo not in self._joined():
-                raise ApiError(403, "not_joined", f"silo {silo!r} has not joined")
+            self._joined_silo(silo)
             digest = sha256_file(tmp_path)
             size = tmp_path.stat().st_size
             previous = {u.silo: u for u in self.store.uploads(round)}.get(silo)
@@ -347,9 +350,7 @@ class Coordinator:
 
     def _accept_unlearning(self, version: int, silo: str, tmp_path: Path, audit: UnlearningAudit) -> UploadReceipt:
         with self._lock:
-            self._known(silo)
-            if silo not in self._joined():
-                raise ApiError(403, "not_joined", f"silo {silo!r} has not joined")
+            self._joined_silo(silo)
             digest, size = sha256_file(tmp_path), tmp_path.stat().st_size
             records = self.store.unlearnings()
             previous = next((r for r in records if r["version"] == version), None)
