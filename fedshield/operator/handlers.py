@@ -150,6 +150,18 @@ async def watch_progress(body, meta, spec, status, patch, memo, **_) -> None:
     except ValidationError:
         return  # reported by reconcile
     await refresh_status(body, meta, status, patch, memo, parsed)
+    if patch and await _changed_since(memo.kube, meta):
+        patch.clear()  # this tick saw an older object: writing would undo a newer refusal or generation
+
+
+async def _changed_since(kube: Kube, meta) -> bool:
+    """Whether the CR moved on while a timer tick worked (timers run beside the change handlers)."""
+    fresh = await unlearning.get_finetune(kube, meta["namespace"], meta["name"])
+    if fresh is None or fresh["metadata"].get("generation") != meta.get("generation"):
+        return True
+    current = fresh.get("status") or {}
+    refused = any(c.get("reason") in REFUSALS for c in current.get("conditions", []))
+    return refused and current.get("observedGeneration") == meta.get("generation")
 
 
 @kopf.on.delete(*RESOURCE)
