@@ -214,8 +214,6 @@ def create_app(coordinator: Coordinator, auth: Authenticator | None = None) -> F
         if not receipt.duplicate:
             metrics.UPLOADS_ACCEPTED.labels(silo).inc()
             metrics.UPLOAD_BYTES.labels(silo).inc(receipt.bytes)
-        plan = coordinator.plan()
-        metrics.CURRENT_ROUND.set(plan.round)
         return receipt
 
     async def _spool(request: Request, limit: int) -> Path:
