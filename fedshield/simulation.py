@@ -107,7 +107,8 @@ class InProcessFederation:
             weight = self.weights[silo.name]
             if total is not None:
                 encrypted = encrypt_update(self.keys, update[mask], weight=weight, round=round, silo=silo.name,
-                                           packing=packing, layout=layout.digest)
+                                           packing=packing, layout=layout.digest, rng=np.random.default_rng(
+                                               zlib.crc32(f"{config.seed}/{silo.name}/{round}/rounding".encode())))
                 total.add(EnvelopeReader.from_bytes(encrypted.data))
                 sent, upload_bytes[silo.name] = encrypted.sent, len(encrypted.data)
             else:
