@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         args.seeds, args.rounds, args.local_steps = [0], 2, 3
     start = time.perf_counter()
     arms = [a for a in ARMS if a["name"] in args.arms]
-    runs = {a["name"]: [run_arm(a, s, args.rounds, args.local_steps) for s in args.seeds] for a in arms}
+    with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed's op build also prints on stdout
+        runs = {a["name"]: [run_arm(a, s, args.rounds, args.local_steps) for s in args.seeds] for a in arms}
     plain = runs.get("plain_fedavg")
     plain_final = float(np.mean([r["curve"][-1] for r in plain])) if plain else None
     results = [summarise(a, runs[a["name"]], plain_final, plain) for a in arms]
