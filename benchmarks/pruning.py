@@ -105,8 +105,9 @@ def summarise(arm: dict, runs: list[dict], plain_final: float | None, plain_runs
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--local-steps", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--local-steps", type=int, default=20)
+    parser.add_argument("--log", help="append each finished run (arm, seed) as a JSON line to this file")
     parser.add_argument("--arms", nargs="+", default=[a["name"] for a in ARMS])
     parser.add_argument("--quick", action="store_true", help="2 rounds, 1 seed, 3 local steps (a smoke run)")
     args = parser.parse_args(argv)
@@ -114,8 +115,16 @@ def main(argv: list[str] | None = None) -> int:
         args.seeds, args.rounds, args.local_steps = [0], 2, 3
     start = time.perf_counter()
     arms = [a for a in ARMS if a["name"] in args.arms]
+    runs: dict[str, list[dict]] = {a["name"]: [] for a in arms}
     with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed's op build also prints on stdout
-        runs = {a["name"]: [run_arm(a, s, args.rounds, args.local_steps) for s in args.seeds] for a in arms}
+        for seed in args.seeds:  # seeds outermost: a cut-short run still has every arm for its first seeds
+            for arm in arms:
+                runs[arm["name"]].append(run_arm(arm, seed, args.rounds, args.local_steps))
+                line = json.dumps({"arm": arm["name"], "seed": seed, **runs[arm["name"]][-1]})
+                print(line, file=sys.stderr, flush=True)
+                if args.log:
+                    with open(args.log, "a", encoding="utf-8") as fh:
+                        fh.write(line + "\n")
     plain = runs.get("plain_fedavg")
     plain_final = float(np.mean([r["curve"][-1] for r in plain])) if plain else None
     results = [summarise(a, runs[a["name"]], plain_final, plain) for a in arms]
