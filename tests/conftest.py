@@ -38,3 +38,15 @@ def smollm2_dir(tmp_path_factory) -> Path:
     out = Path(os.environ.get("FEDSHIELD_TEST_SMOLLM2_DIR") or tmp_path_factory.mktemp("models") / "smollm2")
     assert main(["models", "import", str(packaged_gguf("smollm2-135m-instruct")), "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Torch on one intra-op thread for the duration of a test: a 135M model on a busy 2-core machine is
+    many times faster so than with threads that spin against each other and the other processes."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

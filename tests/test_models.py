@@ -14,6 +14,8 @@ from fedshield.workloads.recommendation import catalog
 
 from model_dirs import write_user_model
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SMOLLM2 = "smollm2-135m-instruct"
 
 

@@ -14,6 +14,8 @@ from fedshield.workloads.recommendation import build_examples, catalog, prompt_f
 
 from model_dirs import EOS, write_user_model
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 PROMPTS = [
     prompt_for(["silver river drama"], ["red road western"], "quiet city comedy"),
     prompt_for(["golden crown musical", "wild storm action", "last signal scifi"], [], "hidden garden romance"),
@@ -49,17 +51,17 @@ def test_the_word_level_tiny_tokenizer_keeps_its_answer_tokens(tiny):
     assert tokenizer.convert_ids_to_tokens(list(answer_ids(tokenizer, PROMPTS[0]))) == ["yes", "no"]
 
 
-@pytest.mark.parametrize("side", ["left", "right"])
-def test_last_token_logits_do_not_depend_on_padding_side(smol, side):
+def test_last_token_logits_do_not_depend_on_padding_side(smol):
     model, tokenizer = smol
     alone = torch.cat([last_token_logits(model, tokenizer, [p]) for p in PROMPTS])
     before = tokenizer.padding_side
-    tokenizer.padding_side = side
     try:
-        padded = last_token_logits(model, tokenizer, PROMPTS)
+        for side in ("left", "right"):
+            tokenizer.padding_side = side
+            padded = last_token_logits(model, tokenizer, PROMPTS)
+            assert torch.allclose(padded, alone, atol=1e-3), (side, (padded - alone).abs().max())
     finally:
         tokenizer.padding_side = before
-    assert torch.allclose(padded, alone, atol=1e-3), (padded - alone).abs().max()
 
 
 def test_a_model_without_a_pad_token_pads_with_end_of_text(user):
