@@ -6,7 +6,7 @@ import torch
 
 from fedshield.config import TrainingSpec
 from fedshield.silo_agent.model import (
-    answer_ids, build_tiny_base, context_limit, last_token_logits, load_base, with_lora, yes_probabilities,
+    answer_ids, build_tiny_base, check_context, context_limit, last_token_logits, load_base, with_lora, yes_probabilities,
 )
 from fedshield.silo_agent.training import create_engine, train_local
 from fedshield.updates import VectorLayout, lora_parameters
@@ -77,6 +77,9 @@ def test_prompts_longer_than_the_context_are_refused_by_name(user):
     long = prompt_for(catalog()[:20], catalog()[20:30], catalog()[31])
     with pytest.raises(ValueError, match=r"prompt 1 has \d+ tokens; the model's context is 48"):
         yes_probabilities(model, tokenizer, [PROMPTS[0], long])
+    with pytest.raises(ValueError, match=r"prompt 2 has \d+ tokens"):
+        check_context(model, tokenizer, [PROMPTS[0], PROMPTS[1], long])
+    assert 0 < check_context(model, tokenizer, PROMPTS) <= 48
 
 
 def test_a_users_gpt2_directory_trains_with_lora_in_a_deepspeed_engine(user):

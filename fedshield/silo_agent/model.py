@@ -123,13 +123,26 @@ def context_limit(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) ->
     return int(min(n for n in limits if isinstance(n, int) and n > 0))
 
 
+def _refuse_longer_than(limit: int, lengths: Sequence[int], prompts: Sequence[str]) -> None:
+    for i, n in enumerate(lengths):
+        if n > limit:
+            raise ValueError(f"prompt {i} has {n} tokens; the model's context is {limit}: {prompts[i][:80]!r}...")
+
+
+def check_context(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> int:
+    """The longest prompt's length in tokens; refuses (ValueError naming the prompt) any longer than the context.
+
+    A silo calls it on all its examples before the first round, so nothing is half-trained.
+    """
+    lengths = [len(ids) for ids in tokenizer(list(prompts))["input_ids"]] if len(prompts) else [0]
+    _refuse_longer_than(context_limit(model, tokenizer), lengths, prompts)
+    return max(lengths)
+
+
 def encode_prompts(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]):
     """A padded batch of ``prompts``; a prompt longer than the context is refused (it is never truncated)."""
     batch = tokenizer(list(prompts), return_tensors="pt", padding=True)
-    limit = context_limit(model, tokenizer)
-    for i, n in enumerate(batch["attention_mask"].sum(dim=1).tolist()):
-        if n > limit:
-            raise ValueError(f"prompt {i} has {n} tokens; the model's context is {limit}: {prompts[i][:80]!r}...")
+    _refuse_longer_than(context_limit(model, tokenizer), batch["attention_mask"].sum(dim=1).tolist(), prompts)
     return batch
 
 
