@@ -6,7 +6,7 @@ import torch
 
 from fedshield.config import TrainingSpec
 from fedshield.silo_agent.model import (
-    answer_ids, build_tiny_base, check_context, context_limit, last_token_logits, load_base, with_lora, yes_probabilities,
+    answer_ids, build_tiny_base, chat_prompt, check_context, context_limit, last_token_logits, load_base, with_lora, yes_probabilities,
 )
 from fedshield.silo_agent.training import create_engine, train_local
 from fedshield.updates import VectorLayout, lora_parameters
@@ -46,9 +46,18 @@ def test_smollm2_answers_are_the_byte_level_tokens_that_follow_the_prompt(smol):
     assert answer_ids(tokenizer) == (yes, no)  # the default probe prompt agrees
 
 
+def test_after_smollm2s_chat_template_the_answers_start_the_assistants_reply(smol):
+    _, tokenizer = smol
+    text = chat_prompt(tokenizer, PROMPTS[0], system="Answer yes or no.")
+    assert text.endswith("<|im_start|>assistant\n") and PROMPTS[0] in text
+    assert tokenizer.convert_ids_to_tokens(list(answer_ids(tokenizer, text))) == ["yes", "no"]
+
+
 def test_the_word_level_tiny_tokenizer_keeps_its_answer_tokens(tiny):
     _, tokenizer = tiny
     assert tokenizer.convert_ids_to_tokens(list(answer_ids(tokenizer, PROMPTS[0]))) == ["yes", "no"]
+    with pytest.raises(ValueError, match="no chat template"):
+        chat_prompt(tokenizer, PROMPTS[0])
 
 
 def test_last_token_logits_do_not_depend_on_padding_side(smol):

@@ -97,13 +97,26 @@ def with_lora(model: torch.nn.Module, r: int, alpha: int, dropout: float, target
     return get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets)))
 
 
+def chat_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, system: str | None = None) -> str:
+    """``prompt`` as a user turn in the tokenizer's chat template, ending where the assistant's reply begins."""
+    if not tokenizer.chat_template:
+        raise ValueError("the tokenizer has no chat template")
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
 def answer_ids(tokenizer: PreTrainedTokenizerBase, prompt: str | None = None) -> tuple[int, int]:
-    """The first token of the answers "yes" and "no" as the tokenizer encodes them after ``prompt``."""
+    """The first token of the answers "yes" and "no" as the tokenizer encodes them after ``prompt``.
+
+    The answer follows a space (``ANSWER_SEPARATOR``), or directly when the prompt ends in
+    white space (a chat prompt ends with the assistant's header and a newline).
+    """
     prompt = PROBE_PROMPT if prompt is None else prompt
+    separator = "" if prompt[-1:].isspace() else ANSWER_SEPARATOR
     head = tokenizer(prompt)["input_ids"]
     ids = []
     for answer in (ANSWER_YES, ANSWER_NO):
-        full = tokenizer(prompt + ANSWER_SEPARATOR + answer)["input_ids"]
+        full = tokenizer(prompt + separator + answer)["input_ids"]
         if len(full) <= len(head) or full[: len(head)] != head:
             raise ValueError(f"the tokenizer does not encode {prompt!r} followed by {answer!r} as the prompt's tokens "
                              "and then the answer's")
