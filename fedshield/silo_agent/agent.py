@@ -28,7 +28,7 @@ from ..wire.messages import JoinRequest, UploadMetadata
 from ..workloads.scoring import auc, log_loss
 from .checkpoint import PendingUpload, SiloState, forgotten_users, load_state, save_state
 from .data import public_corpus, silo_examples
-from .model import build_tiny_base, load_base, with_lora, yes_probabilities
+from .model import build_tiny_base, check_context, load_base, with_lora, yes_probabilities
 from .training import create_engine, set_learning_rate, train_local_stats
 
 log = logging.getLogger("fedshield.silo")
@@ -77,6 +77,7 @@ class SiloAgent:
         self.train, self.val = ([e for e in part if e.user not in gone] for part in silo_examples(config, silo))
         self.model_cache = Path(model_cache or self.workdir)
         base, self.tokenizer = load_base(base_model_path(config, self.model_cache))
+        check_context(base, self.tokenizer, [e.prompt for e in self.train + self.val])  # refused before round 1
         lora = config.lora
         self.model = with_lora(base, lora.r, lora.alpha, lora.dropout, lora.target_modules, seed=config.seed)
         self.params = lora_parameters(self.model)
