@@ -175,6 +175,11 @@ class FederationConfig(Strict):
         return packing.model_copy(update={"value_bound": max(packing.value_bound, 4 * budget.noise_multiplier * budget.clip_norm)})
 
 
+    def unlearning_packing(self) -> PackingParams:
+        """The packing of every unlearning replacement of this run: from the spec, never from the uploader's header."""
+        return PackingParams(value_bound=self.privacy.unlearning_bound, digits_per_slot=1, max_silos=1)
+
+
 def load_config(path: str | Path) -> FederationConfig:
     with open(path, encoding="utf-8") as fh:
         return FederationConfig.model_validate(yaml.safe_load(fh) or {})

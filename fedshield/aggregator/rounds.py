@@ -84,7 +84,7 @@ def compute_plan(config: FederationConfig, samples: dict[str, int], losses: dict
 
 def unlearning_packing(config: FederationConfig) -> PackingParams:
     """The packing every unlearning replacement of this run uses: from the spec, never from the uploader."""
-    return PackingParams(value_bound=config.privacy.unlearning_bound, digits_per_slot=1, max_silos=1)
+    return config.unlearning_packing()
 
 
 def sha256_file(path: Path) -> str:

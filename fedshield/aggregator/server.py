@@ -20,6 +20,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .. import metrics
 from ..config import FederationConfig
@@ -305,9 +306,11 @@ def create_app(coordinator: Coordinator, auth: Authenticator | None = None) -> F
     return app
 
 
-def uvicorn_options(config: FederationConfig) -> dict:
-    """Server options every aggregator runs with: a header deadline and a short keep-alive."""
-    return {"http": header_deadline_protocol(config.limits.header_timeout_s), "timeout_keep_alive": 5}
+def uvicorn_options(config: FederationConfig, tls: ServerTLS | None = None) -> dict:
+    """Server options every aggregator runs with: TLS when given, a header deadline and a short keep-alive."""
+    options = uvicorn_ssl_options(tls)
+    base = options.get("http", H11Protocol)
+    return {**options, "http": header_deadline_protocol(config.limits.header_timeout_s, base), "timeout_keep_alive": 5}
 
 
 def serve(config: FederationConfig, public_keys: Keys, state_dir: str | Path, host: str = "127.0.0.1", port: int | None = None,
@@ -327,6 +330,6 @@ def serve(config: FederationConfig, public_keys: Keys, state_dir: str | Path, ho
     threading.Thread(target=ticker, name="round-deadline", daemon=True).start()
     try:
         uvicorn.run(create_app(coordinator, auth), host=host, port=port or config.aggregator_port, log_level="warning",
-                    **uvicorn_options(config), **uvicorn_ssl_options(tls))
+                    **uvicorn_options(config, tls))
     finally:
         stop.set()

@@ -8,8 +8,8 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 
-class HeaderDeadlineProtocol(H11Protocol):
-    """uvicorn's h11 protocol, closing a connection whose request headers are not complete ``header_timeout_s``
+class HeaderDeadline(H11Protocol):
+    """Mixed into uvicorn's h11 protocol (or a subclass of it): closing a connection whose request headers are not complete ``header_timeout_s``
     after it opened or after its previous response (a trickle of bytes does not extend the deadline)."""
 
     header_timeout_s: float = 10.0
@@ -48,6 +48,6 @@ class HeaderDeadlineProtocol(H11Protocol):
             self.transport.close()
 
 
-def header_deadline_protocol(timeout_s: float) -> type[HeaderDeadlineProtocol]:
-    """The protocol class for ``uvicorn.Config(http=...)`` with this header deadline."""
-    return type("HeaderDeadlineProtocol", (HeaderDeadlineProtocol,), {"header_timeout_s": timeout_s})
+def header_deadline_protocol(timeout_s: float, base: type[H11Protocol] = H11Protocol) -> type[H11Protocol]:
+    """The protocol class for ``uvicorn.Config(http=...)``: ``base`` with this header deadline."""
+    return type(f"HeaderDeadline{base.__name__}", (HeaderDeadline, base), {"header_timeout_s": timeout_s})
