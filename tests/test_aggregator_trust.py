@@ -16,6 +16,7 @@ import socket
 import sqlite3
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -456,3 +457,59 @@ def test_coordinator_restart_after_old_crash_between_close_and_open(public_keys,
     coordinator = Coordinator(cfg, public_keys, store)
     assert coordinator.current == 1 and [r["round"] for r in store.rounds()] == [0, 1]
     store.close()
+
+
+# --- 7. the noise budget is tied to the silo count -----------------------------------------------------------
+
+
+def test_a_scale_too_small_for_max_silos_is_refused_before_the_aggregator_starts(public_keys, tmp_path):
+    from fedshield.config import PrivacySpec
+    from fedshield.crypto.params import PackingParams
+
+    cfg = config().model_copy(update={"privacy": PrivacySpec(packing=PackingParams(max_silos=64))})
+    with pytest.raises(ValueError, match="max_silos=64 summed uploads need scale_bits >= 19"):
+        Coordinator(cfg, public_keys, Store(tmp_path / "s"))
+    assert not (tmp_path / "s" / "rounds").exists()
+
+
+def test_the_crd_ties_the_scale_to_the_number_of_silos():
+    import yaml
+
+    from fedshield.api.models import FederatedFinetuneSpec
+
+    example = yaml.safe_load((Path(__file__).resolve().parents[1] / "examples" / "federatedfinetune.yaml").read_text())["spec"]
+    template = example["silos"][0]
+
+    def spec(n: int, scale: int) -> dict:
+        return dict(example, silos=[dict(template, name=f"org-{i}", namespace=f"org-{i}") for i in range(n)],
+                    privacy=dict(example.get("privacy", {}), encryption={"scaleBits": scale}))
+
+    FederatedFinetuneSpec.model_validate(spec(57, 18))
+    with pytest.raises(ValueError, match="scaleBits >= 19"):
+        FederatedFinetuneSpec.model_validate(spec(58, 18))
+    FederatedFinetuneSpec.model_validate(spec(512, 20))
+    with pytest.raises(ValueError, match="scaleBits"):
+        FederatedFinetuneSpec.model_validate(spec(2, 17))
+
+
+@pytest.mark.parametrize("scale_bits, silos", [(18, 57), (20, 512)])
+def test_sums_stay_exact_for_the_largest_federation_the_scale_allows(scale_bits, silos):
+    """The largest allowed sum, at full value bound, decrypts to exactly the weighted sum of what was sent."""
+    from fedshield.crypto import EncryptedSum, create_keys
+    from fedshield.crypto.noise import max_summable
+    from fedshield.crypto.params import CkksParams, PackingParams
+
+    assert max_summable(scale_bits) >= silos
+    keys = create_keys(CkksParams(scale_bits=scale_bits))
+    packing = PackingParams(max_silos=silos)
+    count = packing.values_per_ciphertext(keys.params)
+    total = EncryptedSum(keys.public(), round=0, count=count, packing=packing)
+    expected = np.zeros(count)
+    rng = np.random.default_rng(scale_bits)
+    for i in range(silos):
+        v = rng.choice([-1.0, 1.0], count) * packing.value_bound * rng.uniform(0.9, 1.0, count)
+        up = encrypt_update(keys, v, weight=1.0 / silos, round=0, silo=f"s-{i}", packing=packing)
+        total.add(EnvelopeReader.from_bytes(up.data))
+        expected += up.sent / silos
+    got = decrypt_envelope(keys, EnvelopeReader.from_bytes(total.to_bytes()), round=0)
+    assert np.abs(got - expected / total.weight_sum).max() < 1e-12

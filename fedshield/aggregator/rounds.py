@@ -27,6 +27,7 @@ from pathlib import Path
 from ..config import FederationConfig
 from ..crypto import CryptoError, EncryptedSum, EnvelopeReader, Keys
 from ..crypto.envelope import save_envelope
+from ..crypto.noise import check_noise_budget
 from ..crypto.params import PackingParams
 from ..faults import crash_point
 from ..fairness import fedavg_weights, loss_weights, lr_scales
@@ -99,6 +100,7 @@ class Coordinator:
     def __init__(self, config: FederationConfig, public_keys: Keys, store: Store):
         if public_keys.has_secret_key:
             raise ValueError("the aggregator must be given the public context only (it holds a secret key)")
+        check_noise_budget(public_keys.params.scale_bits, config.packing().max_silos)  # before touching any state
         self.config, self.keys, self.store = config, public_keys, store
         self._lock = threading.RLock()
         self._sum: EncryptedSum | None = None

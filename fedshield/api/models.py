@@ -15,6 +15,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from ..crypto.noise import max_summable
+
 GROUP, VERSION, KIND, PLURAL, SINGULAR, SHORT_NAME = "fedshield.io", "v1alpha1", "FederatedFinetune", "federatedfinetunes", "federatedfinetune", "fft"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
@@ -56,7 +58,7 @@ class AggregationSpec(Model):
 
 class EncryptionSpec(Model):
     poly_modulus_degree: Literal[8192, 16384] = Field(8192, description="CKKS polynomial degree N (N/2 slots per ciphertext).")
-    scale_bits: int = Field(18, ge=14, le=30, description="log2 of the CKKS scale.")
+    scale_bits: int = Field(18, ge=18, le=30, description="log2 of the CKKS scale: 18 sums up to 57 silos exactly, each extra bit allows 4 times more (CKKS noise).")
 
 
 class DifferentialPrivacySpec(Model):
@@ -146,6 +148,11 @@ class FederatedFinetuneSpec(Model):
             raise ValueError(f"aggregation.minSilos ({self.aggregation.min_silos}) exceeds the number of silos ({len(self.silos)})")
         if len({s.samples is None for s in self.silos}) > 1:
             raise ValueError("silos: declare samples for every silo or for none")
+        scale = self.privacy.encryption.scale_bits
+        if max(16, len(self.silos)) > max_summable(scale):
+            need = next(b for b in range(scale, 61) if max_summable(b) >= len(self.silos))
+            raise ValueError(f"privacy.encryption.scaleBits: {len(self.silos)} silos need scaleBits >= {need} "
+                             f"(at {scale} CKKS noise breaks exact sums past {max_summable(scale)} uploads)")
         with_tls = [s.name for s in self.silos if s.tls is not None]
         if (self.aggregator.tls is not None) != (len(with_tls) == len(self.silos)) or (self.aggregator.tls is None and with_tls):
             raise ValueError("tls: set aggregator.tls and every silo's tls together (mutual TLS), or none of them")
@@ -164,6 +171,9 @@ SPEC_RULES = [
              "|| !self.privacy.differentialPrivacy.enabled "
              "|| (has(self.privacy.differentialPrivacy.noiseMultiplier) != has(self.privacy.differentialPrivacy.targetEpsilon))",
      "message": "privacy.differentialPrivacy: give exactly one of noiseMultiplier and targetEpsilon"},
+    {"rule": "size(self.silos) <= " + str([max_summable(b) for b in range(18, 31)]) + "[(has(self.privacy) && has(self.privacy.encryption) "
+             "&& has(self.privacy.encryption.scaleBits) ? self.privacy.encryption.scaleBits : 18) - 18]",
+     "message": "privacy.encryption.scaleBits is too small for this many silos (CKKS noise): 18 allows 57, each bit 4 times more"},
     {"rule": "self.silos.all(s, has(s.samples) == has(self.silos[0].samples))",
      "message": "silos: declare samples for every silo or for none"},
     {"rule": "self.silos.all(s, has(s.tls) == has(self.aggregator.tls))",
