@@ -513,3 +513,68 @@ def test_sums_stay_exact_for_the_largest_federation_the_scale_allows(scale_bits,
         expected += up.sent / silos
     got = decrypt_envelope(keys, EnvelopeReader.from_bytes(total.to_bytes()), round=0)
     assert np.abs(got - expected / total.weight_sum).max() < 1e-12
+
+
+# --- 4. unlearning: packing from the run's spec, bound checked by every silo ---------------------------------
+
+
+def _finished(agg, keys) -> dict:
+    plan = join_all(agg.url)
+    for i, silo in enumerate(("bank-a", "bank-b")):
+        assert put(agg.url, 0, silo, envelope(keys, plan, silo, seed=i).data).status_code == 200
+    assert httpx.get(f"{agg.url}/v1/plan").json()["state"] == "finished"
+    return plan
+
+
+def _put_unlearning(url: str, data: bytes, reason: str = "GDPR art. 17") -> httpx.Response:
+    from fedshield.wire.unlearning import AUDIT_HEADER, UnlearningAudit
+
+    audit = UnlearningAudit(requested_by="dpo", reason=reason, users_count=1, users_sha256="0" * 64, requested_at=0, seconds=0)
+    return httpx.put(f"{url}/v1/unlearning/0/uploads/bank-a", content=data, timeout=30,
+                     headers={"content-type": "application/octet-stream", AUDIT_HEADER: audit.model_dump_json()})
+
+
+def test_an_unlearning_packed_as_its_uploader_likes_is_refused(public_keys, keys, tmp_path):
+    from fedshield.crypto.params import PackingParams
+
+    cfg = config(rounds=1)
+    with RunningAggregator(cfg, public_keys, tmp_path / "s") as agg:
+        _finished(agg, keys)
+        huge = np.full(SIZE, 1e12)
+        wide = PackingParams(value_bound=2.0**40, digits_per_slot=1, max_silos=1)
+        bad = encrypt_update(keys, huge, weight=1.0, round=cfg.rounds, silo="bank-a", packing=wide, layout=LAYOUT).data
+        before = snapshot(agg)
+        r = _put_unlearning(agg.url, bad)
+        assert (r.status_code, r.json()["error"]) == (400, "wrong_packing") and "packing" in r.json()["detail"]
+        assert snapshot(agg) == before and httpx.get(f"{agg.url}/v1/unlearning").json() == []
+        # packed as the spec says, the same change is clipped to the spec's bound by construction
+        delta = np.random.default_rng(0).uniform(-0.1, 0.1, SIZE)
+        good = encrypt_update(keys, delta, weight=1.0, round=cfg.rounds, silo="bank-a", packing=cfg.unlearning_packing(), layout=LAYOUT)
+        r = _put_unlearning(agg.url, good.data, reason="line one\nFORGED line two")
+        assert r.status_code == 200, r.text
+        record = httpx.get(f"{agg.url}/v1/unlearning").json()[0]
+        assert record["audit"]["reason"] == "line one FORGED line two"
+        published = httpx.get(f"{agg.url}/v1/unlearning/0/aggregate").content
+        reader = EnvelopeReader.from_bytes(published)
+        applied = decrypt_envelope(keys, reader, round=cfg.rounds)
+        from fedshield.silo_agent.bounds import check_unlearning
+
+        check_unlearning(cfg, reader.header.packing, reader.header.weight, applied)  # what every silo does first
+        assert np.abs(applied - good.sent).max() < 1e-12
+
+
+def test_a_silo_refuses_an_unlearning_beyond_the_specs_bound():
+    from fedshield.crypto.params import PackingParams
+    from fedshield.silo_agent.bounds import UnlearningRefused, check_unlearning
+
+    cfg = config()
+    ok = cfg.unlearning_packing()
+    check_unlearning(cfg, ok, 1.0, np.full(4, cfg.privacy.unlearning_bound))
+    for packing, weight, delta, field in [
+        (PackingParams(value_bound=2.0**40, digits_per_slot=1, max_silos=1), 1.0, np.zeros(4), "packing"),
+        (ok, 0.5, np.zeros(4), "weight"),
+        (ok, 1.0, np.full(4, 1e12), "bound"),
+        (ok, 1.0, np.array([0.0, np.nan]), "bound"),
+    ]:
+        with pytest.raises(UnlearningRefused, match=field):
+            check_unlearning(cfg, packing, weight, delta)

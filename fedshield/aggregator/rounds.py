@@ -539,6 +539,7 @@ class Coordinator:
                     published.add(reader)
             except CryptoError as exc:
                 raise ApiError(400, CRYPTO_ERROR_CODES.get(type(exc).__name__, "bad_envelope"), str(exc)) from None
+            audit = audit.model_copy(update={"requested_by": sanitise(audit.requested_by), "reason": sanitise(audit.reason, 500)})
             folder = self.store.unlearning_dir(version)
             save_envelope(folder / "aggregate.fshe", published.to_bytes())
             os.replace(tmp_path, folder / f"{silo}.fshe")
