@@ -113,9 +113,10 @@ def test_connections_cut_and_delayed(tmp_path, fault_free):
 
 
 def test_silo_down_past_the_deadline_rejoins_from_the_global_state(tmp_path):
-    """A round closes at its deadline without the dead silo; restarted, it applies what it missed and goes on."""
+    """A round closes at its deadline without the dead silo (two others uploaded); restarted, it applies what it missed."""
+    silos = (*CONFIG.silos, SiloSpec(name="bank-c"))
     config = with_local_ports(CONFIG.model_copy(update={
-        "rounds": 4, "aggregation": AggregationSpec(min_silos=1, round_deadline_s=15)}))
+        "rounds": 4, "silos": silos, "aggregation": AggregationSpec(min_silos=2, round_deadline_s=15)}))
     federation = Federation(config, tmp_path)
     try:
         federation.start()
@@ -126,7 +127,7 @@ def test_silo_down_past_the_deadline_rejoins_from_the_global_state(tmp_path):
         wait_for(federation.silos_done, 600, federation)
     finally:
         federation.stop()
-    assert "bank-a" not in counted(tmp_path)[1]  # round 1 closed at its deadline with bank-b alone
+    assert "bank-a" not in counted(tmp_path)[1]  # round 1 closed at its deadline with bank-b and bank-c
     history = sorted((r["round"], r["upload_bytes"]) for r in federation.records() if r["silo"] == "bank-a")
     assert [r for r, _ in history] == [0, 1, 2, 3] and history[1][1] == 0  # caught up on round 1, every round applied once
     layout, recomputed = expected_global(config, tmp_path)

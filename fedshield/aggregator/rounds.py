@@ -355,6 +355,9 @@ class Coordinator:
             if row is None:
                 raise ApiError(404, "unknown_round", f"round {round} has not been opened")
             if row["closed_at"] is None:
+                if self.finished:
+                    raise ApiError(409, "federation_stopped", f"the federation stopped at round {round} with fewer than "
+                                                              f"{MIN_CONTRIBUTORS} silos left: its aggregate is never published")
                 raise ApiError(425, "round_not_closed", f"round {round} is still open")
             others = [c for c in row["contributors"] or [] if c != silo]
             if len(others) < MIN_CONTRIBUTORS and (silo is None or silo not in (row["contributors"] or [])):
