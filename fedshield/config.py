@@ -68,6 +68,8 @@ class PrivacySpec(Strict):
     dp: DPSpec = DPSpec()
     unlearning_bound: float = Field(1.0, gt=0, le=2.0**10, description="Largest |change| of one coordinate an unlearning may "
                                                                      "publish; the aggregator and every silo enforce it.")
+    unlearning_approvals: int = Field(0, ge=0, description="Other silos that must approve an unlearning (by its SHA-256) "
+                                                          "before the aggregator publishes it; 0 publishes at once.")
 
 
 class ModelSpec(Strict):
@@ -140,6 +142,8 @@ class FederationConfig(Strict):
         declared = [s.samples is not None for s in self.silos]
         if any(declared) and not all(declared):
             raise ValueError("silos: declare samples for every silo or for none (then weights are equal)")
+        if self.privacy.unlearning_approvals > len(names) - 1:
+            raise ValueError(f"privacy.unlearning_approvals={self.privacy.unlearning_approvals} exceeds the {len(names) - 1} other silos")
         if self.aggregation.max_weight * len(names) < 1:
             raise ValueError(f"aggregation.max_weight={self.aggregation.max_weight} is below 1/{len(names)}: weights could not sum to 1")
         return self

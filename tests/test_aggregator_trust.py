@@ -579,3 +579,42 @@ def test_a_silo_refuses_an_unlearning_beyond_the_specs_bound():
     ]:
         with pytest.raises(UnlearningRefused, match=field):
             check_unlearning(cfg, packing, weight, delta)
+
+
+def test_an_unlearning_needs_the_approval_of_other_silos_before_it_is_published(public_keys, keys, tmp_path):
+    from fedshield.config import PrivacySpec
+    from fedshield.wire.client import AggregatorClient, AggregatorRefused
+
+    silos = ("bank-a", "bank-b", "bank-c")
+    cfg = config(silos, rounds=1).model_copy(update={"privacy": PrivacySpec(unlearning_approvals=2)})
+    with RunningAggregator(cfg, public_keys, tmp_path / "s") as agg:
+        plan = join_all(agg.url, silos)
+        for i, silo in enumerate(silos):
+            assert put(agg.url, 0, silo, envelope(keys, plan, silo, seed=i).data).status_code == 200
+        delta = np.random.default_rng(1).uniform(-0.1, 0.1, SIZE)
+        up = encrypt_update(keys, delta, weight=1.0, round=cfg.rounds, silo="bank-a", packing=cfg.unlearning_packing(), layout=LAYOUT)
+        r = _put_unlearning(agg.url, up.data)
+        assert r.status_code == 200 and r.json()["pending"] is True
+        digest = r.json()["sha256"]
+        assert httpx.get(f"{agg.url}/v1/unlearning").json() == []  # nothing any silo would apply yet
+        assert httpx.get(f"{agg.url}/v1/unlearning/0/aggregate").status_code == 404
+        client = AggregatorClient(agg.url)
+        [waiting] = client.pending_unlearnings()
+        assert (waiting.silo, waiting.sha256, waiting.needed, waiting.approvals) == ("bank-a", digest, 2, [])
+        before = snapshot(agg)
+        for approver, sha, code in [("bank-a", digest, "self_approval"), ("bank-b", "0" * 64, "sha256_mismatch")]:
+            with pytest.raises(AggregatorRefused) as refused:
+                client.approve_unlearning(0, approver, sha)
+            assert refused.value.body.error == code
+        assert snapshot(agg) == before
+        assert client.approve_unlearning(0, "bank-b", digest).published is False
+        assert client.approve_unlearning(0, "bank-b", digest).approvals == ["bank-b"]  # repeated: counted once
+        assert httpx.get(f"{agg.url}/v1/unlearning").json() == []
+        done = client.approve_unlearning(0, "bank-c", digest)
+        assert done.published and done.approvals == ["bank-b", "bank-c"]
+        [record] = client.unlearnings()
+        assert record.sha256 == digest and client.pending_unlearnings() == []
+        applied = decrypt_envelope(keys, EnvelopeReader.from_bytes(client.unlearning_aggregate(0)), round=cfg.rounds)
+        assert np.abs(applied - up.sent).max() < 1e-12
+        assert client.approve_unlearning(0, "bank-c", digest).published  # idempotent after publication
+        client.close()

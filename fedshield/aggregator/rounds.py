@@ -33,7 +33,7 @@ from ..faults import crash_point
 from ..fairness import fedavg_weights, loss_weights, lr_scales
 from ..updates import kept_count
 from ..wire.messages import JoinRequest, RoundPlan, RoundSummary, Status, StatusSummary, UploadMetadata, UploadReceipt
-from ..wire.unlearning import UnlearningAudit, UnlearningRecord
+from ..wire.unlearning import PendingUnlearning, UnlearningAudit, UnlearningRecord
 from . import telemetry
 from .store import Store, fsync_dir
 
@@ -515,42 +515,99 @@ class Coordinator:
             self._joined_silo(silo)
             digest, size = sha256_file(tmp_path), tmp_path.stat().st_size
             records = self.store.unlearnings()
-            previous = next((r for r in records if r["version"] == version), None)
+            waiting = self.store.pending_unlearnings()
+            previous = next((r for r in records + waiting if r["version"] == version), None)
             if previous is not None:
                 if (previous["silo"], previous["sha256"]) == (silo, digest):
-                    return UploadReceipt(round=self.unlearning_round(version), silo=silo, bytes=size, sha256=digest, duplicate=True)
-                raise ApiError(409, "conflicting_upload", f"unlearning {version} was already published by {previous['silo']!r}")
+                    return UploadReceipt(round=self.unlearning_round(version), silo=silo, bytes=size, sha256=digest, duplicate=True,
+                                         pending=previous in waiting)
+                raise ApiError(409, "conflicting_upload", f"unlearning {version} was already uploaded by {previous['silo']!r}")
             if not self.finished:
                 raise ApiError(409, "federation_running", "unlearning replaces the adapter of a finished federation; "
                                                           f"round {self.current} is still open")
             if version != len(records):
                 raise ApiError(409, "wrong_version", f"the next unlearning is version {len(records)}, not {version}")
-            vector_size, layout = self._vector()
-            packing = unlearning_packing(self.config)
-            try:
-                with EnvelopeReader.open(tmp_path) as reader:
-                    head = reader.header
-                    if head.silo != silo:
-                        raise ApiError(400, "silo_mismatch", f"the envelope is from silo {head.silo!r}, uploaded as {silo!r}")
-                    if not abs(head.weight - 1.0) <= 1e-9:
-                        raise ApiError(400, "wrong_weight", f"a replacement is weighted 1, the envelope says {head.weight}")
-                    if head.packing != packing:
-                        raise ApiError(400, "wrong_packing", f"packing: a replacement is packed as the run's spec says "
-                                                             f"({packing.model_dump()}), the envelope says {head.packing.model_dump()}")
-                    published = EncryptedSum(self.keys, round=self.unlearning_round(version), count=vector_size,
-                                             packing=packing, layout=layout)
-                    published.add(reader)
-            except CryptoError as exc:
-                raise ApiError(400, CRYPTO_ERROR_CODES.get(type(exc).__name__, "bad_envelope"), str(exc)) from None
+            published = self._replacement(version, silo, tmp_path)
             audit = audit.model_copy(update={"requested_by": sanitise(audit.requested_by), "reason": sanitise(audit.reason, 500)})
-            folder = self.store.unlearning_dir(version)
-            save_envelope(folder / "aggregate.fshe", published.to_bytes())
+            receipt = UploadReceipt(round=self.unlearning_round(version), silo=silo, bytes=size, sha256=digest, duplicate=False)
+            if self.config.privacy.unlearning_approvals == 0:
+                folder = self.store.unlearning_dir(version)
+                save_envelope(folder / "aggregate.fshe", published.to_bytes())
+                os.replace(tmp_path, folder / f"{silo}.fshe")
+                fsync_dir(folder)
+                self.store.add_unlearning(version, silo, digest, size, self.adapter_version(), audit.model_dump())
+                log.info("unlearning %d published for silo %s (%d users)", version, silo, audit.users_count)
+                self._publish()
+                return receipt
+            folder = self.store.pending_dir(version)
             os.replace(tmp_path, folder / f"{silo}.fshe")
             fsync_dir(folder)
-            self.store.add_unlearning(version, silo, digest, size, self.adapter_version(), audit.model_dump())
-            log.info("unlearning %d published for silo %s (%d users)", version, silo, audit.users_count)
-            self._publish()
-            return UploadReceipt(round=self.unlearning_round(version), silo=silo, bytes=size, sha256=digest, duplicate=False)
+            self.store.add_pending_unlearning(version, silo, digest, size, audit.model_dump())
+            log.info("unlearning %d from silo %s waits for %d approvals", version, silo, self.config.privacy.unlearning_approvals)
+            return receipt.model_copy(update={"pending": True})
+
+    def _replacement(self, version: int, silo: str, path: Path) -> EncryptedSum:
+        """Check a replacement envelope (silo, weight 1, the spec's packing, ciphertexts) and return it as a sum to publish."""
+        vector_size, layout = self._vector()
+        packing = unlearning_packing(self.config)
+        try:
+            with EnvelopeReader.open(path) as reader:
+                head = reader.header
+                if head.silo != silo:
+                    raise ApiError(400, "silo_mismatch", f"the envelope is from silo {head.silo!r}, uploaded as {silo!r}")
+                if not abs(head.weight - 1.0) <= 1e-9:
+                    raise ApiError(400, "wrong_weight", f"a replacement is weighted 1, the envelope says {head.weight}")
+                if head.packing != packing:
+                    raise ApiError(400, "wrong_packing", f"packing: a replacement is packed as the run's spec says "
+                                                         f"({packing.model_dump()}), the envelope says {head.packing.model_dump()}")
+                published = EncryptedSum(self.keys, round=self.unlearning_round(version), count=vector_size,
+                                         packing=packing, layout=layout)
+                published.add(reader)
+        except CryptoError as exc:
+            raise ApiError(400, CRYPTO_ERROR_CODES.get(type(exc).__name__, "bad_envelope"), str(exc)) from None
+        return published
+
+    def pending_unlearnings(self) -> list[PendingUnlearning]:
+        with self._lock:
+            return [PendingUnlearning(version=r["version"], silo=r["silo"], sha256=r["sha256"], bytes=r["bytes"],
+                                      received_at=r["received_at"], audit=UnlearningAudit(**r["audit"]), approvals=r["approvals"],
+                                      needed=self.config.privacy.unlearning_approvals)
+                    for r in self.store.pending_unlearnings()]
+
+    def approve_unlearning(self, version: int, approver: str, sha256: str) -> PendingUnlearning:
+        """Another silo approves exactly these bytes; with enough approvals the unlearning is published."""
+        with self._lock:
+            self._joined_silo(approver)
+            pending = next((r for r in self.store.pending_unlearnings() if r["version"] == version), None)
+            if pending is None:
+                done = next((r for r in self.store.unlearnings() if r["version"] == version), None)
+                if done is not None and done["sha256"] == sha256:  # a repeated approval after publication
+                    return PendingUnlearning(version=version, silo=done["silo"], sha256=done["sha256"], bytes=done["bytes"],
+                                             received_at=done["received_at"], audit=UnlearningAudit(**done["audit"]), approvals=[],
+                                             needed=self.config.privacy.unlearning_approvals, published=True)
+                raise ApiError(404, "unknown_unlearning", f"no unlearning {version} is waiting for approval")
+            if approver == pending["silo"]:
+                raise ApiError(403, "self_approval", f"silo {approver!r} uploaded unlearning {version}: another silo must approve it")
+            if sha256 != pending["sha256"]:
+                raise ApiError(409, "sha256_mismatch", f"unlearning {version} has SHA-256 {pending['sha256']}, not {sha256}")
+            self.store.approve_pending(version, approver)
+            approvals = sorted(set(pending["approvals"]) | {approver})
+            log.info("unlearning %d approved by %s (%d of %d)", version, approver, len(approvals),
+                     self.config.privacy.unlearning_approvals)
+            published = len(approvals) >= self.config.privacy.unlearning_approvals
+            if published:
+                source = self.store.pending_dir(version) / f"{pending['silo']}.fshe"
+                total = self._replacement(version, pending["silo"], source)
+                folder = self.store.unlearning_dir(version)
+                save_envelope(folder / "aggregate.fshe", total.to_bytes())
+                os.replace(source, folder / f"{pending['silo']}.fshe")
+                fsync_dir(folder)
+                self.store.publish_pending(version, self.adapter_version())
+                log.info("unlearning %d published for silo %s after %d approvals", version, pending["silo"], len(approvals))
+                self._publish()
+            return PendingUnlearning(version=version, silo=pending["silo"], sha256=pending["sha256"], bytes=pending["bytes"],
+                                     received_at=pending["received_at"], audit=UnlearningAudit(**pending["audit"]),
+                                     approvals=approvals, needed=self.config.privacy.unlearning_approvals, published=published)
 
     def tick(self) -> None:
         """Close the open round if its deadline has passed (called periodically)."""

@@ -31,7 +31,7 @@ from ..security.limits import Busy, RateLimiter, UploadSlots
 from ..security.slowpeers import header_deadline_protocol
 from ..security.tls import ServerTLS, uvicorn_ssl_options
 from ..wire.messages import MAX_INT, ErrorBody, JoinRequest, RoundPlan, Status, UploadMetadata, UploadReceipt, WithdrawRequest
-from ..wire.unlearning import AUDIT_HEADER, UnlearningAudit, UnlearningRecord
+from ..wire.unlearning import AUDIT_HEADER, ApprovalRequest, PendingUnlearning, UnlearningAudit, UnlearningRecord
 from .rounds import STATUS_PAGE, ApiError, Coordinator, unlearning_packing
 from .store import Store
 
@@ -296,6 +296,18 @@ def create_app(coordinator: Coordinator, auth: Authenticator | None = None) -> F
         with slots.hold(silo if silo in coordinator.config.silo_names else None):
             path = await _spool(request, replacement_limit(coordinator))
             return await run_in_threadpool(coordinator.accept_unlearning, version, silo, path, audit)
+
+    @app.get("/v1/unlearning/pending", response_model=list[PendingUnlearning], responses=ERRORS)
+    def pending_unlearnings(request: Request) -> list[PendingUnlearning]:
+        """Unlearnings uploaded but waiting for other silos' approval (``privacy.unlearning_approvals``)."""
+        joined_caller(request)
+        return coordinator.pending_unlearnings()
+
+    @app.post("/v1/unlearning/{version}/approvals/{silo}", response_model=PendingUnlearning, responses=ERRORS)
+    def approve_unlearning(version: Round, silo: str, req: ApprovalRequest, request: Request) -> PendingUnlearning:
+        """Silo ``silo`` approves pending unlearning ``version`` (exactly the bytes with this SHA-256)."""
+        caller(request, silo)
+        return coordinator.approve_unlearning(version, silo, req.sha256)
 
     @app.get("/v1/unlearning/{version}/aggregate", responses={200: {"content": {"application/octet-stream": {}}}, **ERRORS})
     def unlearning_aggregate(version: Round, request: Request) -> FileResponse:

@@ -38,6 +38,9 @@ CREATE TABLE IF NOT EXISTS withdrawals (
 CREATE TABLE IF NOT EXISTS uploads (
     round INTEGER NOT NULL, silo TEXT NOT NULL, sha256 TEXT NOT NULL, bytes INTEGER NOT NULL,
     metadata TEXT NOT NULL, received_at REAL NOT NULL, PRIMARY KEY (round, silo));
+CREATE TABLE IF NOT EXISTS pending_unlearnings (
+    version INTEGER PRIMARY KEY, silo TEXT NOT NULL, sha256 TEXT NOT NULL, bytes INTEGER NOT NULL,
+    audit TEXT NOT NULL, received_at REAL NOT NULL, approvals TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS unlearnings (
     version INTEGER PRIMARY KEY, silo TEXT NOT NULL, sha256 TEXT NOT NULL, bytes INTEGER NOT NULL,
     adapter_before INTEGER NOT NULL, audit TEXT NOT NULL, received_at REAL NOT NULL);
@@ -199,6 +202,36 @@ class Store:
     def add_unlearning(self, version: int, silo: str, sha256: str, size: int, adapter_before: int, audit: dict) -> None:
         self._write("INSERT INTO unlearnings VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (version, silo, sha256, size, adapter_before, json.dumps(audit), time.time()))
+
+    def pending_dir(self, version: int) -> Path:
+        path = self.root / "unlearning" / "pending" / f"{version:05d}"
+        if not path.is_dir():
+            path.mkdir(parents=True, exist_ok=True)
+            fsync_dir(path.parent)
+        return path
+
+    def add_pending_unlearning(self, version: int, silo: str, sha256: str, size: int, audit: dict) -> None:
+        self._write("INSERT INTO pending_unlearnings VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (version, silo, sha256, size, json.dumps(audit), time.time(), "[]"))
+
+    def approve_pending(self, version: int, silo: str) -> None:
+        rows = self._read("SELECT approvals FROM pending_unlearnings WHERE version = ?", (version,))
+        approvals = sorted(set(json.loads(rows[0][0])) | {silo})
+        self._write("UPDATE pending_unlearnings SET approvals = ? WHERE version = ?", (json.dumps(approvals), version))
+
+    def pending_unlearnings(self) -> list[dict]:
+        rows = self._read("SELECT version, silo, sha256, bytes, audit, received_at, approvals FROM pending_unlearnings ORDER BY version")
+        return [{"version": v, "silo": s, "sha256": h, "bytes": b, "audit": json.loads(j), "received_at": t, "approvals": json.loads(a)}
+                for v, s, h, b, j, t, a in rows]
+
+    def publish_pending(self, version: int, adapter_before: int) -> None:
+        """A pending unlearning becomes published (one transaction: it is pending or published, never both)."""
+        row = next(r for r in self.pending_unlearnings() if r["version"] == version)
+        self._transaction([
+            ("INSERT INTO unlearnings VALUES (?, ?, ?, ?, ?, ?, ?)",
+             (version, row["silo"], row["sha256"], row["bytes"], adapter_before, json.dumps(row["audit"]), time.time())),
+            ("DELETE FROM pending_unlearnings WHERE version = ?", (version,)),
+        ])
 
     def unlearnings(self) -> list[dict]:
         rows = self._read("SELECT version, silo, sha256, bytes, adapter_before, audit, received_at FROM unlearnings ORDER BY version")

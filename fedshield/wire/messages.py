@@ -61,6 +61,7 @@ class UploadReceipt(Message):
     bytes: int
     sha256: str
     duplicate: bool = Field(description="True when this exact upload had already been accepted (a retry).")
+    pending: bool = Field(False, description="An unlearning waiting for other silos' approval (not yet published).")
 
 
 class RoundSummary(Message):
