@@ -618,3 +618,21 @@ def test_an_unlearning_needs_the_approval_of_other_silos_before_it_is_published(
         assert np.abs(applied - up.sent).max() < 1e-12
         assert client.approve_unlearning(0, "bank-c", digest).published  # idempotent after publication
         client.close()
+
+
+def test_the_aggregator_command_refuses_a_state_directory_in_use(public_keys, keys, tmp_path, capsys):
+    import yaml
+
+    from fedshield.cli import main
+    from fedshield.crypto import write_key_pair
+    from fedshield.crypto.keys import PUBLIC_FILE
+
+    write_key_pair(keys, tmp_path / "keys")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config().model_dump(mode="json")))
+    held = Store(tmp_path / "state")  # as a running aggregator holds it
+    try:
+        code = main(["aggregator", "--config", str(tmp_path / "config.yaml"), "--public-key", str(tmp_path / "keys" / PUBLIC_FILE),
+                     "--state-dir", str(tmp_path / "state")])
+    finally:
+        held.close()
+    assert code == 2 and "in use by another aggregator" in capsys.readouterr().err
