@@ -18,7 +18,6 @@ from typing import Mapping
 
 import numpy as np
 
-
 # Validation losses outside this range are refused at upload; the plan clamps again, so no float can break it.
 LOSS_FLOOR, LOSS_CEILING = 1e-8, 1e4
 
