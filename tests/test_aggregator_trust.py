@@ -636,3 +636,12 @@ def test_the_aggregator_command_refuses_a_state_directory_in_use(public_keys, ke
     finally:
         held.close()
     assert code == 2 and "in use by another aggregator" in capsys.readouterr().err
+
+
+def test_the_silo_client_retries_an_upload_refused_as_too_slow():
+    from fedshield.wire.client import AggregatorClient
+
+    answers = iter([httpx.Response(408, json={"error": "body_timeout", "detail": "slow"}), httpx.Response(200, json={"ok": 1})])
+    client = AggregatorClient("http://127.0.0.1:1", backoff_s=0.0)
+    assert client._call(lambda: next(answers), sleep=lambda _s: None).status_code == 200 and client.retried == 1
+    client.close()

@@ -108,7 +108,7 @@ class AggregatorClient:
                     base = wait if wait is not None else self.backoff_s
                     delay = base + random.uniform(0, max(base, self.backoff_s))
                     log.info("aggregator busy (%d); retrying in %.2f s", response.status_code, delay)
-                elif response.status_code < 500:
+                elif response.status_code < 500 and response.status_code != 408:  # 408: our body was too slow, try again
                     return response
                 else:
                     if failures >= self.retries:
