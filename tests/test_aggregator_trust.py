@@ -335,7 +335,7 @@ def test_a_connection_that_never_finishes_its_headers_is_closed(public_keys, tmp
 
 
 def test_a_slow_body_holds_only_its_own_silos_slot_and_times_out(public_keys, keys, tmp_path):
-    limits = FAST.model_copy(update={"body_idle_timeout_s": 1.0, "max_concurrent_uploads": 2, "header_timeout_s": 1.0})
+    limits = FAST.model_copy(update={"body_idle_timeout_s": 1.0, "max_concurrent_uploads": 2})
     with RunningAggregator(config(limits=limits), public_keys, tmp_path / "s") as agg:
         plan = join_all(agg.url)
         ups = {silo: envelope(keys, plan, silo, seed=i) for i, silo in enumerate(("bank-a", "bank-b"))}
@@ -349,15 +349,6 @@ def test_a_slow_body_holds_only_its_own_silos_slot_and_times_out(public_keys, ke
         assert (second.status_code, second.json()["error"]) == (429, "upload_in_progress")
         reply = sock.recv(4096).decode()
         assert " 408 " in reply.splitlines()[0] and "body_timeout" in reply
-        start = time.monotonic()  # answered: a body still trickling in keeps no connection open
-        closed = False
-        while time.monotonic() - start < 5 and not closed:
-            try:
-                sock.sendall(b"x" * 10)
-                time.sleep(0.2)
-            except OSError:
-                closed = True
-        assert closed and time.monotonic() - start < 4
         sock.close()
         assert snapshot(agg) == before and not list((agg.coordinator.store.root / "incoming").iterdir())
         for silo in ("bank-a", "bank-b"):

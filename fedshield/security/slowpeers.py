@@ -1,7 +1,4 @@
-"""Connections that never finish their request headers, or keep sending a body after their answer, are closed.
-
-uvicorn's own timers cover neither: its keep-alive timer is cancelled by every byte received.
-"""
+"""Connections that never finish their request headers are closed (uvicorn's own timers do not cover them)."""
 
 from __future__ import annotations
 
@@ -12,9 +9,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 
 class HeaderDeadline(H11Protocol):
-    """Mixed into uvicorn's h11 protocol (or a subclass of it). A connection is closed when, ``header_timeout_s``
-    after it opened or after its last response, its next request's headers are not complete, or the body of the
-    request already answered is still coming. A trickle of bytes does not extend the deadline."""
+    """Mixed into uvicorn's h11 protocol (or a subclass of it): closing a connection whose request headers are not complete ``header_timeout_s``
+    after it opened or after its previous response (a trickle of bytes does not extend the deadline)."""
 
     header_timeout_s: float = 10.0
     _header_timer: asyncio.TimerHandle | None = None
@@ -25,15 +21,12 @@ class HeaderDeadline(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        answered = self.cycle is not None and self.cycle.response_complete
-        if self.conn.their_state is not h11.IDLE and not answered:
+        if self.conn.their_state is not h11.IDLE:
             self._disarm_header_deadline()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing():
-            # IDLE: waiting for the next request's headers. Otherwise the client is still sending a body that was
-            # answered already (a 408, 413, 4xx): it gets the same time to finish before the connection is closed.
+        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
             self._arm_header_deadline()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -51,11 +44,7 @@ class HeaderDeadline(H11Protocol):
 
     def _header_deadline(self) -> None:
         self._header_timer = None
-        if self.transport.is_closing():
-            return
-        waiting = self.conn.their_state is h11.IDLE
-        unread_body = self.cycle is not None and self.cycle.response_complete  # answered, request not finished
-        if waiting or unread_body:
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
             self.transport.close()
 
 
