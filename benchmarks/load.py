@@ -97,7 +97,11 @@ def start_aggregator(root: Path, config: FederationConfig, keys, silos: list[str
         stdout=log, stderr=subprocess.STDOUT)
     log.close()
     url = f"https://127.0.0.1:{config.aggregator_port}"
-    _wait_healthy(url, root / "certs" / "ca.crt", proc)
+    try:
+        _wait_healthy(url, root / "certs" / "ca.crt", proc, timeout_s=300)
+    except BaseException:
+        stop(proc)
+        raise
     return proc, url, issued
 
 
