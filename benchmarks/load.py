@@ -167,9 +167,12 @@ def slow_body(honest: int = 8, upload_mb: float = 10.0, slow_s: float = 20.0) ->
                 client.join(JoinRequest(silo=silo, samples=100, vector_size=2 * kept, layout=LAYOUT))
             data = files["slow"].read_bytes()
             outcome: dict = {}
+            released = threading.Event()
 
-            def trickle():
+            def trickle():  # until the aggregator has given the slot back (then this client gives up too)
                 for i in range(0, len(data), 1024):
+                    if released.is_set():
+                        return
                     yield data[i:i + 1024]
                     time.sleep(1.0)
 
@@ -182,7 +185,7 @@ def slow_body(honest: int = 8, upload_mb: float = 10.0, slow_s: float = 20.0) ->
                                      headers={"content-length": str(len(data)), "content-type": "application/octet-stream"})
                         outcome["status"] = r.status_code
                         outcome["error"] = r.json().get("error")
-                except httpx.HTTPError as exc:
+                except Exception as exc:  # the client gave up mid-body (it stops once its slot was freed)
                     outcome["status"], outcome["error"] = None, type(exc).__name__
                 outcome["held_s"] = round(time.perf_counter() - t0, 1)
 
@@ -205,6 +208,20 @@ def slow_body(honest: int = 8, upload_mb: float = 10.0, slow_s: float = 20.0) ->
                 t.join()
             honest_s = time.perf_counter() - t0
             slow_still_streaming = slow.is_alive()
+            # The slow silo's slot: a second upload of it is 429 upload_in_progress while held, anything else once freed.
+            f = silo_files(root / "certs", "slow")
+            with httpx.Client(base_url=url, verify=client_context(f.ca, f.cert, f.key), timeout=30) as http:
+                while time.perf_counter() - t0 < 300:
+                    probe = http.put("/v1/rounds/0/uploads/slow", content=b"not an envelope", params={"samples": 100})
+                    error = probe.json().get("error")
+                    if error == "rate_limited":  # the probe's own upload rate: wait and ask again
+                        time.sleep(float(probe.headers.get("retry-after", "1")))
+                        continue
+                    if error != "upload_in_progress":
+                        break
+                    time.sleep(1.0)
+            outcome["slot_released_after_s"] = round(time.perf_counter() - t0 + 2.0, 1)
+            released.set()
             slow.join(300)
         finally:
             for client in locals().get("clients", {}).values():
