@@ -56,7 +56,13 @@ def _aggregator(args: argparse.Namespace) -> int:
         return 2
     tls = ServerTLS(Path(args.tls_cert), Path(args.tls_key), Path(args.client_ca) if args.client_ca else None) if args.tls_cert else None
     auth = Authenticator(mutual_tls=bool(args.client_ca), tokens=TokenStore.load(args.token_file) if args.token_file else None)
-    serve(load_config(args.config), keys, args.state_dir, host=args.host, port=args.port, tls=tls, auth=auth)
+    from .aggregator.store import StateLocked
+
+    try:
+        serve(load_config(args.config), keys, args.state_dir, host=args.host, port=args.port, tls=tls, auth=auth)
+    except (StateLocked, ValueError) as exc:  # another aggregator on this state, or a config the keys cannot carry
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -12,6 +12,9 @@ from .crypto.params import PackingParams
 from .crypto.envelope import SILO_NAME
 
 
+MAX_DECLARED_SAMPLES = 10**12  # far beyond any silo; keeps weights finite and exact in float64
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -35,8 +38,11 @@ class AggregationSpec(Strict):
     strategy: Literal["fedavg", "dynamic_balance"] = Field("fedavg", description="Weights by sample count, or by validation loss with per-silo learning rates.")
     q: float = Field(1.0, ge=0, le=10, description="dynamic_balance: weight ∝ samples * loss^q.")
     gamma: float = Field(1.0, ge=0, le=5, description="dynamic_balance: lr scale = (loss / mean loss)^gamma, within [0.5, 2].")
-    min_silos: int = Field(1, ge=1)
-    round_deadline_s: float = Field(600.0, gt=0, description="A round closes at this age if min_silos have uploaded.")
+    min_silos: int = Field(2, ge=2, description="Contributors an aggregate needs (never fewer than 2: one silo's update is never published).")
+    round_deadline_s: float = Field(600.0, gt=0, description="A round closes at this age if min_silos have uploaded; short of that it is extended.")
+    max_weight: float = Field(0.75, gt=0, le=1, description="Largest aggregation weight of one silo; the excess goes to the others.")
+    upload_retention_rounds: int = Field(0, ge=0, description="Closed rounds whose uploads are kept; older ones are deleted "
+                                                            "once their aggregate is durable (0: at once).")
 
 
 class DPSpec(Strict):
@@ -60,6 +66,10 @@ class PrivacySpec(Strict):
     packing: PackingParams = PackingParams()
     private_modules: tuple[str, ...] = Field((), description="fnmatch globs of LoRA parameters that never leave the silo.")
     dp: DPSpec = DPSpec()
+    unlearning_bound: float = Field(1.0, gt=0, le=2.0**10, description="Largest |change| of one coordinate an unlearning may "
+                                                                     "publish; the aggregator and every silo enforce it.")
+    unlearning_approvals: int = Field(0, ge=0, description="Other silos that must approve an unlearning (by its SHA-256) "
+                                                          "before the aggregator publishes it; 0 publishes at once.")
 
 
 class ModelSpec(Strict):
@@ -75,6 +85,8 @@ class DataSpec(Strict):
 
 class SiloSpec(Strict):
     name: str
+    samples: int | None = Field(None, ge=1, le=MAX_DECLARED_SAMPLES,
+                                description="Training examples the federation agreed this silo holds: bounds what it claims at join.")
     metrics_port: int | None = None
     epsilon_budget: float | None = Field(None, gt=0, description="This organisation's own DP budget (overrides privacy.dp).")
 
@@ -94,6 +106,12 @@ class LimitsSpec(Strict):
     silo_uploads_per_minute: float = Field(12.0, gt=0, description="Per-silo upload rate (retries included).")
     silo_upload_burst: int = Field(4, ge=1)
     retry_after_s: float = Field(1.0, gt=0, description="Retry-After sent with 503 when every upload slot is taken.")
+    header_timeout_s: float = Field(10.0, gt=0, description="A connection whose request headers are not complete by then is closed.")
+    body_idle_timeout_s: float = Field(10.0, gt=0, description="An upload body that sends nothing for this long is refused (408).")
+    min_upload_bytes_per_s: float = Field(256 * 1024, gt=0, description="An upload body must arrive within "
+                                                                       "body_idle_timeout_s + its length at this rate.")
+    observer_requests_per_s: float = Field(2.0, gt=0, description="Rate of /v1/status calls without a silo identity (all together).")
+    observer_burst: int = Field(10, ge=1)
 
 
 class FederationConfig(Strict):
@@ -121,11 +139,25 @@ class FederationConfig(Strict):
             raise ValueError(f"min_silos={self.aggregation.min_silos} exceeds the {len(names)} silos")
         if len(names) > self.privacy.packing.max_silos:
             raise ValueError(f"{len(names)} silos exceed packing.max_silos={self.privacy.packing.max_silos}")
+        declared = [s.samples is not None for s in self.silos]
+        if any(declared) and not all(declared):
+            raise ValueError("silos: declare samples for every silo or for none (then weights are equal)")
+        if self.privacy.unlearning_approvals > len(names) - 1:
+            raise ValueError(f"privacy.unlearning_approvals={self.privacy.unlearning_approvals} exceeds the {len(names) - 1} other silos")
+        if self.aggregation.max_weight * len(names) < 1:
+            raise ValueError(f"aggregation.max_weight={self.aggregation.max_weight} is below 1/{len(names)}: weights could not sum to 1")
         return self
 
     @property
     def silo_names(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.silos)
+
+    @property
+    def declared_samples(self) -> dict[str, int] | None:
+        """The sample counts the federation agreed per silo, or None when none were declared (equal weights)."""
+        if self.silos and all(s.samples is not None for s in self.silos):
+            return {s.name: s.samples for s in self.silos}
+        return None
 
     def dp_budget(self, silo: str | None = None):
         """The DP settings a silo applies (None without DP); sigma solved once from the target."""
@@ -145,6 +177,11 @@ class FederationConfig(Strict):
         if budget is None:
             return packing
         return packing.model_copy(update={"value_bound": max(packing.value_bound, 4 * budget.noise_multiplier * budget.clip_norm)})
+
+
+    def unlearning_packing(self) -> PackingParams:
+        """The packing of every unlearning replacement of this run: from the spec, never from the uploader's header."""
+        return PackingParams(value_bound=self.privacy.unlearning_bound, digits_per_slot=1, max_silos=1)
 
 
 def load_config(path: str | Path) -> FederationConfig:

@@ -13,32 +13,86 @@ validation loss. Two rules, both documented in docs/fairness.md:
 
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 import numpy as np
 
-
-def fedavg_weights(samples: Mapping[str, int]) -> dict[str, float]:
-    total = sum(samples.values())
-    return {name: n / total for name, n in sorted(samples.items())}
+# Validation losses outside this range are refused at upload; the plan clamps again, so no float can break it.
+LOSS_FLOOR, LOSS_CEILING = 1e-8, 1e4
 
 
-def loss_weights(samples: Mapping[str, int], losses: Mapping[str, float], q: float = 1.0) -> dict[str, float]:
-    """q-FFL-style weights ``n_i * L_i^q``, normalised; silos without a loss get the mean loss."""
-    known = [l for l in losses.values() if l is not None and np.isfinite(l)]
-    fallback = float(np.mean(known)) if known else 1.0
-    raw = {name: n * max(losses.get(name) if losses.get(name) is not None else fallback, 1e-8) ** q for name, n in samples.items()}
-    total = sum(raw.values())
-    return {name: v / total for name, v in sorted(raw.items())}
+def _clean_losses(losses: Mapping[str, float | None]) -> dict[str, float]:
+    """The finite losses, clamped to [LOSS_FLOOR, LOSS_CEILING]."""
+    return {n: min(max(float(v), LOSS_FLOOR), LOSS_CEILING) for n, v in losses.items()
+            if v is not None and math.isfinite(float(v))}
 
 
-def lr_scales(losses: Mapping[str, float], names: list[str], gamma: float = 1.0, lo: float = 0.5, hi: float = 2.0) -> dict[str, float]:
+def _normalise(raw: Mapping[str, float]) -> dict[str, float]:
+    """Shares of ``raw`` (finite, non-negative); equal shares when they cannot be formed."""
+    total = math.fsum(raw.values())
+    if not raw:
+        return {}
+    if not math.isfinite(total) or total <= 0 or not all(math.isfinite(v) and v >= 0 for v in raw.values()):
+        return {name: 1.0 / len(raw) for name in sorted(raw)}
+    return {name: raw[name] / total for name in sorted(raw)}
+
+
+def cap_weights(weights: Mapping[str, float], cap: float) -> dict[str, float]:
+    """Clip each weight at ``cap`` and share the excess among the others in proportion (water-filling).
+
+    A cap below 1/n cannot be met by weights summing to 1; it is raised to 1/n (equal weights).
+    """
+    weights = _normalise(weights)
+    if not weights:
+        return {}
+    cap = max(cap, 1.0 / len(weights))
+    fixed: dict[str, float] = {}
+    while True:
+        free = {n: w for n, w in weights.items() if n not in fixed}
+        room = 1.0 - cap * len(fixed)
+        shares = _normalise(free)
+        over = [n for n, share in shares.items() if share * room > cap * (1 + 1e-12)]
+        if not over:
+            out = {**{n: cap for n in fixed}, **{n: share * room for n, share in shares.items()}}
+            return {n: out[n] for n in sorted(out)}
+        fixed.update({n: cap for n in over})
+
+
+def fedavg_weights(samples: Mapping[str, int], cap: float = 1.0) -> dict[str, float]:
+    """Sample shares, capped at ``cap``."""
+    return cap_weights({name: float(n) for name, n in samples.items()}, cap)
+
+
+def loss_weights(samples: Mapping[str, int], losses: Mapping[str, float | None], q: float = 1.0, cap: float = 1.0) -> dict[str, float]:
+    """q-FFL-style weights ``n_i * L_i^q``, normalised and capped; silos without a loss get the mean loss.
+
+    Computed in log space from clamped losses: finite for any input (no overflow for q > 1).
+    """
+    known = _clean_losses(losses)
+    fallback = float(np.mean(list(known.values()))) if known else 1.0
+    try:
+        raw = {name: float(n) * known.get(name, fallback) ** q for name, n in samples.items()}
+    except OverflowError:
+        raw = {}
+    if raw and all(math.isfinite(v) and v > 0 for v in raw.values()) and math.isfinite(math.fsum(raw.values())):
+        return cap_weights(raw, cap)
+    logs = {name: math.log(max(float(n), 1.0)) + q * math.log(known.get(name, fallback)) for name, n in samples.items()}
+    top = max(logs.values(), default=0.0)
+    return cap_weights({name: math.exp(v - top) for name, v in logs.items()}, cap)
+
+
+def lr_scales(losses: Mapping[str, float | None], names: list[str], gamma: float = 1.0, lo: float = 0.5, hi: float = 2.0) -> dict[str, float]:
     """Per-silo learning-rate multipliers: above-average loss learns faster (1.0 without losses)."""
-    known = {n: l for n, l in losses.items() if l is not None and np.isfinite(l)}
+    known = _clean_losses(losses)
     if not known:
         return {name: 1.0 for name in names}
     mean = float(np.mean(list(known.values())))
-    return {name: float(np.clip((known.get(name, mean) / mean) ** gamma, lo, hi)) for name in names}
+    out = {}
+    for name in names:
+        log_ratio = gamma * (math.log(known.get(name, mean)) - math.log(mean))
+        out[name] = float(np.clip(math.exp(min(max(log_ratio, math.log(lo)), math.log(hi))), lo, hi))
+    return out
 
 
 def jain_index(values: list[float]) -> float:

@@ -11,11 +11,11 @@ import httpx
 import uvicorn
 
 from fedshield.aggregator.rounds import Coordinator
-from fedshield.aggregator.server import create_app
+from fedshield.aggregator.server import create_app, uvicorn_options
 from fedshield.aggregator.store import Store
 from fedshield.config import FederationConfig
 from fedshield.security.auth import Authenticator
-from fedshield.security.tls import ServerTLS, client_context, uvicorn_ssl_options
+from fedshield.security.tls import ServerTLS, client_context
 
 
 def free_port() -> int:
@@ -33,7 +33,7 @@ class RunningAggregator:
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         app = create_app(self.coordinator, auth)
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error",
-                                                    **uvicorn_ssl_options(tls)))
+                                                    **uvicorn_options(config, tls)))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def client(self, cert: Path | None = None, key: Path | None = None, **kw) -> httpx.Client:

@@ -8,11 +8,15 @@ from pathlib import Path
 import numpy as np
 from peft import PeftModel
 
-from fedshield.config import FederationConfig
+from fedshield.config import AggregationSpec, FederationConfig
 from fedshield.demo import Federation
 from fedshield.crypto import EnvelopeReader, decrypt_envelope, load_keys
 from fedshield.silo_agent.model import load_base, with_lora
 from fedshield.updates import VectorLayout, lora_parameters, round_mask, scatter
+
+
+# The aggregator deletes a closed round's uploads (issue 17); tests that recompute the global adapter keep them.
+KEEP_UPLOADS = AggregationSpec(upload_retention_rounds=10**6)
 
 
 def expected_global(config: FederationConfig, out: Path) -> tuple[VectorLayout, np.ndarray]:

@@ -14,16 +14,17 @@ from aggregator_harness import RunningAggregator
 
 SIZE, LAYOUT = 3000, "layout-1"
 SILOS = ("bank-a", "bank-b")
-SAMPLES = {"bank-a": 300, "bank-b": 100}
+SAMPLES = {"bank-a": 300, "bank-b": 100, "bank-c": 100}
 
 
-def config(**kw) -> FederationConfig:
-    return FederationConfig(silos=tuple(SiloSpec(name=n) for n in SILOS), rounds=2,
-                            aggregation=AggregationSpec(min_silos=1, round_deadline_s=kw.pop("deadline", 600)), **kw)
+def config(silos: tuple[str, ...] = SILOS, **kw) -> FederationConfig:
+    """The test federation; its spec declares each silo's samples (weights come from there, not from claims)."""
+    return FederationConfig(silos=tuple(SiloSpec(name=n, samples=SAMPLES[n]) for n in silos), rounds=2,
+                            aggregation=AggregationSpec(min_silos=2, round_deadline_s=kw.pop("deadline", 600)), **kw)
 
 
-def join_all(url: str) -> dict:
-    for silo in SILOS:
+def join_all(url: str, silos: tuple[str, ...] = SILOS) -> dict:
+    for silo in silos:
         r = httpx.post(f"{url}/v1/join", json={"silo": silo, "samples": SAMPLES[silo], "vector_size": SIZE, "layout": LAYOUT})
         assert r.status_code == 200, r.text
     return r.json()
@@ -132,21 +133,28 @@ def test_unknown_silo_wrong_round_and_malformed_requests(aggregator, keys):
     assert snapshot(aggregator) == before
 
 
-def test_late_upload_to_a_closed_round_is_refused(public_keys, keys, tmp_path):
-    with RunningAggregator(config(deadline=0.5), public_keys, tmp_path / "state") as agg:
-        plan = join_all(agg.url)
-        data, _ = make_upload(keys, "bank-a", plan)
-        assert put(agg.url, 0, "bank-a", data).status_code == 200
-        import time
+def _tick_until(agg, condition, seconds: float = 10) -> None:
+    import time
 
-        deadline = time.monotonic() + 10
-        while agg.coordinator.plan().round == 0 and time.monotonic() < deadline:
-            agg.coordinator.tick()
-            time.sleep(0.1)
-        late, _ = make_upload(keys, "bank-b", plan)
-        r = put(agg.url, 0, "bank-b", late)
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        agg.coordinator.tick()
+        time.sleep(0.1)
+
+
+def test_late_upload_to_a_closed_round_is_refused(public_keys, keys, tmp_path):
+    silos = ("bank-a", "bank-b", "bank-c")
+    with RunningAggregator(config(silos, deadline=0.5), public_keys, tmp_path / "state") as agg:
+        plan = join_all(agg.url, silos)
+        for i, silo in enumerate(silos[:2]):
+            assert put(agg.url, 0, silo, make_upload(keys, silo, plan, seed=i)[0]).status_code == 200
+        _tick_until(agg, lambda: agg.coordinator.plan().round != 0)
+        late, _ = make_upload(keys, "bank-c", plan)
+        r = put(agg.url, 0, "bank-c", late)
         assert (r.status_code, r.json()["error"]) == (409, "round_closed")
-        assert agg.coordinator.status().closed[0].contributors == ["bank-a"]
+        assert agg.coordinator.status().closed[0].contributors == ["bank-a", "bank-b"]
+        # bank-c did not contribute; two others did, so it may have the aggregate
+        assert httpx.get(f"{agg.url}/v1/rounds/0/aggregate").status_code == 200
 
 
 def test_coordinator_refuses_a_secret_key(keys, tmp_path):
@@ -154,20 +162,22 @@ def test_coordinator_refuses_a_secret_key(keys, tmp_path):
         Coordinator(config(), keys, Store(tmp_path))
 
 
-def test_withdrawn_silo_is_not_waited_for_and_cannot_upload(aggregator, keys):
-    plan = join_all(aggregator.url)
-    data_b, _ = make_upload(keys, "bank-b", plan)
-    r = httpx.post(f"{aggregator.url}/v1/silos/bank-a/withdraw", json={"reason": "privacy budget spent"})
-    assert r.status_code == 200 and r.json()["withdrawn"] == {"bank-a": "privacy budget spent"}
-    assert put(aggregator.url, 0, "bank-b", data_b).status_code == 200
-    assert httpx.get(f"{aggregator.url}/v1/rounds/0/aggregate").status_code == 200  # closed without bank-a
-    data_a, _ = make_upload(keys, "bank-a", httpx.get(f"{aggregator.url}/v1/plan").json(), round=1)
-    refused = put(aggregator.url, 1, "bank-a", data_a)
-    assert (refused.status_code, refused.json()["error"]) == (409, "withdrawn")
+def test_withdrawn_silo_is_not_waited_for_and_cannot_upload(public_keys, keys, tmp_path):
+    silos = ("bank-a", "bank-b", "bank-c")
+    with RunningAggregator(config(silos), public_keys, tmp_path / "state") as aggregator:
+        plan = join_all(aggregator.url, silos)
+        r = httpx.post(f"{aggregator.url}/v1/silos/bank-a/withdraw", json={"reason": "privacy budget spent"})
+        assert r.status_code == 200 and r.json()["withdrawn"] == {"bank-a": "privacy budget spent"}
+        for i, silo in enumerate(("bank-b", "bank-c")):
+            assert put(aggregator.url, 0, silo, make_upload(keys, silo, plan, seed=i)[0]).status_code == 200
+        assert httpx.get(f"{aggregator.url}/v1/rounds/0/aggregate").status_code == 200  # closed without bank-a
+        data_a, _ = make_upload(keys, "bank-a", httpx.get(f"{aggregator.url}/v1/plan").json(), round=1)
+        refused = put(aggregator.url, 1, "bank-a", data_a)
+        assert (refused.status_code, refused.json()["error"]) == (409, "withdrawn")
 
 
 def test_dynamic_balance_plan_weights_follow_validation_losses(public_keys, keys, tmp_path):
-    cfg = config().model_copy(update={"aggregation": AggregationSpec(strategy="dynamic_balance", min_silos=1)})
+    cfg = config().model_copy(update={"aggregation": AggregationSpec(strategy="dynamic_balance", min_silos=2)})
     with RunningAggregator(cfg, public_keys, tmp_path / "state") as agg:
         plan = join_all(agg.url)
         assert plan["weights"] == {"bank-a": 0.75, "bank-b": 0.25}  # round 0: no losses yet, sample shares

@@ -184,14 +184,18 @@ def test_without_a_key_no_secret_is_rendered_and_notes_say_how():
     assert "create secret generic fedshield-keys --from-file=secret.ckks=" in notes.stdout
 
 
+def with_partner(entry: dict) -> list[dict]:
+    """The entry and a second silo like it: a federation has at least 2 silos."""
+    return [entry, dict(entry, name="partner", namespace="partner-ns")]
+
+
 @pytest.mark.parametrize("args", SILO_CASES, ids=SILO_IDS)
 def test_silo_entry_drives_the_operator(args, key_file):
     """The chart's entry, put in a FederatedFinetune, gives a silo Job that mounts what the chart made."""
     docs = render(SILO, *args, "--set-file", f"ckks.secretKey={key_file}")
     values = yaml.safe_load(Path(args[1]).read_text()) if args else {}
     entry = silo_entry(docs)
-    spec = FederatedFinetuneSpec.model_validate(dict(EXAMPLE["spec"], silos=[entry.model_dump(by_alias=True, exclude_none=True)],
-                                                     aggregation={"minSilos": 1}))
+    spec = FederatedFinetuneSpec.model_validate(dict(EXAMPLE["spec"], silos=with_partner(entry.model_dump(by_alias=True, exclude_none=True))))
     job = silo_job(OWNER, spec, spec.silos[0])
     kubernetes_validate.validate(job, K8S_VERSION, strict=True)
     pod = job["spec"]["template"]["spec"]
@@ -305,7 +309,7 @@ def test_silo_pod_settings_reach_the_job_without_helm():
     """The SiloSpec fields the silo chart's entry sets (no helm needed)."""
     raw = dict(EXAMPLE["spec"]["silos"][0], gpus=2, gpuResource="amd.com/gpu", runtimeClassName="rocm",
                priorityClassName="fedshield-training", serviceAccountName="hospital-a-silo")
-    spec = FederatedFinetuneSpec.model_validate(dict(EXAMPLE["spec"], silos=[raw], aggregation={"minSilos": 1}))
+    spec = FederatedFinetuneSpec.model_validate(dict(EXAMPLE["spec"], silos=with_partner(raw)))
     job = silo_job(OWNER, spec, spec.silos[0])
     kubernetes_validate.validate(job, K8S_VERSION, strict=True)
     pod = job["spec"]["template"]["spec"]
@@ -354,7 +358,7 @@ def test_silo_certificate_secret_reaches_the_silo_job(key_file):
     entry = silo_entry(docs)
     assert entry.tls is not None and entry.tls.secret_name == "hospital-a-client-tls"
     spec = FederatedFinetuneSpec.model_validate(dict(
-        EXAMPLE["spec"], silos=[entry.model_dump(by_alias=True, exclude_none=True)], aggregation={"minSilos": 1},
+        EXAMPLE["spec"], silos=with_partner(entry.model_dump(by_alias=True, exclude_none=True)),
         aggregator=dict(EXAMPLE["spec"]["aggregator"], tls={"secretName": "aggregator-tls"})))
     job = silo_job(OWNER, spec, spec.silos[0])
     kubernetes_validate.validate(job, K8S_VERSION, strict=True)

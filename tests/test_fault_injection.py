@@ -20,14 +20,14 @@ from fedshield.config import AggregationSpec, FederationConfig, LoraSpec, Privac
 from fedshield.demo import Federation, with_local_ports
 
 from fault_proxy import FaultProxy, Faults
-from federation_checks import expected_global, saved_shared_vector, wait_for
+from federation_checks import KEEP_UPLOADS, expected_global, saved_shared_vector, wait_for
 
 pytestmark = pytest.mark.slow
 CONFIG = FederationConfig(
     rounds=3, silos=(SiloSpec(name="bank-a"), SiloSpec(name="bank-b")),
     lora=LoraSpec(r=4, alpha=8, target_modules=["q_proj", "v_proj", "lm_head"]),
     training=TrainingSpec(local_steps=4, batch_size=8), privacy=PrivacySpec(pruning=0.5),
-    aggregation=AggregationSpec(min_silos=2, round_deadline_s=3600),
+    aggregation=AggregationSpec(min_silos=2, round_deadline_s=3600, upload_retention_rounds=KEEP_UPLOADS.upload_retention_rounds),
 )
 # CKKS noise (~1e-7 per aggregate) is the only difference between runs; training carries it on a little.
 SAME = 1e-4
@@ -113,9 +113,10 @@ def test_connections_cut_and_delayed(tmp_path, fault_free):
 
 
 def test_silo_down_past_the_deadline_rejoins_from_the_global_state(tmp_path):
-    """A round closes at its deadline without the dead silo; restarted, it applies what it missed and goes on."""
+    """A round closes at its deadline without the dead silo (two others uploaded); restarted, it applies what it missed."""
+    silos = (*CONFIG.silos, SiloSpec(name="bank-c"))
     config = with_local_ports(CONFIG.model_copy(update={
-        "rounds": 4, "aggregation": AggregationSpec(min_silos=1, round_deadline_s=15)}))
+        "rounds": 4, "silos": silos, "aggregation": CONFIG.aggregation.model_copy(update={"round_deadline_s": 15})}))
     federation = Federation(config, tmp_path)
     try:
         federation.start()
@@ -126,7 +127,7 @@ def test_silo_down_past_the_deadline_rejoins_from_the_global_state(tmp_path):
         wait_for(federation.silos_done, 600, federation)
     finally:
         federation.stop()
-    assert "bank-a" not in counted(tmp_path)[1]  # round 1 closed at its deadline with bank-b alone
+    assert "bank-a" not in counted(tmp_path)[1]  # round 1 closed at its deadline with bank-b and bank-c
     history = sorted((r["round"], r["upload_bytes"]) for r in federation.records() if r["silo"] == "bank-a")
     assert [r for r, _ in history] == [0, 1, 2, 3] and history[1][1] == 0  # caught up on round 1, every round applied once
     layout, recomputed = expected_global(config, tmp_path)

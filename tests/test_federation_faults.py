@@ -8,7 +8,7 @@ import pytest
 from fedshield.config import FederationConfig, SiloSpec, TrainingSpec
 from fedshield.demo import Federation, with_local_ports
 
-from federation_checks import expected_global, saved_shared_vector, wait_for
+from federation_checks import KEEP_UPLOADS, expected_global, saved_shared_vector, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -16,6 +16,7 @@ pytestmark = pytest.mark.slow
 def test_killed_silo_resumes_from_its_checkpoint(tmp_path):
     config = with_local_ports(FederationConfig(
         rounds=3, silos=(SiloSpec(name="bank-a"), SiloSpec(name="bank-b")), training=TrainingSpec(local_steps=6, batch_size=8),
+        aggregation=KEEP_UPLOADS,
     ))
     federation = Federation(config, tmp_path)
     try:

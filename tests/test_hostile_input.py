@@ -268,6 +268,36 @@ def test_replay_of_another_silos_upload(world, as_url, round, samples, val_loss)
     check(world, r.status_code)
 
 
+# --- reports a silo makes about itself (issue 17): out of range, with a valid envelope -------------
+
+RANGES = {"train_loss": (0.0, 1e4), "val_loss": (0.0, 1e4), "val_auc": (0.0, 1.0), "epsilon": (0.0, 1e6)}
+
+
+def _outside(field: str) -> st.SearchStrategy:
+    lo, hi = RANGES[field]
+    return (st.floats(allow_nan=False, allow_infinity=False).filter(lambda v: v < lo or v > hi).map(repr)
+            | st.sampled_from(["nan", "inf", "-inf", "1e309", "1.7e308", "-0.0001", "1e300"]).filter(
+                lambda v: not lo <= float(v) <= hi))
+
+
+@cases(30)
+@given(data=st.data(), field=st.sampled_from(sorted(RANGES)))
+def test_self_reports_out_of_range(world, data, field):
+    value = data.draw(_outside(field))
+    r = put(world, world.valid["bank-a"], **{field: value})
+    assert r.status_code == 422 and field in r.json()["detail"], r.text
+    check(world, r.status_code)
+
+
+@cases(10)
+@given(samples=st.sampled_from(["0", "-1", str(2**53 + 1), str(2**64), "1e3", "nan"]))
+def test_sample_claims_out_of_range(world, samples):
+    r = world.http["bank-a"].put("/v1/rounds/0/uploads/bank-a", content=world.valid["bank-a"], params={"samples": samples},
+                                 headers={"content-type": "application/octet-stream"})
+    assert r.status_code == 422 and "samples" in r.json()["detail"], r.text
+    check(world, r.status_code)
+
+
 # --- path tricks in silo names and round numbers ------------------------------------------------
 
 SILO_TRICKS = st.sampled_from(["..", "%2e%2e", "bank-a/../bank-b", "..%2fbank-b", "BANK-A", "bank-a%00", "bank-a.fshe",

@@ -24,11 +24,11 @@ def spec_with(n_silos: int, **overrides) -> FederatedFinetuneSpec:
     raw = dict(EXAMPLE["spec"], **overrides)
     template = EXAMPLE["spec"]["silos"][0]
     raw["silos"] = [dict(template, name=f"org-{i}", namespace=f"org-{i}-ns") for i in range(n_silos)]
-    raw["aggregation"] = dict(raw["aggregation"], minSilos=1)
+    raw["aggregation"] = dict(raw["aggregation"], minSilos=2)
     return FederatedFinetuneSpec.model_validate(raw)
 
 
-@pytest.mark.parametrize("n_silos", [1, 3, 50])
+@pytest.mark.parametrize("n_silos", [2, 3, 50])
 def test_every_manifest_validates_strictly(n_silos):
     children = desired_children(OWNER, spec_with(n_silos))
     kinds = [c["kind"] for c in children]

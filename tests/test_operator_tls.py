@@ -17,7 +17,7 @@ async def test_status_over_mutual_tls_with_the_ca_bundle_only(tmp_path, public_k
     issue_all(tmp_path / "other", ["bank-a"])  # another CA
     certs = tmp_path / "certs"
     tls = ServerTLS(certs / "aggregator.crt", certs / "aggregator.key", certs / "ca.crt")
-    config = FederationConfig(silos=(SiloSpec(name="bank-a"),), rounds=1)
+    config = FederationConfig(silos=(SiloSpec(name="bank-a"), SiloSpec(name="bank-b")), rounds=1)
     with RunningAggregator(config, public_keys, tmp_path / "state", tls=tls, auth=Authenticator(mutual_tls=True)) as agg:
         monkeypatch.setenv(CA_ENV, str(certs / "ca.crt"))
         status = await fetch_aggregator_status(agg.url)

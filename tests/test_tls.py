@@ -32,7 +32,7 @@ SILOS = ("bank-a", "bank-b")
 
 def config(**limits) -> FederationConfig:
     return FederationConfig(silos=tuple(SiloSpec(name=n) for n in SILOS), rounds=2,
-                            aggregation=AggregationSpec(min_silos=1), limits=LimitsSpec(**limits))
+                            aggregation=AggregationSpec(min_silos=2), limits=LimitsSpec(**limits))
 
 
 @pytest.fixture(scope="module")

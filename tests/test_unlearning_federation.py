@@ -21,7 +21,7 @@ from fedshield.silo_agent.forget import ForgetRequest, run_unlearning
 from fedshield.unlearning import UnlearningSpec
 from fedshield.wire.client import AggregatorRefused
 
-from federation_checks import expected_global, saved_shared_vector, wait_for
+from federation_checks import KEEP_UPLOADS, expected_global, saved_shared_vector, wait_for
 
 pytestmark = pytest.mark.slow
 SPEC = UnlearningSpec(steps=6, augment_steps=4, batch_size=8)
@@ -32,6 +32,7 @@ def test_one_silo_forgets_and_every_silo_gets_the_new_adapter(tmp_path):
         rounds=2, silos=(SiloSpec(name="shop-a"), SiloSpec(name="shop-b")),
         lora=LoraSpec(r=4, alpha=8, target_modules=["q_proj", "v_proj", "lm_head"]),
         training=TrainingSpec(local_steps=4, batch_size=8), privacy=PrivacySpec(pruning=0.5, private_modules=["*.layers.0.*"]),
+        aggregation=KEEP_UPLOADS,
     ))
     federation = Federation(config, tmp_path, security="none")
     try:

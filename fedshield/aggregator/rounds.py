@@ -1,10 +1,18 @@
 """The aggregator's round state machine, independent of HTTP.
 
 Silos join (all configured silos, each once); round 0 opens; a round closes when
-every silo has uploaded, or when its deadline has passed with at least
-``min_silos`` uploads; its aggregate is written; the next round opens. Every
-decision is persisted first (see ``store``), so a restarted aggregator resumes
-where it stopped, counting each accepted upload exactly once.
+every silo still in the federation has uploaded, or when its deadline has passed with
+at least ``min_silos`` uploads; its aggregate is written; the next round opens. An
+aggregate never sums fewer than ``MIN_CONTRIBUTORS`` uploads: a round short of them at
+its deadline stays open (it is *extended*) until enough silos upload, and a federation
+left with fewer than two silos stops without publishing its open round. Closing a round
+and opening the next commit in one transaction, after the next round's plan has been
+computed: a plan that fails changes nothing. Every decision is persisted first (see
+``store``), so a restarted aggregator resumes where it stopped, counting each accepted
+upload exactly once.
+
+Weights come from what the federation agreed (declared sample counts, or equal
+weights), never from what a silo claims, and are capped per silo (``max_weight``).
 """
 
 from __future__ import annotations
@@ -19,15 +27,20 @@ from pathlib import Path
 from ..config import FederationConfig
 from ..crypto import CryptoError, EncryptedSum, EnvelopeReader, Keys
 from ..crypto.envelope import save_envelope
+from ..crypto.noise import check_noise_budget
+from ..crypto.params import PackingParams
 from ..faults import crash_point
 from ..fairness import fedavg_weights, loss_weights, lr_scales
 from ..updates import kept_count
-from ..wire.messages import JoinRequest, RoundPlan, RoundSummary, Status, UploadMetadata, UploadReceipt
-from ..wire.unlearning import UnlearningAudit, UnlearningRecord
+from ..wire.messages import JoinRequest, RoundPlan, RoundSummary, Status, StatusSummary, UploadMetadata, UploadReceipt
+from ..wire.unlearning import PendingUnlearning, UnlearningAudit, UnlearningRecord
 from . import telemetry
-from .store import Store
+from .store import Store, fsync_dir
 
 log = logging.getLogger("fedshield.aggregator")
+MIN_CONTRIBUTORS = 2  # an aggregate of one upload is that silo's update: never published
+STATUS_PAGE = 20  # closed rounds /v1/status lists at most (older ones are paged with closed_from)
+TEXT_LIMIT = 200
 
 CRYPTO_ERROR_CODES = {
     "FormatError": "malformed_envelope",
@@ -47,6 +60,34 @@ class ApiError(Exception):
         self.status, self.code, self.detail = status, code, detail
 
 
+def sanitise(text: str, limit: int = TEXT_LIMIT) -> str:
+    """One printable line: control characters (newlines included) become spaces; at most ``limit`` characters."""
+    cleaned = "".join(c if c.isprintable() else " " for c in str(text))
+    return " ".join(cleaned.split())[:limit]
+
+
+def effective_samples(config: FederationConfig, joined: dict[str, int]) -> dict[str, int]:
+    """The sample counts weights use: declared counts bound the claims; nothing declared means equal weights."""
+    declared = config.declared_samples
+    if declared is None:
+        return {name: 1 for name in joined}
+    return {name: min(claimed, declared.get(name, claimed)) for name, claimed in joined.items()}
+
+
+def compute_plan(config: FederationConfig, samples: dict[str, int], losses: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+    """A round's weights and learning-rate scales from the agreed samples and the last validation losses (pure)."""
+    agg = config.aggregation
+    if agg.strategy == "dynamic_balance":
+        return (loss_weights(samples, losses, q=agg.q, cap=agg.max_weight),
+                lr_scales(losses, list(config.silo_names), gamma=agg.gamma))
+    return fedavg_weights(samples, cap=agg.max_weight), {name: 1.0 for name in config.silo_names}
+
+
+def unlearning_packing(config: FederationConfig) -> PackingParams:
+    """The packing every unlearning replacement of this run uses: from the spec, never from the uploader."""
+    return config.unlearning_packing()
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -59,6 +100,7 @@ class Coordinator:
     def __init__(self, config: FederationConfig, public_keys: Keys, store: Store):
         if public_keys.has_secret_key:
             raise ValueError("the aggregator must be given the public context only (it holds a secret key)")
+        check_noise_budget(public_keys.params.scale_bits, config.packing().max_silos)  # before touching any state
         self.config, self.keys, self.store = config, public_keys, store
         self._lock = threading.RLock()
         self._sum: EncryptedSum | None = None
@@ -68,13 +110,24 @@ class Coordinator:
         self._weights: dict[str, float] = {}
         self._lr_scales: dict[str, float] = {}
         self._deadline_at: float | None = None
+        self._extended_logged: int | None = None
+        # What /v1/status summarises, kept up to date at each close (O(1) per request).
+        self._losses: dict[str, float] = {}
+        self._closed_count = 0
+        self._last_round: dict[str, int] = {}
+        self._max_epsilon: float | None = None
+        self._fairness_gap: float | None = None
         self._restore()
 
     # --- state ---------------------------------------------------------------------------
 
     def _restore(self) -> None:
+        self._quarantine_incoming()
         rounds = self.store.rounds()
         closed = [r for r in rounds if r["closed_at"] is not None]
+        for row in closed:
+            self._summarise_closed(row["round"], row["contributors"] or [])
+        self._drop_old_uploads(closed[-1]["round"] if closed else None)
         if len(closed) >= self.config.rounds:
             self.finished = True
             if self._joined():
@@ -84,14 +137,58 @@ class Coordinator:
         if open_rows:
             self.current = open_rows[0]["round"]
             self._fix_plan(open_rows[0]["opened_at"])
-            self._sum = self._new_sum()
-            for row in self.store.uploads(self.current):
-                with EnvelopeReader.open(row.path) as reader:
-                    self._sum.add(reader)
+            self._sum = self._rebuild_sum(quarantine=True)
             log.info("resumed round %d with %d accepted uploads", self.current, len(self._sum.contributors))
+            self._try_close()
         else:
             self._maybe_start()
         self._publish()
+
+    def _quarantine(self, path: Path, why: str) -> None:
+        """Move a torn or stale file aside (never fatal); an operator may inspect or delete it."""
+        folder = self.store.root / "quarantine"
+        folder.mkdir(exist_ok=True)
+        target = folder / f"{int(time.time() * 1000)}-{path.parent.name}-{path.name}"
+        os.replace(path, target)
+        fsync_dir(folder)
+        log.warning("quarantined %s (%s) as %s", path, why, target.name)
+
+    def _quarantine_incoming(self) -> None:
+        """Uploads a crash left half-received, and half-written aggregates, are moved aside at start."""
+        incoming = self.store.root / "incoming"
+        for path in sorted(incoming.glob("*")) if incoming.is_dir() else []:
+            self._quarantine(path, "an upload interrupted by a restart")
+        for path in sorted((self.store.root / "rounds").glob("*/*.tmp")):
+            self._quarantine(path, "a half-written aggregate")
+
+    def _rebuild_sum(self, quarantine: bool = False) -> EncryptedSum:
+        """The open round's running sum, from the ledger's rows and their files (the ledger is the truth).
+
+        With ``quarantine`` (at start), a row whose file is missing or torn is removed and its file moved
+        aside: that silo's retry is then accepted again. Files without a row are moved aside too.
+        """
+        total = self._new_sum()
+        rows = self.store.uploads(self.current)
+        for row in rows:
+            try:
+                with EnvelopeReader.open(row.path) as reader:
+                    probe = self._new_sum()
+                    probe.add(reader)  # validate alone first: a torn file must not half-enter the sum
+                with EnvelopeReader.open(row.path) as reader:
+                    total.add(reader)
+            except (CryptoError, OSError) as exc:
+                if not quarantine:
+                    raise
+                if row.path.exists():
+                    self._quarantine(row.path, f"unreadable upload: {exc}")
+                self.store.remove_upload(self.current, row.silo)
+                log.warning("round %d: the upload of %s was lost or torn; it will be accepted again", self.current, row.silo)
+        if quarantine:
+            known = {r.silo for r in self.store.uploads(self.current)}
+            for path in sorted(self.store.round_dir(self.current).glob("*.fshe")):
+                if path.stem not in known and path.name != "aggregate.fshe":
+                    self._quarantine(path, "a file without a ledger row")
+        return total
 
     def _joined(self) -> dict[str, tuple[int, int, str]]:
         return self.store.silos()
@@ -103,22 +200,25 @@ class Coordinator:
         _, size, layout = next(iter(joined.values()))
         return size, layout
 
-    def _new_sum(self) -> EncryptedSum:
+    def _new_sum(self, round: int | None = None) -> EncryptedSum:
         size, layout = self._vector()
         return EncryptedSum(
-            self.keys, round=self.current, count=kept_count(size, self.config.privacy.pruning),
+            self.keys, round=self.current if round is None else round, count=kept_count(size, self.config.privacy.pruning),
             packing=self.config.packing(), layout=layout,
         )
 
     def _maybe_start(self) -> None:
-        if self.current is None and set(self._joined()) == set(self.config.silo_names):
-            self._open(0)
-
-    def _open(self, round: int) -> None:
+        """Open round 0 once every silo has joined (or, after an old aggregator's crash, the round after the last closed)."""
+        if self.current is not None or self.finished:
+            return
+        round = self._closed_count
+        if round == 0 and set(self._joined()) != set(self.config.silo_names):
+            return
+        weights, scales = self._next_plan()  # computed first: if it fails, the round is not opened
         self.store.open_round(round)
         self.current = round
-        opened_at = next(r["opened_at"] for r in self.store.rounds() if r["round"] == round)
-        self._fix_plan(opened_at)
+        self._weights, self._lr_scales = weights, scales
+        self._deadline_at = self.store.round_row(round)["opened_at"] + self.config.aggregation.round_deadline_s
         self._sum = self._new_sum()
         log.info("round %d open", round)
         self._publish()
@@ -133,37 +233,51 @@ class Coordinator:
         telemetry.publish_plan(self.config.rounds if self.finished else (self.current or 0), self.config.rounds,
                                self._weights, self._lr_scales, expected, len(self._sum.contributors) if self._sum else 0)
         telemetry.publish_silos(self.config.silo_names, self.store.withdrawn())
-        closed = [r for r in self.store.rounds() if r["closed_at"] is not None]
-        if closed:
-            reports = {u.silo: u.metadata for u in self.store.uploads(closed[-1]["round"])}
-            telemetry.publish_reports(reports, expected, closed[-1]["contributors"])
-        telemetry.publish_unlearnings(self.store.unlearnings(), len(closed))
+        if self._closed_count:
+            last = self._closed_count - 1
+            row = self.store.round_row(last)
+            reports = {u.silo: u.metadata for u in self.store.uploads(last)}
+            telemetry.publish_reports(reports, expected, (row or {}).get("contributors") or [])
+        telemetry.publish_unlearnings(self.store.unlearnings(), self._closed_count)
+
+    def _next_plan(self, losses: dict[str, float] | None = None) -> tuple[dict[str, float], dict[str, float]]:
+        samples = effective_samples(self.config, {name: s for name, (s, _, _) in self._joined().items()})
+        return compute_plan(self.config, samples, self._losses if losses is None else losses)
 
     def _fix_plan(self, opened_at: float | None) -> None:
         """Weights, learning-rate scales and deadline of the round: they depend only on closed rounds."""
-        samples = {name: s for name, (s, _, _) in self._joined().items()}
-        agg = self.config.aggregation
-        if agg.strategy == "dynamic_balance":
-            losses = self._last_losses()
-            self._weights = loss_weights(samples, losses, q=agg.q)
-            self._lr_scales = lr_scales(losses, list(self.config.silo_names), gamma=agg.gamma)
-        else:
-            self._weights = fedavg_weights(samples)
-            self._lr_scales = {name: 1.0 for name in self.config.silo_names}
-        self._deadline_at = None if opened_at is None else opened_at + agg.round_deadline_s
+        self._weights, self._lr_scales = self._next_plan()
+        self._deadline_at = None if opened_at is None else opened_at + self.config.aggregation.round_deadline_s
 
-    def _last_losses(self) -> dict[str, float]:
-        """Each silo's most recent validation loss from closed rounds (stable while a round is open)."""
-        losses: dict[str, float] = {}
-        for row in self.store.rounds():
-            if row["closed_at"] is not None:
-                for upload in self.store.uploads(row["round"]):
-                    if upload.metadata.get("val_loss") is not None:
-                        losses[upload.silo] = upload.metadata["val_loss"]
-        return losses
+    def _summarise_closed(self, round: int, contributors: list[str]) -> None:
+        """Fold a closed round into the running summary (losses for the next plan, status numbers)."""
+        reports = {u.silo: u.metadata for u in self.store.uploads(round)}
+        for silo, meta in reports.items():
+            if meta.get("val_loss") is not None:
+                self._losses[silo] = meta["val_loss"]
+            if meta.get("epsilon") is not None:
+                self._max_epsilon = max(self._max_epsilon or 0.0, meta["epsilon"])
+        for silo in contributors:
+            self._last_round[silo] = round
+        aucs = [m["val_auc"] for m in reports.values() if m.get("val_auc") is not None]
+        self._fairness_gap = round_gap(aucs)
+        self._closed_count = round + 1
+
+    def _drop_old_uploads(self, last_closed: int | None) -> None:
+        """Delete the uploads of closed rounds past the retention (nothing reads them once the aggregate is durable)."""
+        if last_closed is None:
+            return
+        keep = self.config.aggregation.upload_retention_rounds
+        for folder in sorted((self.store.root / "rounds").glob("[0-9]*")):
+            if folder.name.isdigit() and int(folder.name) <= last_closed - keep:
+                removed = [p for p in folder.glob("*.fshe") if p.name != "aggregate.fshe"]
+                for path in removed:
+                    path.unlink(missing_ok=True)
+                if removed:
+                    fsync_dir(folder)
 
     def weights(self) -> dict[str, float]:
-        """This round's aggregation weights: FedAvg sample shares, or dynamic balance by validation loss."""
+        """This round's aggregation weights: agreed sample shares, or dynamic balance by validation loss; capped."""
         return dict(self._weights)
 
     def lr_scales(self) -> dict[str, float]:
@@ -191,40 +305,64 @@ class Coordinator:
                 layout=vector[1] if vector else None,
                 weights=self.weights() if state != "waiting_for_silos" else {},
                 lr_scales=self.lr_scales() if state == "open" else {},
-                withdrawn=self.store.withdrawn(),
+                withdrawn={silo: sanitise(reason) for silo, reason in self.store.withdrawn().items()},
                 deadline_s=max(0.0, deadline - time.time()) if deadline and state == "open" else None,
             )
 
-    def status(self) -> Status:
+    def status(self, viewer: str | None = None, everything: bool = True, closed_from: int | None = None,
+               limit: int = STATUS_PAGE) -> Status:
+        """The federation's progress: a summary (O(1) in rounds) and one page of closed rounds.
+
+        ``everything`` (plain-HTTP test runs only) shows every silo's reports; otherwise a silo sees its own
+        reports only and an observer (``viewer`` None) none, nor the sample counts.
+        """
         with self._lock:
+            count = self._closed_count
+            start = max(0, count - limit) if closed_from is None else min(max(0, closed_from), count)
+            rows = [r for r in self.store.rounds_page(start, min(limit, STATUS_PAGE)) if r["closed_at"] is not None]
             closed = []
-            for row in self.store.rounds():
-                if row["closed_at"] is None:
-                    continue
+            for row in rows:
                 uploads = {u.silo: u for u in self.store.uploads(row["round"])}
+                shown = {s: u for s, u in uploads.items() if everything or s == viewer}
                 closed.append(
                     RoundSummary(
                         round=row["round"], contributors=row["contributors"], weight_sum=row["weight_sum"],
-                        metadata={s: UploadMetadata(**u.metadata) for s, u in uploads.items()},
+                        metadata={s: UploadMetadata(**u.metadata) for s, u in shown.items()},
                         upload_bytes={s: u.bytes for s, u in uploads.items()},
-                        aggregate_bytes=self.store.aggregate_path(row["round"]).stat().st_size,
+                        aggregate_bytes=self._aggregate_bytes(row["round"]),
                         aggregate_s=row["aggregate_s"] or 0.0, round_s=row["closed_at"] - row["opened_at"],
                     )
                 )
+            joined = self._joined()
             return Status(
                 plan=self.plan(),
-                joined={n: s for n, (s, _, _) in self._joined().items()},
+                joined={n: (s if everything or n == viewer else 0) for n, (s, _, _) in joined.items()},
                 uploaded=list(self._sum.contributors) if self._sum and not self.finished else [],
                 closed=closed,
+                summary=StatusSummary(rounds_closed=count, last_round=dict(self._last_round),
+                                      fairness_gap=self._fairness_gap, max_epsilon=self._max_epsilon,
+                                      closed_from=start),
             )
 
-    def aggregate_path(self, round: int) -> Path:
+    def _aggregate_bytes(self, round: int) -> int:
+        path = self.store.aggregate_path(round)
+        return path.stat().st_size if path.exists() else 0
+
+    def aggregate_path(self, round: int, silo: str | None = None) -> Path:
+        """A closed round's aggregate; a silo that did not contribute gets it only if at least 2 others did."""
         with self._lock:
-            rows = {r["round"]: r for r in self.store.rounds()}
-            if round not in rows:
+            row = self.store.round_row(round)
+            if row is None:
                 raise ApiError(404, "unknown_round", f"round {round} has not been opened")
-            if rows[round]["closed_at"] is None:
+            if row["closed_at"] is None:
+                if self.finished:
+                    raise ApiError(409, "federation_stopped", f"the federation stopped at round {round} with fewer than "
+                                                              f"{MIN_CONTRIBUTORS} silos left: its aggregate is never published")
                 raise ApiError(425, "round_not_closed", f"round {round} is still open")
+            others = [c for c in row["contributors"] or [] if c != silo]
+            if len(others) < MIN_CONTRIBUTORS and (silo is None or silo not in (row["contributors"] or [])):
+                raise ApiError(403, "too_few_contributors",
+                               f"round {round} summed {len(row['contributors'] or [])} uploads: too few to publish to a non-contributor")
             return self.store.aggregate_path(round)
 
     # --- commands ------------------------------------------------------------------------
@@ -238,15 +376,22 @@ class Coordinator:
         if silo not in self._joined():
             raise ApiError(403, "not_joined", f"silo {silo!r} has not joined")
 
+    def _check_samples(self, silo: str, samples: int, field: str) -> None:
+        declared = (self.config.declared_samples or {}).get(silo)
+        if declared is not None and samples > declared:
+            raise ApiError(422, "samples_above_declared",
+                           f"{field}: silo {silo!r} claims {samples} samples, the federation declared {declared}")
+
     def join(self, req: JoinRequest) -> RoundPlan:
         with self._lock:
             self._known(req.silo)
+            self._check_samples(req.silo, req.samples, "samples")
             joined = self._joined()
             vector = self._vector()
             if vector and (req.vector_size, req.layout) != vector:
                 raise ApiError(
                     409, "layout_mismatch",
-                    f"silo {req.silo!r} has an update vector of {req.vector_size} values ({req.layout}), "
+                    f"silo {req.silo!r} has an update vector of {req.vector_size} values ({sanitise(req.layout)}), "
                     f"the federation uses {vector[0]} ({vector[1]}): same model, LoRA and private modules are required",
                 )
             if req.silo in joined:
@@ -255,7 +400,10 @@ class Coordinator:
             else:
                 self.store.add_silo(req.silo, req.samples, req.vector_size, req.layout)
                 log.info("silo %s joined (%d samples)", req.silo, req.samples)
-            self._maybe_start()
+            try:
+                self._maybe_start()
+            except Exception:
+                log.exception("opening round 0 failed; nothing changed, it is retried at the next join or tick")
             return self.plan()
 
     def withdraw(self, silo: str, reason: str) -> RoundPlan:
@@ -263,11 +411,16 @@ class Coordinator:
         with self._lock:
             self._known(silo)
             if silo not in self.store.withdrawn():
+                reason = sanitise(reason)
                 self.store.add_withdrawal(silo, self.current if self.current is not None else -1, reason)
                 log.warning("silo %s withdrew: %s", silo, reason)
-            self._maybe_close()
+            self._try_close()
             self._publish()
             return self.plan()
+
+    def check_metadata(self, silo: str, metadata: UploadMetadata) -> None:
+        """Refuse reports the plan could not use (samples above what was declared)."""
+        self._check_samples(silo, metadata.samples, "samples")
 
     def accept_upload(self, round: int, silo: str, tmp_path: Path, metadata: UploadMetadata) -> UploadReceipt:
         """Validate an upload already streamed to ``tmp_path`` and take it, or refuse it changing nothing."""
@@ -280,6 +433,7 @@ class Coordinator:
     def _accept(self, round: int, silo: str, tmp_path: Path, metadata: UploadMetadata) -> UploadReceipt:
         with self._lock:
             self._joined_silo(silo)
+            self.check_metadata(silo, metadata)
             digest = sha256_file(tmp_path)
             size = tmp_path.stat().st_size
             previous = {u.silo: u for u in self.store.uploads(round)}.get(silo)
@@ -302,17 +456,26 @@ class Coordinator:
                     if head.silo != silo:
                         raise ApiError(400, "silo_mismatch", f"the envelope is from silo {head.silo!r}, uploaded as {silo!r}")
                     expected = self.weights()[silo]
-                    if abs(head.weight - expected) > 1e-9:
+                    if not abs(head.weight - expected) <= 1e-9:  # written so that NaN is refused too
                         raise ApiError(400, "wrong_weight", f"the envelope is weighted {head.weight}, the plan says {expected}")
                     self._sum.add(reader)
             except CryptoError as exc:
                 raise ApiError(400, CRYPTO_ERROR_CODES.get(type(exc).__name__, "bad_envelope"), str(exc)) from None
             final = self.store.upload_path(round, silo)
-            os.replace(tmp_path, final)
-            crash_point("upload-stored")  # the file is there, the database does not know it yet
-            self.store.add_upload(round, silo, digest, size, metadata.model_dump())
+            try:
+                os.replace(tmp_path, final)
+                fsync_dir(final.parent)
+                crash_point("upload-stored")  # the file is there, the database does not know it yet
+                self.store.add_upload(round, silo, digest, size, metadata.model_dump())
+            except Exception as exc:
+                # The sum already counts this upload; the ledger does not: make them agree again.
+                log.exception("round %d: storing %s's upload failed; rebuilding the sum from the ledger", round, silo)
+                if final.exists() and silo not in {u.silo for u in self.store.uploads(round)}:
+                    final.unlink()
+                self._sum = self._rebuild_sum()
+                raise ApiError(503, "storage_failed", f"the upload could not be stored ({type(exc).__name__}); retry it") from None
             log.info("round %d: accepted %s (%d bytes)", round, silo, size)
-            self._maybe_close()
+            self._try_close()
             self._publish()
             return UploadReceipt(round=round, silo=silo, bytes=size, sha256=digest, duplicate=False)
 
@@ -320,8 +483,7 @@ class Coordinator:
 
     def adapter_version(self) -> int:
         """How many global adapters were published: one per closed round and one per unlearning."""
-        closed = sum(1 for r in self.store.rounds() if r["closed_at"] is not None)
-        return closed + len(self.store.unlearnings())
+        return self._closed_count + len(self.store.unlearnings())
 
     def unlearning_round(self, version: int) -> int:
         """The envelope round number of unlearning ``version`` (after every training round)."""
@@ -353,69 +515,171 @@ class Coordinator:
             self._joined_silo(silo)
             digest, size = sha256_file(tmp_path), tmp_path.stat().st_size
             records = self.store.unlearnings()
-            previous = next((r for r in records if r["version"] == version), None)
+            waiting = self.store.pending_unlearnings()
+            previous = next((r for r in records + waiting if r["version"] == version), None)
             if previous is not None:
                 if (previous["silo"], previous["sha256"]) == (silo, digest):
-                    return UploadReceipt(round=self.unlearning_round(version), silo=silo, bytes=size, sha256=digest, duplicate=True)
-                raise ApiError(409, "conflicting_upload", f"unlearning {version} was already published by {previous['silo']!r}")
+                    return UploadReceipt(round=self.unlearning_round(version), silo=silo, bytes=size, sha256=digest, duplicate=True,
+                                         pending=previous in waiting)
+                raise ApiError(409, "conflicting_upload", f"unlearning {version} was already uploaded by {previous['silo']!r}")
             if not self.finished:
                 raise ApiError(409, "federation_running", "unlearning replaces the adapter of a finished federation; "
                                                           f"round {self.current} is still open")
             if version != len(records):
                 raise ApiError(409, "wrong_version", f"the next unlearning is version {len(records)}, not {version}")
-            vector_size, layout = self._vector()
-            try:
-                with EnvelopeReader.open(tmp_path) as reader:
-                    head = reader.header
-                    if head.silo != silo:
-                        raise ApiError(400, "silo_mismatch", f"the envelope is from silo {head.silo!r}, uploaded as {silo!r}")
-                    if abs(head.weight - 1.0) > 1e-9:
-                        raise ApiError(400, "wrong_weight", f"a replacement is weighted 1, the envelope says {head.weight}")
-                    published = EncryptedSum(self.keys, round=self.unlearning_round(version), count=vector_size,
-                                             packing=head.packing, layout=layout)
-                    published.add(reader)
-            except CryptoError as exc:
-                raise ApiError(400, CRYPTO_ERROR_CODES.get(type(exc).__name__, "bad_envelope"), str(exc)) from None
-            folder = self.store.unlearning_dir(version)
-            save_envelope(folder / "aggregate.fshe", published.to_bytes())
+            published = self._replacement(version, silo, tmp_path)
+            audit = audit.model_copy(update={"requested_by": sanitise(audit.requested_by), "reason": sanitise(audit.reason, 500)})
+            receipt = UploadReceipt(round=self.unlearning_round(version), silo=silo, bytes=size, sha256=digest, duplicate=False)
+            if self.config.privacy.unlearning_approvals == 0:
+                folder = self.store.unlearning_dir(version)
+                save_envelope(folder / "aggregate.fshe", published.to_bytes())
+                os.replace(tmp_path, folder / f"{silo}.fshe")
+                fsync_dir(folder)
+                self.store.add_unlearning(version, silo, digest, size, self.adapter_version(), audit.model_dump())
+                log.info("unlearning %d published for silo %s (%d users)", version, silo, audit.users_count)
+                self._publish()
+                return receipt
+            folder = self.store.pending_dir(version)
             os.replace(tmp_path, folder / f"{silo}.fshe")
-            self.store.add_unlearning(version, silo, digest, size, self.adapter_version(), audit.model_dump())
-            log.info("unlearning %d published for silo %s (%d users)", version, silo, audit.users_count)
-            self._publish()
-            return UploadReceipt(round=self.unlearning_round(version), silo=silo, bytes=size, sha256=digest, duplicate=False)
+            fsync_dir(folder)
+            self.store.add_pending_unlearning(version, silo, digest, size, audit.model_dump())
+            log.info("unlearning %d from silo %s waits for %d approvals", version, silo, self.config.privacy.unlearning_approvals)
+            return receipt.model_copy(update={"pending": True})
+
+    def _replacement(self, version: int, silo: str, path: Path) -> EncryptedSum:
+        """Check a replacement envelope (silo, weight 1, the spec's packing, ciphertexts) and return it as a sum to publish."""
+        vector_size, layout = self._vector()
+        packing = unlearning_packing(self.config)
+        try:
+            with EnvelopeReader.open(path) as reader:
+                head = reader.header
+                if head.silo != silo:
+                    raise ApiError(400, "silo_mismatch", f"the envelope is from silo {head.silo!r}, uploaded as {silo!r}")
+                if not abs(head.weight - 1.0) <= 1e-9:
+                    raise ApiError(400, "wrong_weight", f"a replacement is weighted 1, the envelope says {head.weight}")
+                if head.packing != packing:
+                    raise ApiError(400, "wrong_packing", f"packing: a replacement is packed as the run's spec says "
+                                                         f"({packing.model_dump()}), the envelope says {head.packing.model_dump()}")
+                published = EncryptedSum(self.keys, round=self.unlearning_round(version), count=vector_size,
+                                         packing=packing, layout=layout)
+                published.add(reader)
+        except CryptoError as exc:
+            raise ApiError(400, CRYPTO_ERROR_CODES.get(type(exc).__name__, "bad_envelope"), str(exc)) from None
+        return published
+
+    def pending_unlearnings(self) -> list[PendingUnlearning]:
+        with self._lock:
+            return [PendingUnlearning(version=r["version"], silo=r["silo"], sha256=r["sha256"], bytes=r["bytes"],
+                                      received_at=r["received_at"], audit=UnlearningAudit(**r["audit"]), approvals=r["approvals"],
+                                      needed=self.config.privacy.unlearning_approvals)
+                    for r in self.store.pending_unlearnings()]
+
+    def approve_unlearning(self, version: int, approver: str, sha256: str) -> PendingUnlearning:
+        """Another silo approves exactly these bytes; with enough approvals the unlearning is published."""
+        with self._lock:
+            self._joined_silo(approver)
+            pending = next((r for r in self.store.pending_unlearnings() if r["version"] == version), None)
+            if pending is None:
+                done = next((r for r in self.store.unlearnings() if r["version"] == version), None)
+                if done is not None and done["sha256"] == sha256:  # a repeated approval after publication
+                    return PendingUnlearning(version=version, silo=done["silo"], sha256=done["sha256"], bytes=done["bytes"],
+                                             received_at=done["received_at"], audit=UnlearningAudit(**done["audit"]), approvals=[],
+                                             needed=self.config.privacy.unlearning_approvals, published=True)
+                raise ApiError(404, "unknown_unlearning", f"no unlearning {version} is waiting for approval")
+            if approver == pending["silo"]:
+                raise ApiError(403, "self_approval", f"silo {approver!r} uploaded unlearning {version}: another silo must approve it")
+            if sha256 != pending["sha256"]:
+                raise ApiError(409, "sha256_mismatch", f"unlearning {version} has SHA-256 {pending['sha256']}, not {sha256}")
+            self.store.approve_pending(version, approver)
+            approvals = sorted(set(pending["approvals"]) | {approver})
+            log.info("unlearning %d approved by %s (%d of %d)", version, approver, len(approvals),
+                     self.config.privacy.unlearning_approvals)
+            published = len(approvals) >= self.config.privacy.unlearning_approvals
+            if published:
+                source = self.store.pending_dir(version) / f"{pending['silo']}.fshe"
+                total = self._replacement(version, pending["silo"], source)
+                folder = self.store.unlearning_dir(version)
+                save_envelope(folder / "aggregate.fshe", total.to_bytes())
+                os.replace(source, folder / f"{pending['silo']}.fshe")
+                fsync_dir(folder)
+                self.store.publish_pending(version, self.adapter_version())
+                log.info("unlearning %d published for silo %s after %d approvals", version, pending["silo"], len(approvals))
+                self._publish()
+            return PendingUnlearning(version=version, silo=pending["silo"], sha256=pending["sha256"], bytes=pending["bytes"],
+                                     received_at=pending["received_at"], audit=UnlearningAudit(**pending["audit"]),
+                                     approvals=approvals, needed=self.config.privacy.unlearning_approvals, published=published)
 
     def tick(self) -> None:
         """Close the open round if its deadline has passed (called periodically)."""
         with self._lock:
+            if self.current is None and not self.finished:
+                self._maybe_start()
             self._maybe_close()
+
+    def _try_close(self) -> None:
+        """Close the round if it is due; a failure changes nothing and is logged (the ticker retries)."""
+        try:
+            self._maybe_close()
+        except Exception:
+            log.exception("closing round %s failed; nothing changed, it is retried", self.current)
 
     def _maybe_close(self) -> None:
         if self.current is None or self.finished or self._sum is None:
             return
-        if not set(self.config.silo_names) - set(self.store.withdrawn()):
-            self.finished, self._sum = True, None  # nobody left to contribute
-            log.warning("every silo has withdrawn: federation finished at round %d", self.current)
+        remaining = set(self.config.silo_names) - set(self.store.withdrawn())
+        if len(remaining) < MIN_CONTRIBUTORS:
+            self.finished, self._sum = True, None
+            log.warning("fewer than %d silos are left: the federation stops at round %d without publishing it",
+                        MIN_CONTRIBUTORS, self.current)
+            self._publish()
             return
-        uploaded = len(self._sum.contributors)
-        everyone = set(self._sum.contributors) >= set(self.config.silo_names) - set(self.store.withdrawn())
-        late = time.time() >= (self._deadline() or float("inf")) and uploaded >= self.config.aggregation.min_silos
-        if everyone or late:
+        contributors = set(self._sum.contributors)
+        everyone = contributors >= remaining and len(contributors) >= MIN_CONTRIBUTORS
+        due = time.time() >= (self._deadline() or float("inf"))
+        enough = len(contributors) >= max(MIN_CONTRIBUTORS, self.config.aggregation.min_silos)
+        if everyone or (due and enough):
             self._close()
+        elif due and self._extended_logged != self.current:
+            self._extended_logged = self.current
+            log.warning("round %d passed its deadline with %d of %d uploads needed: extended until enough silos upload",
+                        self.current, len(contributors), max(MIN_CONTRIBUTORS, self.config.aggregation.min_silos))
 
     def _close(self) -> None:
+        """Publish the open round and open the next one: the next plan first, then one transaction."""
         round = self.current
+        last = round + 1 >= self.config.rounds
+        reports = {u.silo: u.metadata for u in self.store.uploads(round)}
+        losses = {**self._losses, **{s: m["val_loss"] for s, m in reports.items() if m.get("val_loss") is not None}}
+        next_plan = None if last else self._next_plan(losses)  # may raise: nothing has changed yet
         start = time.perf_counter()
         save_envelope(self.store.aggregate_path(round), self._sum.to_bytes())
+        fsync_dir(self.store.aggregate_path(round).parent)
         elapsed = time.perf_counter() - start
         crash_point("aggregate-written")  # the aggregate is on disk, the round not yet closed
-        self.store.close_round(round, list(self._sum.contributors), self._sum.weight_sum, elapsed)
-        row = next(r for r in self.store.rounds() if r["round"] == round)
+        contributors = list(self._sum.contributors)
+        self.store.close_round(round, contributors, self._sum.weight_sum, elapsed, open_next=not last)
+        # Committed: from here only in-memory bookkeeping, which cannot fail halfway.
+        self._summarise_closed(round, contributors)
+        row = self.store.round_row(round)
         telemetry.observe_close(row["closed_at"] - row["opened_at"], elapsed, self.store.aggregate_path(round).stat().st_size,
-                                set(self._expected()) - set(self._sum.contributors))
-        log.info("round %d closed with %s", round, ", ".join(self._sum.contributors))
-        if round + 1 >= self.config.rounds:
+                                set(self._expected()) - set(contributors))
+        log.info("round %d closed with %s", round, ", ".join(contributors))
+        if last:
             self.finished, self._sum = True, None
             log.info("federation finished")
-            self._publish()
         else:
-            self._open(round + 1)
+            self.current = round + 1
+            self._weights, self._lr_scales = next_plan
+            self._deadline_at = self.store.round_row(round + 1)["opened_at"] + self.config.aggregation.round_deadline_s
+            self._sum = self._new_sum()
+            log.info("round %d open", self.current)
+        try:
+            self._drop_old_uploads(round)
+        except OSError:
+            log.exception("deleting the uploads of round %d failed (retried at the next close or start)", round)
+        self._publish()
+
+
+def round_gap(aucs: list[float]) -> float | None:
+    """Max minus min validation AUC of one round (None without reports)."""
+    return round(max(aucs) - min(aucs), 4) if aucs else None

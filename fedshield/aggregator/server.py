@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -17,18 +20,19 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .. import metrics
 from ..config import FederationConfig
 from ..crypto import Keys
 from ..crypto.envelope import max_ciphertext_bytes
-from ..crypto.params import PackingParams
 from ..security.auth import Authenticator
 from ..security.limits import Busy, RateLimiter, UploadSlots
+from ..security.slowpeers import header_deadline_protocol
 from ..security.tls import ServerTLS, uvicorn_ssl_options
 from ..wire.messages import MAX_INT, ErrorBody, JoinRequest, RoundPlan, Status, UploadMetadata, UploadReceipt, WithdrawRequest
-from ..wire.unlearning import AUDIT_HEADER, UnlearningAudit, UnlearningRecord
-from .rounds import ApiError, Coordinator
+from ..wire.unlearning import AUDIT_HEADER, ApprovalRequest, PendingUnlearning, UnlearningAudit, UnlearningRecord
+from .rounds import STATUS_PAGE, ApiError, Coordinator, unlearning_packing
 from .store import Store
 
 log = logging.getLogger("fedshield.aggregator")
@@ -39,7 +43,8 @@ Round = Annotated[int, PathParam(ge=0, le=MAX_ROUND)]
 Finite = Annotated[float | None, Query(allow_inf_nan=False)]
 IDENTITY = "fedshield.silo"  # scope key the guard sets: the authenticated silo, or None without authentication
 OPEN_PATHS = ("/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
-OBSERVER_PATHS = ("/v1/status",)  # open to observers without an identity (the operator), with the plan's details hidden
+OBSERVER_PATHS = ("/v1/status",)  # open to observers without an identity (the operator): a summary, rate-limited
+OBSERVER = "observer"  # the one rate-limit bucket every caller without an identity shares
 
 
 class Guard:
@@ -48,8 +53,8 @@ class Guard:
     It answers before any body is read, so an unauthenticated upload costs the aggregator nothing.
     """
 
-    def __init__(self, app, auth: Authenticator, known: tuple[str, ...], rate: RateLimiter):
-        self.app, self.auth, self.known, self.rate = app, auth, known, rate
+    def __init__(self, app, auth: Authenticator, known: tuple[str, ...], rate: RateLimiter, observers: RateLimiter):
+        self.app, self.auth, self.known, self.rate, self.observers = app, auth, known, rate, observers
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS or not self.auth.required:
@@ -59,6 +64,10 @@ class Guard:
         header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
         silo, why = self.auth.identify(scope, header)
         if silo is None and scope["path"] in OBSERVER_PATHS:
+            try:
+                self.observers.take(OBSERVER)
+            except Busy as exc:
+                return await _reply(send, exc.status, exc.code, exc.detail, {"retry-after": exc.retry_after})
             scope[IDENTITY] = None
             return await self.app(scope, receive, send)
         if silo is None:
@@ -108,7 +117,7 @@ def replacement_limit(coordinator: Coordinator) -> int:
     if plan.vector_size is None:
         return cap
     ckks = coordinator.keys.params
-    packing = PackingParams(digits_per_slot=1, max_silos=1)
+    packing = unlearning_packing(coordinator.config)
     return min(cap, packing.ciphertexts_for(plan.vector_size, ckks) * (max_ciphertext_bytes(ckks) + 4) + ENVELOPE_SLACK)
 
 
@@ -121,7 +130,8 @@ def create_app(coordinator: Coordinator, auth: Authenticator | None = None) -> F
     app = FastAPI(title="FedShield aggregator", version="v1",
                   description="Receives encrypted LoRA updates, sums them homomorphically, publishes aggregates.")
     app.add_middleware(Guard, auth=auth, known=coordinator.config.silo_names,
-                       rate=RateLimiter(limits.silo_requests_per_s, limits.silo_request_burst))
+                       rate=RateLimiter(limits.silo_requests_per_s, limits.silo_request_burst),
+                       observers=RateLimiter(limits.observer_requests_per_s, limits.observer_burst, "status requests"))
     tmp_dir = coordinator.store.root / "incoming"
     tmp_dir.mkdir(exist_ok=True)
 
@@ -182,10 +192,15 @@ def create_app(coordinator: Coordinator, auth: Authenticator | None = None) -> F
         return coordinator.plan()
 
     @app.get("/v1/status", response_model=Status, responses=ERRORS)
-    def status(request: Request) -> Status:
-        """The federation's progress; the plan's details (mask seed, layout, weights) only for joined silos."""
-        current = coordinator.status()
-        if auth.required and caller(request) not in coordinator.store.silos():
+    def status(request: Request, closed_from: Annotated[int | None, Query(ge=0, le=MAX_ROUND)] = None,
+               limit: Annotated[int, Query(ge=1, le=STATUS_PAGE)] = STATUS_PAGE) -> Status:
+        """The federation's progress: a summary and one page of closed rounds (``closed_from``, ``limit``).
+
+        A silo sees its own reports; an observer without an identity (the operator) neither reports, sample
+        counts nor the plan's details (mask seed, layout, weights)."""
+        silo = caller(request)
+        current = coordinator.status(viewer=silo, everything=not auth.required, closed_from=closed_from, limit=limit)
+        if auth.required and silo not in coordinator.store.silos():
             hidden = {"mask_seed": None, "layout": None, "weights": {}, "lr_scales": {}}
             current = current.model_copy(update={"plan": current.plan.model_copy(update=hidden)})
         return current
@@ -202,10 +217,13 @@ def create_app(coordinator: Coordinator, auth: Authenticator | None = None) -> F
         try:
             metadata = UploadMetadata(samples=samples, train_loss=train_loss, val_loss=val_loss, val_auc=val_auc, epsilon=epsilon)
         except ValidationError as exc:
-            raise ApiError(422, "malformed_request", str(exc.errors()[0].get("msg"))) from None
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ()))
+            raise ApiError(422, "malformed_request", f"{where}: {first.get('msg')}") from None
         if silo in coordinator.config.silo_names:
+            coordinator.check_metadata(silo, metadata)  # before the body: a refused claim costs no bytes
             upload_rate.take(silo)  # bounded keys: configured silos only
-        with slots.hold():
+        with slots.hold(silo if silo in coordinator.config.silo_names else None):
             return await _receive(round, silo, request, metadata)
 
     async def _receive(round: int, silo: str, request: Request, metadata: UploadMetadata) -> UploadReceipt:
@@ -223,13 +241,25 @@ def create_app(coordinator: Coordinator, auth: Authenticator | None = None) -> F
             raise ApiError(413, "payload_too_large", f"upload of {declared} bytes exceeds the limit of {limit}")
         fd, name = tempfile.mkstemp(dir=tmp_dir, suffix=".part")
         path, received = Path(name), 0
+        expected = int(declared) if declared is not None else limit
+        deadline = time.monotonic() + limits.body_idle_timeout_s + expected / limits.min_upload_bytes_per_s
         try:
             with open(fd, "wb") as fh:
-                async for chunk in request.stream():
+                chunks = request.stream().__aiter__()
+                while True:
+                    left = min(limits.body_idle_timeout_s, deadline - time.monotonic())
+                    try:
+                        chunk = await asyncio.wait_for(chunks.__anext__(), timeout=max(left, 0.001))
+                    except StopAsyncIteration:
+                        break
+                    except asyncio.TimeoutError:
+                        raise ApiError(408, "body_timeout", f"the upload body arrived too slowly ({received} bytes so far)") from None
                     received += len(chunk)
                     if received > limit:
                         raise ApiError(413, "payload_too_large", f"upload exceeds the limit of {limit} bytes")
                     fh.write(chunk)
+                fh.flush()
+                os.fsync(fh.fileno())
         except BaseException:
             path.unlink(missing_ok=True)
             raise
@@ -238,8 +268,8 @@ def create_app(coordinator: Coordinator, auth: Authenticator | None = None) -> F
     @app.get("/v1/rounds/{round}/aggregate", responses={200: {"content": {"application/octet-stream": {}}}, **ERRORS})
     def aggregate(round: Round, request: Request) -> FileResponse:
         """The round's aggregate envelope (425 while the round is open). Individual uploads are never served."""
-        joined_caller(request)
-        return FileResponse(coordinator.aggregate_path(round), media_type="application/octet-stream")
+        silo = joined_caller(request)
+        return FileResponse(coordinator.aggregate_path(round, silo), media_type="application/octet-stream")
 
     @app.get("/v1/unlearning", response_model=list[UnlearningRecord], responses=ERRORS)
     def unlearnings(request: Request) -> list[UnlearningRecord]:
@@ -263,9 +293,21 @@ def create_app(coordinator: Coordinator, auth: Authenticator | None = None) -> F
             raise ApiError(422, "malformed_audit", f"{'.'.join(map(str, first.get('loc', ()))) or AUDIT_HEADER}: {first.get('msg')}") from None
         if silo in coordinator.config.silo_names:
             upload_rate.take(silo)
-        with slots.hold():
+        with slots.hold(silo if silo in coordinator.config.silo_names else None):
             path = await _spool(request, replacement_limit(coordinator))
             return await run_in_threadpool(coordinator.accept_unlearning, version, silo, path, audit)
+
+    @app.get("/v1/unlearning/pending", response_model=list[PendingUnlearning], responses=ERRORS)
+    def pending_unlearnings(request: Request) -> list[PendingUnlearning]:
+        """Unlearnings uploaded but waiting for other silos' approval (``privacy.unlearning_approvals``)."""
+        joined_caller(request)
+        return coordinator.pending_unlearnings()
+
+    @app.post("/v1/unlearning/{version}/approvals/{silo}", response_model=PendingUnlearning, responses=ERRORS)
+    def approve_unlearning(version: Round, silo: str, req: ApprovalRequest, request: Request) -> PendingUnlearning:
+        """Silo ``silo`` approves pending unlearning ``version`` (exactly the bytes with this SHA-256)."""
+        caller(request, silo)
+        return coordinator.approve_unlearning(version, silo, req.sha256)
 
     @app.get("/v1/unlearning/{version}/aggregate", responses={200: {"content": {"application/octet-stream": {}}}, **ERRORS})
     def unlearning_aggregate(version: Round, request: Request) -> FileResponse:
@@ -276,10 +318,17 @@ def create_app(coordinator: Coordinator, auth: Authenticator | None = None) -> F
     return app
 
 
+def uvicorn_options(config: FederationConfig, tls: ServerTLS | None = None) -> dict:
+    """Server options every aggregator runs with: TLS when given, a header deadline and a short keep-alive."""
+    options = uvicorn_ssl_options(tls)
+    base = options.get("http", H11Protocol)
+    return {**options, "http": header_deadline_protocol(config.limits.header_timeout_s, base), "timeout_keep_alive": 5}
+
+
 def serve(config: FederationConfig, public_keys: Keys, state_dir: str | Path, host: str = "127.0.0.1", port: int | None = None,
           tls: ServerTLS | None = None, auth: Authenticator | None = None) -> None:
     """Run the aggregator until interrupted (HTTPS when ``tls`` is given)."""
-    coordinator = Coordinator(config, public_keys, Store(state_dir))
+    coordinator = Coordinator(config, public_keys, Store(state_dir))  # Store refuses a state dir another process holds
     metrics.serve_metrics(config.aggregator_metrics_port)
     stop = threading.Event()
 
@@ -293,6 +342,6 @@ def serve(config: FederationConfig, public_keys: Keys, state_dir: str | Path, ho
     threading.Thread(target=ticker, name="round-deadline", daemon=True).start()
     try:
         uvicorn.run(create_app(coordinator, auth), host=host, port=port or config.aggregator_port, log_level="warning",
-                    **uvicorn_ssl_options(tls))
+                    **uvicorn_options(config, tls))
     finally:
         stop.set()

@@ -15,6 +15,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from ..crypto.noise import max_summable
+
 GROUP, VERSION, KIND, PLURAL, SINGULAR, SHORT_NAME = "fedshield.io", "v1alpha1", "FederatedFinetune", "federatedfinetunes", "federatedfinetune", "fft"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
@@ -50,13 +52,13 @@ class TrainingSpec(Model):
 
 class AggregationSpec(Model):
     strategy: Literal["fedavg", "dynamicBalance"] = Field("fedavg", description="fedavg weighs silos by sample count; dynamicBalance by validation loss (PPLR).")
-    min_silos: int = Field(1, ge=1, le=1024, description="Uploads a round needs to close at its deadline.")
+    min_silos: int = Field(2, ge=2, le=1024, description="Uploads a round needs to close at its deadline (at least 2: one silo's update is never published; a round short of them is extended).")
     round_deadline_seconds: int = Field(1800, ge=10, le=7 * 86400, description="A round closes at this age if minSilos have uploaded.")
 
 
 class EncryptionSpec(Model):
     poly_modulus_degree: Literal[8192, 16384] = Field(8192, description="CKKS polynomial degree N (N/2 slots per ciphertext).")
-    scale_bits: int = Field(18, ge=14, le=30, description="log2 of the CKKS scale.")
+    scale_bits: int = Field(18, ge=18, le=30, description="log2 of the CKKS scale: 18 sums up to 57 silos exactly, each extra bit allows 4 times more (CKKS noise).")
 
 
 class DifferentialPrivacySpec(Model):
@@ -97,6 +99,7 @@ class SiloSpec(Model):
     namespace: str = Field(description="Namespace the silo's Job runs in (owned by that organisation).", pattern=DNS_LABEL)
     key_secret: str = Field(description="Secret (in the silo's namespace) whose key secret.ckks holds the CKKS secret context. Mounted, never read by the operator.", pattern=DNS_SUBDOMAIN)
     dataset_volume: DatasetVolume = Field(description="The silo's private data.")
+    samples: int | None = Field(None, ge=1, le=10**12, description="Training examples the federation agreed this silo holds: the silo's claim at join may not exceed it, and weights use it. Declare it for every silo or none (then weights are equal).")
     gpus: int = Field(1, ge=0, le=16, description="GPUs (of gpuResource) requested by the silo's pod.")
     gpu_resource: str = Field("nvidia.com/gpu", pattern=EXTENDED_RESOURCE, description="Extended resource name of the GPUs (nvidia.com/gpu, amd.com/gpu, a MIG profile, ...).")
     runtime_class_name: str | None = Field(None, pattern=DNS_SUBDOMAIN, description="RuntimeClass of the silo's pod (e.g. nvidia).")
@@ -131,7 +134,7 @@ class FederatedFinetuneSpec(Model):
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Local training at each silo.")
     aggregation: AggregationSpec = Field(default_factory=AggregationSpec, description="How rounds close and silos are weighted.")
     privacy: PrivacySpec = Field(default_factory=PrivacySpec, description="Encryption, pruning, differential privacy, private modules.")
-    silos: list[SiloSpec] = Field(min_length=1, max_length=512, description="The participating organisations.")
+    silos: list[SiloSpec] = Field(min_length=2, max_length=512, description="The participating organisations (at least 2).")
     aggregator: AggregatorSpec = Field(description="The aggregator's settings.")
     suspend: bool = Field(False, description="Pause: silo Jobs are suspended and the aggregator scaled to zero; resume by setting false.")
     active_deadline_seconds: int | None = Field(None, ge=60, description="Fail the federation if it runs longer than this.")
@@ -143,6 +146,13 @@ class FederatedFinetuneSpec(Model):
             raise ValueError("silos: names must be unique")
         if self.aggregation.min_silos > len(self.silos):
             raise ValueError(f"aggregation.minSilos ({self.aggregation.min_silos}) exceeds the number of silos ({len(self.silos)})")
+        if len({s.samples is None for s in self.silos}) > 1:
+            raise ValueError("silos: declare samples for every silo or for none")
+        scale = self.privacy.encryption.scale_bits
+        if max(16, len(self.silos)) > max_summable(scale):
+            need = next(b for b in range(scale, 61) if max_summable(b) >= len(self.silos))
+            raise ValueError(f"privacy.encryption.scaleBits: {len(self.silos)} silos need scaleBits >= {need} "
+                             f"(at {scale} CKKS noise breaks exact sums past {max_summable(scale)} uploads)")
         with_tls = [s.name for s in self.silos if s.tls is not None]
         if (self.aggregator.tls is not None) != (len(with_tls) == len(self.silos)) or (self.aggregator.tls is None and with_tls):
             raise ValueError("tls: set aggregator.tls and every silo's tls together (mutual TLS), or none of them")
@@ -161,6 +171,11 @@ SPEC_RULES = [
              "|| !self.privacy.differentialPrivacy.enabled "
              "|| (has(self.privacy.differentialPrivacy.noiseMultiplier) != has(self.privacy.differentialPrivacy.targetEpsilon))",
      "message": "privacy.differentialPrivacy: give exactly one of noiseMultiplier and targetEpsilon"},
+    {"rule": "size(self.silos) <= " + str([max_summable(b) for b in range(18, 31)]) + "[(has(self.privacy) && has(self.privacy.encryption) "
+             "&& has(self.privacy.encryption.scaleBits) ? self.privacy.encryption.scaleBits : 18) - 18]",
+     "message": "privacy.encryption.scaleBits is too small for this many silos (CKKS noise): 18 allows 57, each bit 4 times more"},
+    {"rule": "self.silos.all(s, has(s.samples) == has(self.silos[0].samples))",
+     "message": "silos: declare samples for every silo or for none"},
     {"rule": "self.silos.all(s, has(s.tls) == has(self.aggregator.tls))",
      "message": "tls: set aggregator.tls and every silo's tls together (mutual TLS), or none of them"},
 ]

@@ -88,7 +88,7 @@ def federation_config(owner: Owner, spec: FederatedFinetuneSpec) -> FederationCo
     dp = spec.privacy.differential_privacy
     return FederationConfig(
         name=owner.name, rounds=spec.rounds, seed=0,
-        silos=tuple(ConfigSilo(name=s.name, metrics_port=METRICS_PORT) for s in spec.silos),
+        silos=tuple(ConfigSilo(name=s.name, samples=s.samples, metrics_port=METRICS_PORT) for s in spec.silos),
         aggregator_port=AGGREGATOR_PORT, aggregator_metrics_port=METRICS_PORT,
         model=ModelSpec(path=spec.base_model.path),
         lora=LoraSpec(r=spec.lora.r, alpha=spec.lora.alpha, dropout=spec.lora.dropout, target_modules=tuple(spec.lora.target_modules)),
@@ -139,8 +139,10 @@ SILO_ENV = ENV + [{"name": "FEDSHIELD_METRICS_LINGER_S", "value": "60"}]
 
 
 def state_claim(owner: Owner, name: str, namespace: str, size: str, component: str, silo: str | None = None) -> dict:
+    """A state volume; the aggregator's is ReadWriteOncePod: one pod, so one writer of its ledger (it also locks it)."""
+    mode = "ReadWriteOncePod" if component == "aggregator" else "ReadWriteOnce"
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": _meta(owner, name, namespace, component, silo),
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}}
+            "spec": {"accessModes": [mode], "resources": {"requests": {"storage": size}}}}
 
 
 def aggregator_deployment(owner: Owner, spec: FederatedFinetuneSpec) -> dict:

@@ -56,23 +56,31 @@ def _condition(previous: list[dict], type_: str, status: bool, reason: str, mess
             "observedGeneration": generation}
 
 
+def _one_line(text: object, limit: int = 200) -> str:
+    """A text from the aggregator as one printable line (it came from a silo: never trusted)."""
+    return " ".join("".join(c if c.isprintable() else " " for c in str(text)).split())[:limit]
+
+
 def compute_status(spec: FederatedFinetuneSpec, observed: Observed, previous: dict | None, now: str, generation: int | None,
                    endpoint: str | None = None) -> dict:
     """The full status object (camelCase), keeping condition transition times that did not change."""
     previous = previous or {}
     agg = observed.aggregator or {}
     closed = agg.get("closed", [])
-    last_round = {}
-    for summary in closed:
-        for silo in summary.get("contributors", []):
-            last_round[silo] = summary["round"]
+    summary = agg.get("summary")  # an O(1) summary (newer aggregators); older ones list every closed round
+    last_round = dict((summary or {}).get("last_round") or {})
+    if summary is None:
+        for closed_round in closed:
+            for silo in closed_round.get("contributors", []):
+                last_round[silo] = closed_round["round"]
+    rounds_done = summary["rounds_closed"] if summary is not None else len(closed)
     withdrawn = agg.get("plan", {}).get("withdrawn", {}) or {}
     silos = []
     for silo in spec.silos:
         job = observed.jobs.get(silo.name)
         exit_code, reason = _last_termination(observed.failed_pods.get(silo.name, []))
         if silo.name in withdrawn:
-            reason = f"Withdrawn: {withdrawn[silo.name]}"
+            reason = f"Withdrawn: {_one_line(withdrawn[silo.name])}"
         entry = {"name": silo.name, "phase": silo_phase(job, spec.suspend), "lastRound": last_round.get(silo.name),
                  "exitCode": exit_code, "reason": reason, "restarts": (job or {}).get("status", {}).get("failed", 0) or 0}
         silos.append({k: v for k, v in entry.items() if v is not None})
@@ -92,8 +100,8 @@ def compute_status(spec: FederatedFinetuneSpec, observed: Observed, previous: di
         phase = "Pending"
     failed = [s for s in silos if s["phase"] == "Failed"]
     retrying = [s for s in silos if s["phase"] not in ("Failed", "Succeeded") and s["restarts"]]
-    fairness = None
-    if closed:
+    fairness = (summary or {}).get("fairness_gap")
+    if summary is None and closed:
         aucs = [m.get("val_auc") for m in closed[-1].get("metadata", {}).values() if m.get("val_auc") is not None]
         fairness = round(max(aucs) - min(aucs), 4) if aucs else None
     prev_conditions = previous.get("conditions", [])
@@ -101,7 +109,7 @@ def compute_status(spec: FederatedFinetuneSpec, observed: Observed, previous: di
     conditions = [
         _condition(prev_conditions, "Ready", phase in ("Running", "Succeeded"), phase, f"{ready}/{len(silos)} silos ready", now, generation),
         _condition(prev_conditions, "Progressing", phase == "Running", "RoundsRunning" if phase == "Running" else phase,
-                   f"{len(closed)}/{spec.rounds} rounds done", now, generation),
+                   f"{rounds_done}/{spec.rounds} rounds done", now, generation),
         _condition(prev_conditions, "Suspended", spec.suspend, "SpecSuspended" if spec.suspend else "NotSuspended", "", now, generation),
         _condition(prev_conditions, "Failed", phase == "Failed", "SilosFailed" if phase == "Failed" else "NoFailure",
                    failure_message if phase == "Failed" else "", now, generation),
@@ -112,7 +120,7 @@ def compute_status(spec: FederatedFinetuneSpec, observed: Observed, previous: di
                        for s in retrying]), now, generation),
     ]
     status = {
-        "phase": phase, "round": len(closed), "roundsTotal": spec.rounds, "silosReady": f"{ready}/{len(silos)}",
+        "phase": phase, "round": rounds_done, "roundsTotal": spec.rounds, "silosReady": f"{ready}/{len(silos)}",
         "observedGeneration": generation, "conditions": conditions, "silos": silos,
         "aggregatorEndpoint": endpoint, "startTime": previous.get("startTime"),
         "completionTime": previous.get("completionTime"),
@@ -120,6 +128,8 @@ def compute_status(spec: FederatedFinetuneSpec, observed: Observed, previous: di
     if fairness is not None:
         status["fairnessGap"] = fairness
     spent = [m.get("epsilon") for c in closed for m in c.get("metadata", {}).values() if m.get("epsilon") is not None]
+    if summary is not None:
+        spent = [summary["max_epsilon"]] if summary.get("max_epsilon") is not None else []
     if spent:
         status["epsilon"] = round(max(spent), 4)
     if phase == "Running" and not status["startTime"]:

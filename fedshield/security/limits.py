@@ -22,20 +22,31 @@ class Busy(Exception):
 
 
 class UploadSlots:
-    """At most ``limit`` uploads stream or are checked at once; the next one is refused, not queued."""
+    """At most ``limit`` uploads stream or are checked at once, and one per silo; the next one is refused, not queued.
+
+    One slow silo can so hold one slot, never all of them."""
 
     def __init__(self, limit: int, retry_after_s: float = 1.0):
         self.limit, self.retry_after_s = limit, retry_after_s
         self._free = threading.BoundedSemaphore(limit)
+        self._holders: set[str] = set()
+        self._lock = threading.Lock()
 
     @contextmanager
-    def hold(self) -> Iterator[None]:
-        if not self._free.acquire(blocking=False):
-            raise Busy(503, "too_many_uploads", self.retry_after_s, f"{self.limit} uploads are already in progress")
+    def hold(self, key: str | None = None) -> Iterator[None]:
+        with self._lock:
+            if key is not None and key in self._holders:
+                raise Busy(429, "upload_in_progress", self.retry_after_s, f"{key!r} already has an upload in progress")
+            if not self._free.acquire(blocking=False):
+                raise Busy(503, "too_many_uploads", self.retry_after_s, f"{self.limit} uploads are already in progress")
+            if key is not None:
+                self._holders.add(key)
         try:
             yield
         finally:
-            self._free.release()
+            with self._lock:
+                self._holders.discard(key)
+                self._free.release()
 
 
 class RateLimiter:

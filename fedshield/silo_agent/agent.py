@@ -26,6 +26,7 @@ from ..updates import VectorLayout, lora_parameters, next_residual, next_score, 
 from ..wire.client import AggregatorClient, AggregatorRefused, ClientSecurity
 from ..wire.messages import JoinRequest, UploadMetadata
 from ..workloads.scoring import auc, log_loss
+from .bounds import check_unlearning
 from .checkpoint import PendingUpload, SiloState, forgotten_users, load_state, save_state
 from .data import public_corpus, silo_examples
 from .model import build_tiny_base, check_context, load_base, with_lora, yes_probabilities
@@ -256,8 +257,10 @@ class SiloAgent:
         applied = 0
         for record in self.client.unlearnings()[self.state.unlearnings_applied:]:
             data = self.client.unlearning_aggregate(record.version)
-            delta = decrypt_envelope(self.keys, EnvelopeReader.from_bytes(data), round=self.config.rounds + record.version,
+            reader = EnvelopeReader.from_bytes(data)
+            delta = decrypt_envelope(self.keys, reader, round=self.config.rounds + record.version,
                                      count=self.layout.size, layout=self.layout.digest)
+            check_unlearning(self.config, reader.header.packing, reader.header.weight, delta)  # before applying anything
             self.state.global_shared = self.state.global_shared + delta
             self.layout.assign(self.params, self.state.global_shared)
             self.state.unlearnings_applied = record.version + 1

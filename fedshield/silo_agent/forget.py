@@ -12,7 +12,6 @@ published replacement like an aggregate.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 
@@ -20,20 +19,12 @@ import numpy as np
 import torch
 
 from ..crypto import encrypt_update
-from ..crypto.params import PackingParams
 from ..unlearning import UnlearningSpec, forget_split, score_adapter, unlearn
 from ..wire.unlearning import UnlearningAudit, UnlearningRecord
 from .agent import SiloAgent, base_model_path
 from .checkpoint import remember_forgotten
 
 log = logging.getLogger("fedshield.unlearning")
-def replacement_packing(delta: np.ndarray) -> PackingParams:
-    """One upload of weight 1, one digit per slot, a power-of-two bound above the largest |value|: no clipping."""
-    largest = float(np.abs(delta).max()) if delta.size else 0.0
-    bound = 2.0 ** math.ceil(math.log2(max(largest, 2.0**-20) * 1.0001))
-    return PackingParams(value_bound=bound, digits_per_slot=1, max_silos=1)
-
-
 @dataclass(frozen=True)
 class ForgetRequest:
     users: tuple[str, ...] | None = None  # the users to forget, or
@@ -67,7 +58,11 @@ def run_unlearning(agent: SiloAgent, request: ForgetRequest, spec: UnlearningSpe
 
     version = len(agent.client.unlearnings())
     delta = result.shared - agent.state.global_shared
-    packing = replacement_packing(delta)
+    packing = agent.config.unlearning_packing()  # the run's spec fixes it: every silo checks the bound before applying
+    largest = float(np.abs(delta).max()) if delta.size else 0.0
+    if largest > packing.value_bound:
+        raise ValueError(f"the unlearning would move a coordinate by {largest:g}, over the spec's privacy.unlearning_bound "
+                         f"{packing.value_bound:g}: other silos would refuse it")
     encrypted = encrypt_update(agent.keys, delta, weight=1.0, round=agent.config.rounds + version, silo=agent.silo,
                                packing=packing, layout=agent.layout.digest)
     audit = UnlearningAudit(

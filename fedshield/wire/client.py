@@ -24,7 +24,7 @@ from typing import Callable, TypeVar
 
 import httpx
 
-from .unlearning import AUDIT_HEADER, UnlearningAudit, UnlearningRecord
+from .unlearning import AUDIT_HEADER, ApprovalRequest, PendingUnlearning, UnlearningAudit, UnlearningRecord
 from .messages import ErrorBody, JoinRequest, RoundPlan, UploadMetadata, UploadReceipt, WithdrawRequest
 
 log = logging.getLogger("fedshield.client")
@@ -108,7 +108,7 @@ class AggregatorClient:
                     base = wait if wait is not None else self.backoff_s
                     delay = base + random.uniform(0, max(base, self.backoff_s))
                     log.info("aggregator busy (%d); retrying in %.2f s", response.status_code, delay)
-                elif response.status_code < 500:
+                elif response.status_code < 500 and response.status_code != 408:  # 408: our body was too slow, try again
                     return response
                 else:
                     if failures >= self.retries:
@@ -185,6 +185,17 @@ class AggregatorClient:
 
     def unlearning_aggregate(self, version: int) -> bytes:
         return self._ok(self._call(lambda: self._http.get(f"/v1/unlearning/{version}/aggregate"))).content
+
+    def pending_unlearnings(self) -> list[PendingUnlearning]:
+        """Unlearnings waiting for approval by other silos."""
+        response = self._ok(self._call(lambda: self._http.get("/v1/unlearning/pending")))
+        return [PendingUnlearning.model_validate(r) for r in response.json()]
+
+    def approve_unlearning(self, version: int, silo: str, sha256: str) -> PendingUnlearning:
+        """Approve exactly the pending unlearning with this SHA-256 (as silo ``silo``); safe to repeat."""
+        body = ApprovalRequest(sha256=sha256).model_dump()
+        response = self._ok(self._call(lambda: self._http.post(f"/v1/unlearning/{version}/approvals/{silo}", json=body)))
+        return PendingUnlearning.model_validate(response.json())
 
     def upload_unlearning(self, version: int, silo: str, data: bytes, audit: UnlearningAudit) -> UploadReceipt:
         """Send the encrypted replacement of the global adapter with its audit record; safe to repeat."""

@@ -12,6 +12,8 @@ class Message(BaseModel):
 
 
 MAX_INT = 2**53  # beyond what a federation needs; keeps every count exact in JSON and SQLite
+MAX_LOSS = 1e4  # a validation or training loss beyond this is a broken (or lying) silo, refused at upload
+MAX_EPSILON = 1e6
 
 
 class JoinRequest(Message):
@@ -25,10 +27,10 @@ class UploadMetadata(Message):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     samples: int = Field(ge=1, le=MAX_INT)
-    train_loss: float | None = None
-    val_loss: float | None = None
-    val_auc: float | None = None
-    epsilon: float | None = Field(None, description="Privacy budget the silo has spent including this upload.")
+    train_loss: float | None = Field(None, ge=0, le=MAX_LOSS)
+    val_loss: float | None = Field(None, ge=0, le=MAX_LOSS, description="Weighs the next round under dynamic balance.")
+    val_auc: float | None = Field(None, ge=0, le=1)
+    epsilon: float | None = Field(None, ge=0, le=MAX_EPSILON, description="Privacy budget the silo has spent including this upload.")
 
 
 class WithdrawRequest(Message):
@@ -59,6 +61,7 @@ class UploadReceipt(Message):
     bytes: int
     sha256: str
     duplicate: bool = Field(description="True when this exact upload had already been accepted (a retry).")
+    pending: bool = Field(False, description="An unlearning waiting for other silos' approval (not yet published).")
 
 
 class RoundSummary(Message):
@@ -72,11 +75,22 @@ class RoundSummary(Message):
     round_s: float
 
 
+class StatusSummary(Message):
+    """What every caller may see about the whole run, whatever its length."""
+
+    rounds_closed: int
+    last_round: dict[str, int] = Field({}, description="The last round each silo contributed to.")
+    fairness_gap: float | None = Field(None, description="Max minus min validation AUC of the last closed round.")
+    max_epsilon: float | None = Field(None, description="The largest privacy budget a silo reported spent.")
+    closed_from: int = Field(0, description="The first round listed in ``closed`` (page with ?closed_from=).")
+
+
 class Status(Message):
     plan: RoundPlan
-    joined: dict[str, int]
+    joined: dict[str, int] = Field(description="Joined silos; their sample counts only to themselves.")
     uploaded: list[str]
-    closed: list[RoundSummary]
+    closed: list[RoundSummary] = Field(description="One page of closed rounds (the latest by default).")
+    summary: StatusSummary
 
 
 class ErrorBody(Message):

@@ -39,3 +39,23 @@ class UnlearningRecord(Message):
     bytes: int
     received_at: float
     audit: UnlearningAudit
+
+
+class ApprovalRequest(Message):
+    """Another silo approves a pending unlearning: exactly these bytes (their SHA-256), nothing else."""
+
+    sha256: str = Field(pattern=SHA256_HEX)
+
+
+class PendingUnlearning(Message):
+    """An unlearning uploaded but not published: it waits for ``needed`` approvals from other silos."""
+
+    version: int
+    silo: str
+    sha256: str
+    bytes: int
+    received_at: float
+    audit: UnlearningAudit
+    approvals: list[str] = Field(description="Silos that approved it so far.")
+    needed: int = Field(description="Approvals needed before the aggregator publishes it.")
+    published: bool = False
