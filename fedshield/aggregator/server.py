@@ -40,6 +40,8 @@ Finite = Annotated[float | None, Query(allow_inf_nan=False)]
 IDENTITY = "fedshield.silo"  # scope key the guard sets: the authenticated silo, or None without authentication
 OPEN_PATHS = ("/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
 OBSERVER_PATHS = ("/v1/status",)  # open to observers without an identity (the operator), with the plan's details hidden
+OBSERVER_READS = ("/v1/status", "/v1/unlearning")  # what a certified observer (Authenticator.observers) may GET, and nothing else
+OBSERVER = "fedshield.observer"  # scope key the guard sets for a certified observer
 
 
 class Guard:
@@ -55,6 +57,9 @@ class Guard:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS or not self.auth.required:
             if scope["type"] == "http":
                 scope[IDENTITY] = None
+            return await self.app(scope, receive, send)
+        if scope.get("method") == "GET" and scope["path"] in OBSERVER_READS and self.auth.is_observer(scope):
+            scope[IDENTITY], scope[OBSERVER] = None, True
             return await self.app(scope, receive, send)
         header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
         silo, why = self.auth.identify(scope, header)
@@ -243,8 +248,9 @@ def create_app(coordinator: Coordinator, auth: Authenticator | None = None) -> F
 
     @app.get("/v1/unlearning", response_model=list[UnlearningRecord], responses=ERRORS)
     def unlearnings(request: Request) -> list[UnlearningRecord]:
-        """The audit records of every published unlearning, oldest first."""
-        joined_caller(request)
+        """The audit records of every published unlearning, oldest first (joined silos and observers)."""
+        if not request.scope.get(OBSERVER):
+            joined_caller(request)
         return coordinator.unlearnings()
 
     @app.put(

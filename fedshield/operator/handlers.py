@@ -11,19 +11,21 @@ import datetime as dt
 import logging
 import os
 
+import httpx
 import kopf
 from pydantic import ValidationError
 
+from ..api import membership as membership_api
 from ..api import unlearning as unlearning_api
 from .. import metrics
 from ..api.models import GROUP, IMMUTABLE, KIND, PLURAL, VERSION, FederatedFinetuneSpec
-from . import telemetry, unlearning
+from . import consent, telemetry, unlearning
 from .aggregator_http import get_json
 from .kube import Kube
 from .manifests import (
-    FEDERATION_LABEL, NAMESPACE_LABEL, SILO_LABEL, Owner, aggregator_url, desired_children, plan_configmap, silo_job,
+    FEDERATION_LABEL, NAMESPACE_LABEL, OWNER_UID_LABEL, SILO_LABEL, Owner, owned_by, Site, aggregator_url, desired_children, plan_configmap, silo_job,
 )
-from .status import Observed, compute_status
+from .status import Observed, admitted_condition, compute_status
 
 log = logging.getLogger("fedshield.operator")
 FINALIZER = f"{GROUP}/cleanup"
@@ -63,6 +65,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None
         memo.aggregator_status = fetch_aggregator_status
     if getattr(memo, "unlearning_records", None) is None:
         memo.unlearning_records = unlearning.fetch_unlearning_records
+    if getattr(memo, "site", None) is None:
+        memo.site = Site.from_environment()
 
 
 def parse(spec: dict) -> FederatedFinetuneSpec:
@@ -81,11 +85,16 @@ async def observe(kube: Kube, owner: Owner, spec: FederatedFinetuneSpec, memo) -
     selector = f"{FEDERATION_LABEL}={owner.name},{NAMESPACE_LABEL}={owner.namespace}"
     jobs, failed = {}, {}
     for namespace in sorted({s.namespace for s in spec.silos}):
-        for job in await kube.list("batch/v1", "Job", namespace, selector):
-            jobs[job["metadata"]["labels"].get(SILO_LABEL)] = job
-        for pod in await kube.list("v1", "Pod", namespace, selector):
-            if pod.get("status", {}).get("phase") == "Failed":
-                failed.setdefault(pod["metadata"]["labels"].get(SILO_LABEL), []).append(pod)
+        try:
+            for job in await kube.list("batch/v1", "Job", namespace, selector):
+                if job["metadata"].get("labels", {}).get(OWNER_UID_LABEL) == owner.uid:
+                    jobs[job["metadata"]["labels"].get(SILO_LABEL)] = job
+            for pod in await kube.list("v1", "Pod", namespace, selector):
+                if pod.get("status", {}).get("phase") == "Failed":
+                    failed.setdefault(pod["metadata"]["labels"].get(SILO_LABEL), []).append(pod)
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code != 403:  # a namespace that withdrew its RoleBinding: nothing to see there
+                raise
     aggregator = await memo.aggregator_status(aggregator_url(owner, tls=spec.aggregator.tls is not None))
     return Observed(jobs=jobs, failed_pods=failed, aggregator=aggregator, aggregator_ready=aggregator is not None)
 
@@ -109,6 +118,7 @@ def immutable_changes(old: dict | None, new: dict) -> list[str]:
 
 
 REFUSALS = ("InvalidSpec", "ImmutableFieldChanged")
+NOT_ADMITTED = ("ConsentMissing", "NameConflict")  # retried by the timer: an admin may consent, an owner may remove a clash
 
 
 def _refuse(patch, meta, reason: str, message: str) -> kopf.PermanentError:
@@ -130,13 +140,67 @@ async def reconcile(body, meta, spec, status, patch, memo, old=None, **_) -> Non
         parsed = parse(spec)
     except kopf.PermanentError as exc:
         raise _refuse(patch, meta, "InvalidSpec", str(exc)) from None
-    owner = owner_of(meta)
-    for child in desired_children(owner, parsed):
-        result = await memo.kube.apply(child)
-        if result != "unchanged":
-            metrics.OPERATOR_CHILDREN_APPLIED.labels(child["kind"]).inc()
-            log.info("%s %s %s/%s", result, child["kind"], child["metadata"]["namespace"], child["metadata"]["name"])
-    await refresh_status(body, meta, status, patch, memo, parsed)
+    if await admit_and_apply(memo, owner_of(meta), parsed, meta, status, patch):
+        await refresh_status(body, meta, status, patch, memo, parsed)
+
+
+async def memberships(kube: Kube, namespaces: set[str]) -> dict[str, list[dict]]:
+    """The FederationMemberships of each namespace (read-only; a namespace the operator may not read has none)."""
+    out = {}
+    for namespace in sorted(namespaces):
+        try:
+            out[namespace] = await kube.list(f"{GROUP}/{VERSION}", membership_api.KIND, namespace)
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code not in (403, 404):
+                raise
+            out[namespace] = []
+    return out
+
+
+async def conflicts(kube: Kube, children: list[dict], uid: str) -> list[str]:
+    """Existing objects with a child's name that this CR did not create (left untouched)."""
+    out = []
+    for child in children:
+        live = await kube.get(child)
+        if live is not None and not owned_by(live, uid):
+            out.append(f"{child['kind']} {child['metadata']['namespace']}/{child['metadata']['name']}")
+    return out
+
+
+async def admit_and_apply(memo, owner: Owner, parsed: FederatedFinetuneSpec, meta, status, patch) -> bool:
+    """Check consent and ownership, then create or bring in line every child; False (status says why) when not admitted.
+
+    Nothing is written anywhere unless every silo namespace consented and no child name is taken by an object this CR
+    does not own; each write is checked again against the live object (``Kube.apply``)."""
+    problems = consent.check((owner.namespace, owner.name), parsed, await memberships(memo.kube, {s.namespace for s in parsed.silos}))
+    if problems:
+        _not_admitted(patch, meta, status, "ConsentMissing", "; ".join(problems))
+        return False
+    children = desired_children(owner, parsed, memo.site)
+    taken = await conflicts(memo.kube, children, owner.uid)
+    if not taken:
+        for child in children:
+            result = await memo.kube.apply(child, owner.uid)
+            if result == "conflict":
+                taken.append(f"{child['kind']} {child['metadata']['namespace']}/{child['metadata']['name']}")
+            elif result != "unchanged":
+                metrics.OPERATOR_CHILDREN_APPLIED.labels(child["kind"]).inc()
+                log.info("%s %s %s/%s", result, child["kind"], child["metadata"]["namespace"], child["metadata"]["name"])
+    if taken:
+        _not_admitted(patch, meta, status, "NameConflict",
+                      f"{', '.join(taken)} already exist(s) and {'is' if len(taken) == 1 else 'are'} not owned by this FederatedFinetune: "
+                      "left untouched; delete or rename it, or rename this FederatedFinetune")
+        return False
+    return True
+
+
+def _not_admitted(patch, meta, status, reason: str, message: str) -> None:
+    """Status of a CR the operator will not act on yet (the timer checks again)."""
+    previous = [c for c in (status or {}).get("conditions", []) if c.get("type") == "Admitted"]
+    condition = admitted_condition(previous, False, reason, message[:2000], now(), meta.get("generation"))
+    new = {"phase": "Pending", "observedGeneration": meta.get("generation"), "conditions": [condition], "silos": [], "silosReady": "0/0"}
+    if any(dict(status or {}).get(k) != v for k, v in new.items()):
+        patch.status.update(new)
 
 
 @kopf.timer(*RESOURCE, interval=STATUS_INTERVAL_S, initial_delay=STATUS_INTERVAL_S)
@@ -149,7 +213,9 @@ async def watch_progress(body, meta, spec, status, patch, memo, **_) -> None:
         parsed = FederatedFinetuneSpec.model_validate(dict(spec))
     except ValidationError:
         return  # reported by reconcile
-    await refresh_status(body, meta, status, patch, memo, parsed)
+    waiting = [c for c in (status or {}).get("conditions", []) if c.get("type") == "Admitted" and c.get("reason") in NOT_ADMITTED]
+    if not waiting or await admit_and_apply(memo, owner_of(meta), parsed, meta, status, patch):
+        await refresh_status(body, meta, status, patch, memo, parsed)
     if patch and await _changed_since(memo.kube, meta):
         patch.clear()  # this tick saw an older object: writing would undo a newer refusal or generation
 
@@ -176,10 +242,22 @@ async def cleanup(meta, spec, memo, **_) -> None:
         return  # nothing was created for an invalid spec
     owner = owner_of(meta)
     telemetry.observe_phase(KIND, f"{meta['namespace']}/{meta['name']}", None)
-    for silo in parsed.silos:
-        await memo.kube.delete(silo_job(owner, parsed, silo))
-    for namespace in sorted({s.namespace for s in parsed.silos} - {owner.namespace}):
-        await memo.kube.delete(plan_configmap(owner, namespace, ""))
+    doomed = [silo_job(owner, parsed, silo) for silo in parsed.silos]
+    doomed += [plan_configmap(owner, namespace, "") for namespace in sorted({s.namespace for s in parsed.silos} - {owner.namespace})]
+    await delete_owned(memo.kube, doomed, owner.uid)
+
+
+async def delete_owned(kube: Kube, objects: list[dict], uid: str) -> None:
+    """Delete those of ``objects`` that ``uid`` owns; others, and namespaces the operator may not write, are left alone."""
+    for obj in objects:
+        try:
+            result = await kube.delete(obj, uid)
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code != 403:
+                raise
+            result = "forbidden"
+        if result in ("not-owned", "forbidden"):
+            log.warning("left %s %s/%s alone (%s)", obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"], result)
 
 
 # --- FederatedUnlearning: the logic is in unlearning.py; these only wire it to kopf -------------
