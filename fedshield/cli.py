@@ -106,7 +106,7 @@ def _certs(args: argparse.Namespace) -> int:
         from .config import load_config
 
         silos += [s for s in load_config(args.config).silo_names if s not in silos]
-    print(json.dumps(issue_all(args.out, silos, hosts=args.host or ["127.0.0.1", "localhost"]), indent=2))
+    print(json.dumps(issue_all(args.out, silos, hosts=args.host or ["127.0.0.1", "localhost"], federation=args.federation), indent=2))
     return 0
 
 
@@ -273,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument("--config", default=None, help="also issue for every silo of this federation config")
     certs.add_argument("--host", action="append", default=[],
                        help="aggregator host name or IP for the server certificate (repeatable; default 127.0.0.1, localhost)")
+    certs.add_argument("--federation", default=None,
+                       help="namespace/name: pin the silo certificates to this federation (URI SAN), for an aggregator run with --federation")
     certs.set_defaults(func=_certs)
 
     tokens = sub.add_parser("tokens", help="per-silo bearer tokens (the alternative to client certificates)")

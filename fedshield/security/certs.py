@@ -144,13 +144,15 @@ def silo_files(directory: Path, silo: str) -> SiloFiles:
     return SiloFiles(directory / CA_CERT, directory / "silos" / f"{silo}.crt", directory / "silos" / f"{silo}.key")
 
 
-def issue_all(directory: str | Path, silos: list[str] | tuple[str, ...], hosts: tuple[str, ...] | list[str] = DEFAULT_HOSTS) -> dict:
-    """CA (created unless present), server certificate for ``hosts``, one client certificate per silo."""
+def issue_all(directory: str | Path, silos: list[str] | tuple[str, ...], hosts: tuple[str, ...] | list[str] = DEFAULT_HOSTS,
+              federation: str | None = None) -> dict:
+    """CA (created unless present), server certificate for ``hosts``, one client certificate per silo (pinned to
+    ``federation``, "namespace/name", when given)."""
     directory = Path(directory)
     if not (directory / CA_CERT).exists():
         create_ca(directory)
     server = issue_server(directory, hosts)
     return {
         "ca": str(directory / CA_CERT), "server_cert": str(server.cert), "server_key": str(server.key),
-        "silos": {s: {"cert": str(f.cert), "key": str(f.key)} for s in silos for f in [issue_silo(directory, s)]},
+        "silos": {s: {"cert": str(f.cert), "key": str(f.key)} for s in silos for f in [issue_silo(directory, s, federation)]},
     }
