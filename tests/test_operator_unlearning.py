@@ -25,7 +25,7 @@ from fedshield.operator.manifests import STATE_DIR, Owner, aggregator_url, silo_
 from fedshield.wire.unlearning import UnlearningAudit, UnlearningRecord
 
 from crd_schema import to_jsonschema
-from kube_emulator import CONFIGMAPS, CR, JOBS, UNLEARNING_CR, Emulator, declare_resources
+from kube_emulator import CONFIGMAPS, CR, JOBS, UNLEARNING_CR, Emulator, declare_resources, writes_in
 from test_operator_kopf import _NotKopfTasks, _url, alive, consent, eventually, kmock_server, raw
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -446,3 +446,23 @@ def test_path_rule_of_the_crd_and_pydantic_agree(path):
     except ValidationError:
         pydantic_refuses = True
     assert cel_refuses == pydantic_refuses == (".." in path.split("/"))
+
+
+async def test_no_unlearning_job_where_the_silo_namespace_withdrew_its_consent(k8s, operator):
+    aggregator = operator
+    await create(k8s, "FederatedFinetune", FINETUNE)
+    await eventually(lambda: all(alive(k8s, (JOBS, ns, silo_job_name(FT_OWNER, s))) for s, ns in SILO_NS.items()), what="training Jobs")
+    aggregator.status = {"plan": {"state": "finished"}, "closed": []}
+    for silo, ns in SILO_NS.items():
+        await set_job_status(k8s, ns, silo_job_name(FT_OWNER, silo), **COMPLETE)
+    await eventually(lambda: raw(k8s, (CR, NS, FT_NAME)).get("status", {}).get("phase") == "Succeeded", what="finetune Succeeded")
+    # hospital-a's admin withdraws: deletes the membership
+    response = await k8s.delete("/apis/fedshield.io/v1alpha1/namespaces/org-hospital-a/federationmemberships/fedshield")
+    assert response.status == 200
+    writes_before = writes_in(k8s, "org-hospital-a")
+    await create(k8s, "FederatedUnlearning", EXAMPLE)
+    await eventually(lambda: fu_status(k8s).get("phase") == "Failed", what="refused")
+    assert fu_status(k8s)["conditions"][0]["reason"] == "ConsentMissing"
+    assert 'namespace "org-hospital-a" has no FederationMembership admitting FederatedFinetune fedshield/triage-notes' in fu_status(k8s)["message"]
+    await asyncio.sleep(0.5)
+    assert writes_in(k8s, "org-hospital-a") == writes_before and unlearning_jobs(k8s) == []
