@@ -9,7 +9,8 @@ only objects newer than the LIST the client started from; (3) honours equality-b
 concurrency the operator relies on for "touch only what it owns": a merge patch carrying
 ``metadata.resourceVersion`` fails with 409 when the object has changed since, and a DELETE's
 ``preconditions`` (uid, resourceVersion) fail with 409 when they do not match (as the API server
-does). Not modelled: RBAC, admission, server-side apply, garbage collection of owner references.
+does); (5) answers 403 for built-in kinds in the namespaces listed in ``forbidden`` (a namespace
+without the operator's RoleBinding). Not modelled otherwise: RBAC, admission, server-side apply, garbage collection of owner references.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ WRITES = ("POST", "PUT", "PATCH", "DELETE")
 
 class Emulator(kmock.KubernetesEmulator):
     _rv = 0
+    forbidden: frozenset[str] = frozenset()  # namespaces where every request for a built-in kind is 403 (no RoleBinding there)
 
     def _next_rv(self) -> str:
         self._rv += 1
@@ -63,6 +65,8 @@ class Emulator(kmock.KubernetesEmulator):
 
     async def _handle(self, request):
         action, data = request.action, request.data
+        if request.namespace in self.forbidden and request.resource is not None and request.resource.group != "fedshield.io":
+            raise kmock.KubernetesError(status=403, reason="Forbidden", message=f"no RoleBinding in namespace {request.namespace}")
         if action in (kmock.action.UPDATE, kmock.action.DELETE) and request.name:
             self._precondition(request)
         if action == kmock.action.CREATE and isinstance(data, dict):

@@ -105,7 +105,8 @@ async def test_a_pre_existing_object_with_a_colliding_name_is_left_untouched_and
     before = copy.deepcopy(raw(k8s, (JOBS, "org-hospital-a", job("hospital-a"))))
     await create_cr(k8s, dict(EXAMPLE["spec"], suspend=True))
     message = await refused(k8s, "NameConflict")
-    assert f"Job org-hospital-a/{job('hospital-a')} already exist(s) and is not owned by this FederatedFinetune: left untouched" in message
+    assert message == (f"Job org-hospital-a/{job('hospital-a')} exists but not created by this FederatedFinetune: left untouched "
+                       "and nothing created (delete or rename it, or rename this FederatedFinetune)")
     await asyncio.sleep(0.5)
     assert silo_writes(k8s) == ["POST /apis/batch/v1/namespaces/org-hospital-a/jobs"]  # the test's own creation only
     assert raw(k8s, (JOBS, "org-hospital-a", job("hospital-a"))) == before
@@ -202,3 +203,15 @@ async def test_the_aggregator_gets_a_default_deny_network_policy(k8s, operator):
     assert namespaces == sorted(set(SILO_NS.values()))
     assert metrics["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
     assert raw(k8s, (DEPLOYMENTS, NS, f"{NAME}-aggregator"))["spec"]["template"]["metadata"]["labels"]["fedshield.io/owner-uid"] == UID
+
+
+async def test_a_membership_without_the_operator_role_binding_is_reported_and_nothing_is_written(k8s, operator):
+    await consent(k8s)
+    k8s.forbidden = frozenset({"org-clinic-c"})  # consent made by hand, without the silo chart's RoleBinding
+    await create_cr(k8s)
+    message = await refused(k8s, "RoleMissing")
+    assert message.startswith('the operator may not write in namespace "org-clinic-c"')
+    assert silo_writes(k8s) == [] and not alive(k8s, (DEPLOYMENTS, NS, f"{NAME}-aggregator"))
+    k8s.forbidden = frozenset()  # the admin installs the chart
+    await eventually(lambda: all(alive(k8s, (JOBS, ns, job(s))) for s, ns in SILO_NS.items()), timeout=20,
+                     what="admitted with the RoleBinding")

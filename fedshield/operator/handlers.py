@@ -118,7 +118,7 @@ def immutable_changes(old: dict | None, new: dict) -> list[str]:
 
 
 REFUSALS = ("InvalidSpec", "ImmutableFieldChanged")
-NOT_ADMITTED = ("ConsentMissing", "NameConflict")  # retried by the timer: an admin may consent, an owner may remove a clash
+NOT_ADMITTED = ("ConsentMissing", "NameConflict", "RoleMissing")  # retried by the timer: an admin may consent, an owner may remove a clash
 
 
 def _refuse(patch, meta, reason: str, message: str) -> kopf.PermanentError:
@@ -177,19 +177,29 @@ async def admit_and_apply(memo, owner: Owner, parsed: FederatedFinetuneSpec, met
         _not_admitted(patch, meta, status, "ConsentMissing", "; ".join(problems))
         return False
     children = desired_children(owner, parsed, memo.site)
-    taken = await conflicts(memo.kube, children, owner.uid)
-    if not taken:
-        for child in children:
-            result = await memo.kube.apply(child, owner.uid)
-            if result == "conflict":
-                taken.append(f"{child['kind']} {child['metadata']['namespace']}/{child['metadata']['name']}")
-            elif result != "unchanged":
-                metrics.OPERATOR_CHILDREN_APPLIED.labels(child["kind"]).inc()
-                log.info("%s %s %s/%s", result, child["kind"], child["metadata"]["namespace"], child["metadata"]["name"])
+    try:
+        taken = await conflicts(memo.kube, children, owner.uid)
+        if not taken:
+            for child in children:
+                result = await memo.kube.apply(child, owner.uid)
+                if result == "conflict":
+                    taken.append(f"{child['kind']} {child['metadata']['namespace']}/{child['metadata']['name']}")
+                elif result != "unchanged":
+                    metrics.OPERATOR_CHILDREN_APPLIED.labels(child["kind"]).inc()
+                    log.info("%s %s %s/%s", result, child["kind"], child["metadata"]["namespace"], child["metadata"]["name"])
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code != 403:
+            raise
+        path = exc.request.url.path
+        namespace = path.split("/namespaces/", 1)[1].split("/", 1)[0] if "/namespaces/" in path else "?"
+        _not_admitted(patch, meta, status, "RoleMissing",
+                      f'the operator may not write in namespace "{namespace}" ({exc.request.method} {path} is forbidden): '
+                      "its RoleBinding there comes with the fedshield-silo chart (silo namespaces) or aggregatorNamespaces (operator chart)")
+        return False
     if taken:
         _not_admitted(patch, meta, status, "NameConflict",
-                      f"{', '.join(taken)} already exist(s) and {'is' if len(taken) == 1 else 'are'} not owned by this FederatedFinetune: "
-                      "left untouched; delete or rename it, or rename this FederatedFinetune")
+                      f"{', '.join(taken)} {'exists' if len(taken) == 1 else 'exist'} but not created by this FederatedFinetune: "
+                      "left untouched and nothing created (delete or rename it, or rename this FederatedFinetune)")
         return False
     return True
 
