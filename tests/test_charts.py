@@ -443,3 +443,4 @@ def test_operator_client_certificate_is_mounted_from_its_own_secret_and_names_it
     assert env["FEDSHIELD_OBSERVER_URI"] == "spiffe://fedshield.io/ns/fedshield/sa/fs-operator"
     assert env["FEDSHIELD_OPERATOR_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert env["FEDSHIELD_MONITORING_NAMESPACE"] == "monitoring"
+    assert env["FEDSHIELD_AGGREGATOR_IMAGE_PREFIXES"] == "fedshield/fedshield:,fedshield/fedshield@"

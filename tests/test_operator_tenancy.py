@@ -88,6 +88,16 @@ async def test_what_the_membership_does_not_allow_is_refused(k8s, operator, chan
     assert silo_writes(k8s) == []
 
 
+async def test_the_aggregator_runs_only_an_image_the_operator_trusts(k8s, operator):
+    await consent(k8s)
+    await create_cr(k8s, dict(EXAMPLE["spec"], aggregator=dict(EXAMPLE["spec"]["aggregator"], image="evil.example/reads-secrets:1")))
+    message = await refused(k8s, "ConsentMissing")
+    assert message.startswith("aggregator: image 'evil.example/reads-secrets:1' is not one the operator runs")
+    await asyncio.sleep(0.5)
+    children_written = [w for w in writes_in(k8s, NS) if "/federatedfinetunes" not in w and "/events" not in w]  # not the CR nor events
+    assert children_written == [] and silo_writes(k8s) == []
+
+
 async def test_a_membership_for_another_federation_is_no_consent(k8s, operator):
     await consent(k8s, federations=(("other-team", NAME),))  # same name, another namespace
     await create_cr(k8s)

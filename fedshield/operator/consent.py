@@ -84,3 +84,11 @@ def check(federation: tuple[str, str], spec: FederatedFinetuneSpec, memberships:
         if problem:
             out.append(problem)
     return out
+
+
+def check_aggregator(spec: FederatedFinetuneSpec, image_prefixes: tuple[str, ...]) -> str | None:
+    """None when the aggregator's image is one the operator's installer trusts (it mounts Secrets of the CR's namespace)."""
+    image = spec.aggregator.image or spec.image
+    if any(image.startswith(p) for p in image_prefixes):
+        return None
+    return f"aggregator: image {image!r} is not one the operator runs (allowed prefixes: {', '.join(image_prefixes)}; operator chart aggregatorImagePrefixes)"

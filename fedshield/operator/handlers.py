@@ -172,7 +172,8 @@ async def admit_and_apply(memo, owner: Owner, parsed: FederatedFinetuneSpec, met
 
     Nothing is written anywhere unless every silo namespace consented and no child name is taken by an object this CR
     does not own; each write is checked again against the live object (``Kube.apply``)."""
-    problems = consent.check((owner.namespace, owner.name), parsed, await memberships(memo.kube, {s.namespace for s in parsed.silos}))
+    problems = [p for p in [consent.check_aggregator(parsed, memo.site.aggregator_image_prefixes)] if p]
+    problems += consent.check((owner.namespace, owner.name), parsed, await memberships(memo.kube, {s.namespace for s in parsed.silos}))
     if problems:
         _not_admitted(patch, meta, status, "ConsentMissing", "; ".join(problems))
         return False

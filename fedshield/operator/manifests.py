@@ -75,12 +75,16 @@ class Site:
     operator_namespace: str = "fedshield"
     monitoring_namespace: str | None = "monitoring"  # Prometheus, on the metrics port only; None: nobody
     observer_uri: str | None = None  # URI SAN of the operator's client certificate: a read-only observer at mutual-TLS aggregators
+    # The aggregator mounts Secrets of the CR's namespace by name: only images the platform trusts may run it.
+    aggregator_image_prefixes: tuple[str, ...] = ("fedshield/fedshield:", "fedshield/fedshield@")
 
     @classmethod
     def from_environment(cls) -> "Site":
+        prefixes = tuple(p for p in os.environ.get("FEDSHIELD_AGGREGATOR_IMAGE_PREFIXES", "").split(",") if p)
         return cls(operator_namespace=os.environ.get("FEDSHIELD_OPERATOR_NAMESPACE", "fedshield"),
                    monitoring_namespace=os.environ.get("FEDSHIELD_MONITORING_NAMESPACE", "monitoring") or None,
-                   observer_uri=os.environ.get("FEDSHIELD_OBSERVER_URI") or None)
+                   observer_uri=os.environ.get("FEDSHIELD_OBSERVER_URI") or None,
+                   aggregator_image_prefixes=prefixes or cls.aggregator_image_prefixes)
 
 
 def labels(owner: Owner, component: str, silo: str | None = None) -> dict[str, str]:
