@@ -19,11 +19,18 @@ from fedshield.api.models import FederatedFinetuneSpec
 from fedshield.api import unlearning as fu_api
 from fedshield.api.unlearning import FederatedUnlearningSpec
 from fedshield.cli import main
+from fedshield.config import FederationConfig
+from fedshield.config import SiloSpec as ConfigSilo
 from fedshield.operator import unlearning as fu
+from fedshield.operator.aggregator_http import CA_ENV, CERT_ENV, KEY_ENV
 from fedshield.operator.kube import Kube
 from fedshield.operator.manifests import STATE_DIR, Owner, aggregator_url, silo_job, silo_job_name
+from fedshield.security.auth import Authenticator, observer_uri
+from fedshield.security.certs import issue_all, issue_observer
+from fedshield.security.tls import ServerTLS
 from fedshield.wire.unlearning import UnlearningAudit, UnlearningRecord
 
+from aggregator_harness import RunningAggregator
 from crd_schema import to_jsonschema
 from kube_emulator import CONFIGMAPS, CR, JOBS, UNLEARNING_CR, Emulator, declare_resources, writes_in
 from test_operator_kopf import _NotKopfTasks, _url, alive, consent, eventually, kmock_server, raw
@@ -309,6 +316,7 @@ class FakeAggregator:
         self.status: dict | None = None
         self.records: list[dict] | None = None
         self.ledger_reads = 0
+        self.ledger_at: str | None = None  # a real aggregator's URL: read its ledger there (in-cluster DNS is not here)
 
     async def plan_status(self, url: str) -> dict | None:
         return copy.deepcopy(self.status)
@@ -316,6 +324,8 @@ class FakeAggregator:
     async def unlearnings(self, url: str) -> list[dict] | None:
         assert url == aggregator_url(Owner(FT_NAME, NS, ""), tls=True)
         self.ledger_reads += 1
+        if self.ledger_at is not None:
+            return await fu.fetch_unlearning_records(self.ledger_at)  # the operator's own client, certificate and all
         return copy.deepcopy(self.records)
 
 
@@ -466,3 +476,37 @@ async def test_no_unlearning_job_where_the_silo_namespace_withdrew_its_consent(k
     assert 'namespace "org-hospital-a" has no FederationMembership admitting FederatedFinetune fedshield/triage-notes' in fu_status(k8s)["message"]
     await asyncio.sleep(0.5)
     assert writes_in(k8s, "org-hospital-a") == writes_before and unlearning_jobs(k8s) == []
+
+
+async def test_an_unlearning_completes_under_mutual_tls_reading_the_real_ledger_as_observer(k8s, operator, tmp_path, public_keys, monkeypatch):
+    """A real aggregator with mutual TLS, silos pinned to the federation and the operator as its observer: without the
+    operator's certificate the ledger answers 401 and the unlearning waits; with it, the unlearning completes."""
+    aggregator = operator
+    certs = tmp_path / "certs"
+    issue_all(certs, [])
+    observer = issue_observer(certs, observer_uri("fedshield", "fs-operator"))
+    tls = ServerTLS(certs / "aggregator.crt", certs / "aggregator.key", certs / "ca.crt")
+    auth = Authenticator(mutual_tls=True, federation=f"{NS}/{FT_NAME}", observers=frozenset({observer_uri("fedshield", "fs-operator")}))
+    config = FederationConfig(silos=tuple(ConfigSilo(name=s) for s in SILO_NS), rounds=1)
+    with RunningAggregator(config, public_keys, tmp_path / "state", tls=tls, auth=auth) as real:
+        audit = record(0, "hospital-a", 20)["audit"]
+        real.coordinator.store.add_unlearning(0, "hospital-a", "cd" * 32, 1000, 20, audit)  # as accept_unlearning records it
+        monkeypatch.setenv(CA_ENV, str(certs / "ca.crt"))
+        aggregator.ledger_at = real.url
+        await create(k8s, "FederatedFinetune", FINETUNE)
+        await eventually(lambda: all(alive(k8s, (JOBS, ns, silo_job_name(FT_OWNER, s))) for s, ns in SILO_NS.items()), what="training Jobs")
+        aggregator.status = {"plan": {"state": "finished"}, "closed": []}
+        for silo, ns in SILO_NS.items():
+            await set_job_status(k8s, ns, silo_job_name(FT_OWNER, silo), **COMPLETE)
+        await create(k8s, "FederatedUnlearning", EXAMPLE)
+        await eventually(lambda: unlearning_jobs(k8s) == [("org-hospital-a", UNLEARN_JOB)], what="one unlearning Job")
+        await set_job_status(k8s, "org-hospital-a", UNLEARN_JOB, **COMPLETE)
+        reads = aggregator.ledger_reads
+        await eventually(lambda: aggregator.ledger_reads >= reads + 2, what="ledger reads")
+        assert fu_status(k8s)["phase"] == "Running" and "waiting for its record" in fu_status(k8s)["message"]  # 401 without identity
+        monkeypatch.setenv(CERT_ENV, str(observer.cert))
+        monkeypatch.setenv(KEY_ENV, str(observer.key))
+        await eventually(lambda: fu_status(k8s).get("adapterVersionAfter") == 21, what="the record, read as observer")
+        for silo in ("hospital-b", "clinic-c"):
+            await set_job_status(k8s, SILO_NS[silo], fu.apply_job_name(TARGET, silo), **COMPLETE)
+        await eventually(lambda: fu_status(k8s).get("phase") == "Succeeded", what="Succeeded under mutual TLS")
