@@ -223,5 +223,7 @@ async def test_a_membership_without_the_operator_role_binding_is_reported_and_no
     assert message.startswith('the operator may not write in namespace "org-clinic-c"')
     assert silo_writes(k8s) == [] and not alive(k8s, (DEPLOYMENTS, NS, f"{NAME}-aggregator"))
     k8s.forbidden = frozenset()  # the admin installs the chart
-    await eventually(lambda: all(alive(k8s, (JOBS, ns, job(s))) for s, ns in SILO_NS.items()), timeout=20,
-                     what="admitted with the RoleBinding")
+    try:
+        await eventually(lambda: all(alive(k8s, (JOBS, ns, job(s))) for s, ns in SILO_NS.items()), timeout=20)
+    except AssertionError:
+        raise AssertionError(f"not admitted with the RoleBinding: status {status(k8s)}") from None

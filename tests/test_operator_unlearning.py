@@ -401,6 +401,7 @@ async def test_waits_for_the_finetune_then_forgets_at_one_silo_and_applies_every
     aggregator = operator
     await create(k8s, "FederatedFinetune", FINETUNE)
     await create(k8s, "FederatedUnlearning", EXAMPLE)
+    await eventually(lambda: all(alive(k8s, (JOBS, ns, silo_job_name(FT_OWNER, s))) for s, ns in SILO_NS.items()), what="training Jobs")
     await eventually(lambda: fu_status(k8s).get("phase") == "Pending", what="waiting")
     assert fu_status(k8s)["conditions"][0]["reason"] == "WaitingForFinetune"
     patches = len(k8s["patch", UNLEARNING_CR])

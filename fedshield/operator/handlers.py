@@ -15,7 +15,6 @@ import httpx
 import kopf
 from pydantic import ValidationError
 
-from ..api import membership as membership_api
 from ..api import unlearning as unlearning_api
 from .. import metrics
 from ..api.models import GROUP, IMMUTABLE, KIND, PLURAL, VERSION, FederatedFinetuneSpec
@@ -144,19 +143,6 @@ async def reconcile(body, meta, spec, status, patch, memo, old=None, **_) -> Non
         await refresh_status(body, meta, status, patch, memo, parsed)
 
 
-async def memberships(kube: Kube, namespaces: set[str]) -> dict[str, list[dict]]:
-    """The FederationMemberships of each namespace (read-only; a namespace the operator may not read has none)."""
-    out = {}
-    for namespace in sorted(namespaces):
-        try:
-            out[namespace] = await kube.list(f"{GROUP}/{VERSION}", membership_api.KIND, namespace)
-        except httpx.HTTPStatusError as exc:
-            if exc.response.status_code not in (403, 404):
-                raise
-            out[namespace] = []
-    return out
-
-
 async def conflicts(kube: Kube, children: list[dict], uid: str) -> list[str]:
     """Existing objects with a child's name that this CR did not create (left untouched)."""
     out = []
@@ -173,7 +159,7 @@ async def admit_and_apply(memo, owner: Owner, parsed: FederatedFinetuneSpec, met
     Nothing is written anywhere unless every silo namespace consented and no child name is taken by an object this CR
     does not own; each write is checked again against the live object (``Kube.apply``)."""
     problems = [p for p in [consent.check_aggregator(parsed, memo.site.aggregator_image_prefixes)] if p]
-    problems += consent.check((owner.namespace, owner.name), parsed, await memberships(memo.kube, {s.namespace for s in parsed.silos}))
+    problems += consent.check((owner.namespace, owner.name), parsed, await unlearning.memberships(memo.kube, {s.namespace for s in parsed.silos}))
     if problems:
         _not_admitted(patch, meta, status, "ConsentMissing", "; ".join(problems))
         return False
@@ -185,6 +171,8 @@ async def admit_and_apply(memo, owner: Owner, parsed: FederatedFinetuneSpec, met
                 result = await memo.kube.apply(child, owner.uid)
                 if result == "conflict":
                     taken.append(f"{child['kind']} {child['metadata']['namespace']}/{child['metadata']['name']}")
+                elif result == "retry":  # changed between our read and our patch: read it again, soon
+                    raise kopf.TemporaryError(f"{child['kind']} {child['metadata']['namespace']}/{child['metadata']['name']} changed meanwhile", delay=1)
                 elif result != "unchanged":
                     metrics.OPERATOR_CHILDREN_APPLIED.labels(child["kind"]).inc()
                     log.info("%s %s %s/%s", result, child["kind"], child["metadata"]["namespace"], child["metadata"]["name"])
@@ -224,20 +212,23 @@ async def watch_progress(body, meta, spec, status, patch, memo, **_) -> None:
         parsed = FederatedFinetuneSpec.model_validate(dict(spec))
     except ValidationError:
         return  # reported by reconcile
-    waiting = [c for c in (status or {}).get("conditions", []) if c.get("type") == "Admitted" and c.get("reason") in NOT_ADMITTED]
-    if not waiting or await admit_and_apply(memo, owner_of(meta), parsed, meta, status, patch):
+    # Only a status that says so counts as admitted: an empty or older one means check consent and ownership now.
+    admitted = any(c.get("type") == "Admitted" and c.get("status") == "True" for c in (status or {}).get("conditions", []))
+    if admitted or await admit_and_apply(memo, owner_of(meta), parsed, meta, status, patch):
         await refresh_status(body, meta, status, patch, memo, parsed)
-    if patch and await _changed_since(memo.kube, meta):
+    if patch and await _changed_since(memo.kube, meta, checked_admission=not admitted):
         patch.clear()  # this tick saw an older object: writing would undo a newer refusal or generation
 
 
-async def _changed_since(kube: Kube, meta) -> bool:
-    """Whether the CR moved on while a timer tick worked (timers run beside the change handlers)."""
+async def _changed_since(kube: Kube, meta, checked_admission: bool = False) -> bool:
+    """Whether the CR moved on while a timer tick worked (timers run beside the change handlers): a newer generation,
+    a refusal of this one, or (unless this tick checked admission itself) a newer "not admitted"."""
     fresh = await unlearning.get_finetune(kube, meta["namespace"], meta["name"])
     if fresh is None or fresh["metadata"].get("generation") != meta.get("generation"):
         return True
     current = fresh.get("status") or {}
-    refused = any(c.get("reason") in REFUSALS for c in current.get("conditions", []))
+    reasons = REFUSALS if checked_admission else REFUSALS + NOT_ADMITTED
+    refused = any(c.get("reason") in reasons for c in current.get("conditions", []))
     return refused and current.get("observedGeneration") == meta.get("generation")
 
 
@@ -322,4 +313,5 @@ async def follow_unlearning(meta, spec, status, patch, memo, **_) -> None:
 async def cleanup_unlearning(meta, spec, status, memo, **_) -> None:
     """Delete its Jobs and ConfigMap in silo namespaces (owner references cannot reach them)."""
     telemetry.observe_phase(unlearning_api.KIND, f"{meta['namespace']}/{meta['name']}", None)
-    await unlearning.cleanup(memo.kube, _unlearning_target(meta), dict(spec), dict(status or {}))
+    for left in await unlearning.cleanup(memo.kube, _unlearning_target(meta), dict(spec), dict(status or {})):
+        log.warning("left %s alone: not created by FederatedUnlearning %s/%s", left, meta["namespace"], meta["name"])

@@ -20,18 +20,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, ClassVar
 
+import httpx
 from pydantic import ValidationError
 
 from ..api.models import GROUP, VERSION, FederatedFinetuneSpec, SiloSpec
 from ..api.models import PLURAL as FINETUNE_PLURAL
 from ..api.unlearning import KIND, FederatedUnlearningSpec
-from .aggregator_http import get_json
-from .kube import Kube
 from ..api.membership import KIND as MEMBERSHIP_KIND
 from . import consent
+from .aggregator_http import get_json
+from .kube import Kube
 from .manifests import (
-    CONFIG_DIR, KEYS_DIR, OWNER_UID_LABEL, SILO_JOB_BACKOFF_LIMIT, SILO_LABEL, STATE_DIR, Owner, aggregator_url, child_name, silo_command,
-    silo_connection, silo_pod,
+    CONFIG_DIR, KEYS_DIR, OWNER_UID_LABEL, SILO_JOB_BACKOFF_LIMIT, SILO_LABEL, STATE_DIR, Owner, aggregator_url, child_name, owned_by,
+    silo_command, silo_connection, silo_pod,
 )
 from .status import _condition, _last_termination, silo_phase
 
@@ -297,13 +298,22 @@ async def get_finetune(kube: Kube, namespace: str, name: str) -> dict | None:
     return response.json()
 
 
-async def _memberships(kube: Kube, namespaces: set[str]) -> dict[str, list[dict]]:
-    return {ns: await kube.list(f"{GROUP}/{VERSION}", MEMBERSHIP_KIND, ns) for ns in sorted(namespaces)}
+async def memberships(kube: Kube, namespaces: set[str]) -> dict[str, list[dict]]:
+    """The FederationMemberships of each namespace (read-only; a namespace the operator may not read has none)."""
+    out = {}
+    for namespace in sorted(namespaces):
+        try:
+            out[namespace] = await kube.list(f"{GROUP}/{VERSION}", MEMBERSHIP_KIND, namespace)
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code not in (403, 404):
+                raise
+            out[namespace] = []
+    return out
 
 
 async def _admit(kube: Kube, owner: Owner, ft_spec: FederatedFinetuneSpec, silos: list[SiloSpec]) -> None:
     """Refused("ConsentMissing") unless each silo's namespace still admits the finetune's silo."""
-    problems = consent.check((owner.namespace, owner.name), ft_spec, await _memberships(kube, {s.namespace for s in silos}), silos)
+    problems = consent.check((owner.namespace, owner.name), ft_spec, await memberships(kube, {s.namespace for s in silos}), silos)
     if problems:
         raise Refused("ConsentMissing", "; ".join(problems))
 
@@ -312,7 +322,7 @@ async def _apply_owned(kube: Kube, target: Target, children: list[dict]) -> None
     """Create the children, or Refused("NameConflict") naming one that exists and is not this unlearning's (untouched)."""
     for child in children:
         live = await kube.get(child)
-        if live is not None and live["metadata"].get("labels", {}).get(OWNER_UID_LABEL) != target.uid:
+        if live is not None and not owned_by(live, target.uid):
             raise Refused("NameConflict", f"{child['kind']} {child['metadata']['namespace']}/{child['metadata']['name']} exists and is not "
                                           "owned by this FederatedUnlearning: left untouched")
     for child in children:
