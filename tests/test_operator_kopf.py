@@ -100,10 +100,10 @@ async def operator(k8s):
     tasks = await kopf.spawn_tasks(standalone=True, clusterwide=True, stop_flag=stop, ready_flag=ready,
                                    memo=kopf.Memo(kube=kube, aggregator_status=aggregator))
     runner = asyncio.create_task(kopf.run_tasks(tasks, ignored=_NotKopfTasks()))
-    await asyncio.wait_for(ready.wait(), timeout=10)
+    await asyncio.wait_for(ready.wait(), timeout=30)
     yield kube, aggregator
     stop.set()
-    await asyncio.wait_for(runner, timeout=10)
+    await asyncio.wait_for(runner, timeout=30)  # a loaded machine stops kopf slowly
     await kube.http.aclose()
 
 

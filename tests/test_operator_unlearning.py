@@ -346,10 +346,10 @@ async def operator(k8s):
     tasks = await kopf.spawn_tasks(standalone=True, clusterwide=True, stop_flag=stop, ready_flag=ready, memo=kopf.Memo(
         kube=kube, aggregator_status=aggregator.plan_status, unlearning_records=aggregator.unlearnings))
     runner = asyncio.create_task(kopf.run_tasks(tasks, ignored=_NotKopfTasks()))
-    await asyncio.wait_for(ready.wait(), timeout=10)
+    await asyncio.wait_for(ready.wait(), timeout=30)
     yield aggregator
     stop.set()
-    await asyncio.wait_for(runner, timeout=10)
+    await asyncio.wait_for(runner, timeout=30)  # a loaded machine stops kopf slowly
     await kube.http.aclose()
 
 
