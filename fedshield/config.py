@@ -56,7 +56,7 @@ class DPSpec(Strict):
 
 class PrivacySpec(Strict):
     pruning: float = Field(0.5, ge=0, lt=1, description="Fraction of the shared update not sent each round.")
-    explore_share: float = Field(0.25, gt=0, le=1)
+    explore_share: float = Field(0.5, gt=0, le=1, description="Share of each round's kept coordinates taken from the rotating explore window (the rest: largest accumulated global change).")
     packing: PackingParams = PackingParams()
     private_modules: tuple[str, ...] = Field((), description="fnmatch globs of LoRA parameters that never leave the silo.")
     dp: DPSpec = DPSpec()

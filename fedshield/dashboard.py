@@ -1,5 +1,8 @@
 """The Grafana dashboard, generated from one list of panels (``fedshield dashboard``).
 
+Built with Grafana Labs' typed builders (``grafana-foundation-sdk``, pinned to the
+Grafana 11.6 schema), so the JSON follows Grafana's own schema rather than ours.
+
 The chart ships the JSON (charts/fedshield-operator/dashboards/fedshield.json, a test
 keeps it equal to this output). Every expression uses metric names from
 ``fedshield.metrics``; a test evaluates each one against a real Prometheus.
@@ -11,6 +14,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+
+from grafana_foundation_sdk.builders import prometheus, stat, timeseries
+from grafana_foundation_sdk.builders.dashboard import (
+    Dashboard, DatasourceVariable, QueryVariable, Row,
+)
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.dashboard import DataSourceRef, VariableOption, VariableRefresh
 
 SILO = 'silo=~"$silo"'
 
@@ -110,40 +120,52 @@ def expressions() -> list[str]:
     return [expr for _, panels in ROWS for p in panels for expr, _ in p.exprs]
 
 
-def _panel(p: Panel, id: int, x: int, y: int) -> dict:
-    return {
-        "id": id, "type": p.kind, "title": p.title, "description": p.description,
-        "datasource": {"type": "prometheus", "uid": "${datasource}"},
-        "gridPos": {"h": 8, "w": 8, "x": x, "y": y},
-        "fieldConfig": {"defaults": {"unit": p.unit}, "overrides": []},
-        "targets": [{"refId": chr(ord("A") + i), "expr": e, "legendFormat": legend, "datasource": {"type": "prometheus", "uid": "${datasource}"}}
-                    for i, (e, legend) in enumerate(p.exprs)],
-    }
+def _datasource() -> DataSourceRef:
+    return DataSourceRef(type_val="prometheus", uid="${datasource}")
+
+
+def _panel(p: Panel) -> timeseries.Panel | stat.Panel:
+    builder = (timeseries.Panel() if p.kind == "timeseries" else stat.Panel()) if p.kind in ("timeseries", "stat") else None
+    if builder is None:
+        raise ValueError(f"panel {p.title!r}: unknown kind {p.kind!r}")
+    builder = builder.title(p.title).description(p.description).datasource(_datasource()).unit(p.unit).height(8).span(8)
+    for i, (expr, legend) in enumerate(p.exprs):
+        builder = builder.with_target(
+            prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(chr(ord("A") + i)).datasource(_datasource())
+        )
+    return builder
+
+
+def _silo_variable() -> QueryVariable:
+    query = "label_values(fedshield_silo_round, silo)"
+    return (
+        QueryVariable("silo").label("Silo").datasource(_datasource()).query({"query": query, "refId": "silos"})
+        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).multi(True).include_all(True).all_value(".*")
+        .current(VariableOption(text="All", value="$__all"))
+    )
+
+
+def builder() -> Dashboard:
+    """The dashboard as a grafana-foundation-sdk builder (rows of panels, three per line)."""
+    out = (
+        Dashboard("FedShield federation").uid("fedshield").tags(["fedshield"]).editable().refresh("30s")
+        .time("now-6h", "now").timezone("").version(1)
+        .with_variable(DatasourceVariable("datasource").label("Prometheus").type("prometheus"))
+        .with_variable(_silo_variable())
+    )
+    for title, panels in ROWS:
+        out = out.with_row(Row(title).collapsed(False))
+        for p in panels:
+            out = out.with_panel(_panel(p))
+    return out
 
 
 def dashboard() -> dict:
-    """The Grafana dashboard model (schemaVersion 39)."""
-    panels, y, next_id = [], 0, 1
-    for title, row in ROWS:
-        panels.append({"id": next_id, "type": "row", "title": title, "collapsed": False, "panels": [],
-                       "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}})
-        next_id, y = next_id + 1, y + 1
-        for i, p in enumerate(row):
-            panels.append(_panel(p, next_id, (i % 3) * 8, y + (i // 3) * 8))
-            next_id += 1
-        y += ((len(row) + 2) // 3) * 8
-    return {
-        "uid": "fedshield", "title": "FedShield federation", "tags": ["fedshield"], "schemaVersion": 39, "version": 1,
-        "editable": True, "timezone": "", "refresh": "30s", "time": {"from": "now-6h", "to": "now"},
-        "templating": {"list": [
-            {"name": "datasource", "type": "datasource", "query": "prometheus", "label": "Prometheus"},
-            {"name": "silo", "type": "query", "label": "Silo", "datasource": {"type": "prometheus", "uid": "${datasource}"},
-             "query": {"query": "label_values(fedshield_silo_round, silo)", "refId": "silos"},
-             "definition": "label_values(fedshield_silo_round, silo)", "refresh": 2,
-             "multi": True, "includeAll": True, "allValue": ".*", "current": {"text": "All", "value": "$__all"}},
-        ]},
-        "panels": panels,
-    }
+    """The Grafana dashboard model, as JSON-ready data (panel ids assigned in order)."""
+    model = json.loads(JSONEncoder(sort_keys=True, indent=2).encode(builder().build()))
+    for i, panel in enumerate(model["panels"], start=1):
+        panel["id"] = i
+    return model
 
 
 def dashboard_json() -> str:

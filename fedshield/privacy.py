@@ -31,6 +31,22 @@ def privatise(update: np.ndarray, clip_norm: float, noise_multiplier: float, rng
     return clip(update, clip_norm) + rng.normal(0.0, noise_multiplier * clip_norm, size=update.shape)
 
 
+def release(delta: np.ndarray, residual: np.ndarray | None, budget: "Budget | None",
+            rng: np.random.Generator | None = None) -> np.ndarray:
+    """The vector a silo's upload is taken from this round (before the mask and quantisation).
+
+    Under DP the round's own ``delta`` is clipped and noised first, then the error-feedback
+    residual is added. The residual is itself a function of earlier released vectors only
+    (what they held that was not sent), so adding it is post-processing: the release of
+    each round stays one Gaussian mechanism on that round's data. Clipping ``delta +
+    residual`` instead would scale every fresh delta down by the residual's accumulated
+    noise, whose norm is many times ``C``.
+    """
+    if budget is not None:
+        delta = privatise(delta, budget.clip_norm, budget.noise_multiplier, rng)
+    return delta.copy() if residual is None else delta + residual
+
+
 def _event(noise_multiplier: float, rounds: int) -> dp_accounting.DpEvent:
     return dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(noise_multiplier), rounds)
 

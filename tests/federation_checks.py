@@ -31,7 +31,8 @@ def expected_global(config: FederationConfig, out: Path) -> tuple[VectorLayout, 
         assert np.abs(decrypt_envelope(keys, aggregate, round=r) - average).max() < 1e-12
         mask = round_mask(layout.size, config.privacy.pruning, r, config.seed, score=score, explore_share=config.privacy.explore_share)
         vector[mask] += average
-        score = np.abs(scatter(average, mask, layout.size))
+        # The exploit score: every aggregate's magnitude so far, halved each round (docs/crypto.md).
+        score = np.abs(scatter(average, mask, layout.size)) + (0.5 * score if score is not None else 0.0)
     return layout, vector
 
 

@@ -46,3 +46,38 @@ def test_weights_outside_unit_interval_are_refused(weight):
 def test_too_many_digits_for_the_silo_count_is_refused():
     with pytest.raises(ValueError, match="levels"):
         PackingParams(digits_per_slot=4, max_silos=1024).step(CKKS)
+
+
+def test_stochastic_rounding_is_unbiased_and_stays_within_one_step():
+    rng = np.random.default_rng(0)
+    values = np.full(200_000, 0.3)
+    ints = quantise(values, 1.0, 1.0, 1.0, rng)
+    assert set(np.unique(ints).tolist()) == {0, 1}
+    assert abs(ints.mean() - 0.3) < 0.005
+    signed = quantise(np.array([-2.7, 2.7] * 1000), 1.0, 5.0, 1.0, rng)
+    assert set(np.unique(signed).tolist()) == {-3, -2, 2, 3}
+
+
+@pytest.mark.parametrize("digits", [2, 3, 4])
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_extreme_uploads_of_max_silos_sum_exactly_under_real_ckks(digits, rounding):
+    """Every silo at +-value_bound, max_silos of them: the decrypted digit sums carry into no neighbour."""
+    from fedshield.crypto import EncryptedSum, EnvelopeReader, create_keys, decrypt_envelope, encrypt_update
+
+    keys = create_keys()
+    packing = PackingParams(digits_per_slot=digits, max_silos=16, rounding=rounding)
+    silos, n = packing.max_silos, 3 * 4096 * digits // 2
+    weights = np.random.default_rng(digits).dirichlet(np.ones(silos)) * (1 - 1e-12)
+    total = EncryptedSum(keys.public(), 0, n, packing=packing)
+    expected = np.zeros(n)
+    sign = np.where(np.arange(n) % 3 == 0, -1.0, 1.0)
+    for i, w in enumerate(weights):
+        values = sign * packing.value_bound * (1.0 if i % 2 else 0.999)
+        enc = encrypt_update(keys, values, weight=float(w), round=0, silo=f"s-{i}", packing=packing,
+                             rng=np.random.default_rng(i))
+        total.add(EnvelopeReader.from_bytes(enc.data))
+        expected += enc.sent * w
+    step = packing.step(keys.params)
+    decrypted = decrypt_envelope(keys, EnvelopeReader.from_bytes(total.to_bytes()))
+    assert np.array_equal(np.rint(decrypted * total.weight_sum / step), np.rint(expected / step))
+    assert np.abs(np.rint(expected / step)).max() >= 0.99 * packing.levels(keys.params)  # at the edge of the digit range

@@ -76,9 +76,9 @@ def test_mask_exploits_the_largest_global_changes_and_ties_are_deterministic():
     size = 1000
     score = np.zeros(size)
     score[[5, 500, 999]] = [3.0, -2.0, 1.0]
-    mask = round_mask(size, 0.9, 0, seed=7, score=score, explore_share=0.5)
+    mask = round_mask(size, 0.9, 1, seed=7, score=score, explore_share=0.5)
     assert {5, 500, 999} <= set(mask.tolist())
-    assert np.array_equal(mask, round_mask(size, 0.9, 0, seed=7, score=score, explore_share=0.5))
+    assert np.array_equal(mask, round_mask(size, 0.9, 1, seed=7, score=score, explore_share=0.5))
 
 
 def test_every_coordinate_is_visited_over_time():

@@ -46,12 +46,14 @@ def encrypt_update(
     silo: str,
     packing: PackingParams | None = None,
     layout: str | None = None,
+    rng: np.random.Generator | None = None,
 ) -> EncryptedUpdate:
     """Encrypt the kept values of one silo's update for one round.
 
     ``sent`` holds what the aggregate will count for this silo (clipped to
     ``packing.value_bound`` and rounded to the quantisation step), so that
-    ``values - sent`` can be carried to the next round as error feedback.
+    ``values - sent`` can be carried to the next round as error feedback. Under
+    ``packing.rounding == "stochastic"`` the rounding draws from ``rng`` (OS entropy if None).
     """
     packing = packing or PackingParams()
     values = np.asarray(values, dtype=np.float64).ravel()
@@ -62,7 +64,11 @@ def encrypt_update(
     ckks = keys.params
     start = time.perf_counter()
     step = packing.step(ckks)
-    ints = quantise(values, weight, packing.value_bound, step)
+    if packing.rounding == "stochastic":
+        rng = rng or np.random.default_rng()
+    else:
+        rng = None
+    ints = quantise(values, weight, packing.value_bound, step, rng)
     slots = pack(ints, packing.digits_per_slot, packing.radix(ckks), ckks.slots)
     blobs = [compact(ts.ckks_vector(keys.context, row).serialize()) for row in slots]
     header = EnvelopeHeader(

@@ -11,12 +11,22 @@ from __future__ import annotations
 import numpy as np
 
 
-def quantise(values: np.ndarray, weight: float, bound: float, step: float) -> np.ndarray:
-    """Integers ``round(weight * clip(values, ±bound) / step)``, as int64."""
+def quantise(values: np.ndarray, weight: float, bound: float, step: float,
+             rng: np.random.Generator | None = None) -> np.ndarray:
+    """Integers ``round(weight * clip(values, ±bound) / step)``, as int64.
+
+    With ``rng`` the rounding is stochastic: ``x`` becomes ``floor(x)`` or ``floor(x) + 1``
+    with the probabilities that make it unbiased. Either way ``|result| <= ceil(weight *
+    bound / step)``, so the digit-sum bound of :class:`~fedshield.crypto.params.PackingParams`
+    holds for both.
+    """
     if not 0.0 < weight <= 1.0:
         raise ValueError(f"aggregation weight must be in (0, 1], got {weight}")
     clipped = np.clip(np.asarray(values, dtype=np.float64), -bound, bound)
-    return np.rint(clipped * (weight / step)).astype(np.int64)
+    scaled = clipped * (weight / step)
+    if rng is None:
+        return np.rint(scaled).astype(np.int64)
+    return np.floor(scaled + rng.random(scaled.shape)).astype(np.int64)
 
 
 def dequantise(ints: np.ndarray, weight: float, step: float) -> np.ndarray:

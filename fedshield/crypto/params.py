@@ -16,6 +16,8 @@ Why these defaults (docs/crypto.md has the measurements):
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Largest total coefficient modulus (bits) for 128-bit classical security, per the
@@ -80,6 +82,9 @@ class PackingParams(BaseModel):
         2.0**-4, gt=0, description="Largest |value| sent in one round; the excess stays in error feedback."
     )
     digits_per_slot: int = Field(2, ge=1, le=4, description="Quantised values packed into one CKKS slot.")
+    rounding: Literal["nearest", "stochastic"] = Field(
+        "nearest", description="Rounding to the quantisation step; stochastic is unbiased (error feedback carries the rest)."
+    )
     max_silos: int = Field(16, ge=1, le=1024, description="Most uploads one aggregate may sum.")
 
     def digit_bits(self, ckks: CkksParams) -> int:
@@ -89,7 +94,12 @@ class PackingParams(BaseModel):
         return 1 << self.digit_bits(ckks)
 
     def levels(self, ckks: CkksParams) -> int:
-        """Largest |integer| one silo of weight 1 may send."""
+        """Largest |integer| one silo of weight 1 may send.
+
+        A silo of weight ``w`` sends at most ``ceil(w * levels) < w * levels + 1`` (nearest
+        or stochastic rounding), so ``n <= max_silos`` uploads whose weights sum to at most 1
+        sum to less than ``levels + max_silos = radix / 2``: no digit sum carries.
+        """
         levels = self.radix(ckks) // 2 - self.max_silos
         if levels < 16:
             raise ValueError(

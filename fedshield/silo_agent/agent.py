@@ -21,14 +21,14 @@ import numpy as np
 from .. import metrics
 from ..config import FederationConfig
 from ..crypto import EnvelopeReader, Keys, decrypt_envelope, encrypt_update
-from ..privacy import privatise
-from ..updates import VectorLayout, compensate, lora_parameters, next_residual, round_mask, scatter
+from ..privacy import release
+from ..updates import VectorLayout, lora_parameters, next_residual, next_score, round_mask, scatter
 from ..wire.client import AggregatorClient, AggregatorRefused, ClientSecurity
 from ..wire.messages import JoinRequest, UploadMetadata
 from ..workloads.scoring import auc, log_loss
 from .checkpoint import PendingUpload, SiloState, forgotten_users, load_state, save_state
 from .data import public_corpus, silo_examples
-from .model import build_tiny_base, load_base, with_lora, yes_probabilities
+from .model import build_tiny_base, check_context, load_base, with_lora, yes_probabilities
 from .training import create_engine, set_learning_rate, train_local_stats
 
 log = logging.getLogger("fedshield.silo")
@@ -77,6 +77,7 @@ class SiloAgent:
         self.train, self.val = ([e for e in part if e.user not in gone] for part in silo_examples(config, silo))
         self.model_cache = Path(model_cache or self.workdir)
         base, self.tokenizer = load_base(base_model_path(config, self.model_cache))
+        check_context(base, self.tokenizer, [e.prompt for e in self.train + self.val])  # refused before round 1
         lora = config.lora
         self.model = with_lora(base, lora.r, lora.alpha, lora.dropout, lora.target_modules, seed=config.seed)
         self.params = lora_parameters(self.model)
@@ -149,9 +150,7 @@ class SiloAgent:
         )
         train_s = time.perf_counter() - t
         delta = self.layout.flatten(self.params) - state.global_shared
-        update = compensate(delta, state.residual)
-        if self.budget is not None:  # DP-LoRA: the residual below is then taken from released values only
-            update = privatise(update, self.budget.clip_norm, self.budget.noise_multiplier)
+        update = release(delta, state.residual, self.budget)
         mask = self._mask(round, plan)
         encrypted = encrypt_update(
             self.keys, update[mask], weight=plan.weights[self.silo], round=round, silo=self.silo,
@@ -207,7 +206,7 @@ class SiloAgent:
         decrypt_s = time.perf_counter() - t
         state.global_shared = state.global_shared.copy()
         state.global_shared[mask] += average
-        state.score = np.abs(scatter(average, mask, self.layout.size))
+        state.score = next_score(state.score, average, mask, self.layout.size)
         state.residual = residual
         self.layout.assign(self.params, state.global_shared)
         state.pending, state.round_done = None, round

@@ -31,7 +31,7 @@ class SiloState:
     global_shared: np.ndarray  # the shared vector as of the last applied aggregate
     lora: dict[str, torch.Tensor]  # every LoRA tensor (shared and private)
     residual: np.ndarray | None = None
-    score: np.ndarray | None = None  # |last aggregate| scattered: the next mask's exploit signal
+    score: np.ndarray | None = None  # decayed sum of |aggregate| (updates.next_score): the next mask's exploit signal
     pending: PendingUpload | None = None
     history: list[dict] = field(default_factory=list)
     optimizer: dict | None = None  # the optimiser's state_dict (AdamW moments): a restarted silo trains on identically

@@ -71,7 +71,7 @@ class LocalTraining(NamedTuple):
 
 def train_local_stats(engine, tokenizer, examples: Sequence[Example], steps: int, batch_size: int, seed: int) -> LocalTraining:
     """``steps`` optimiser steps on seeded random batches; returns the mean loss and the tokens processed."""
-    yes, no = answer_ids(tokenizer)
+    yes, no = answer_ids(tokenizer, examples[0].prompt if examples else None)
     rng = random.Random(seed)
     engine.train()
     losses, tokens = [], 0

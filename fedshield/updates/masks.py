@@ -7,10 +7,15 @@ aggregate). It never depends on a silo's own update.
 
 Two shares:
 
-- explore: a window of a seeded permutation that advances every round, so every
-  coordinate is visited at least once every ``ceil(size / explore_count)`` rounds;
-- exploit: the largest scores among the rest. Ties are broken by index, so the
-  result does not depend on the sort algorithm.
+- explore: consecutive windows of a seeded permutation. Round 0 (no score yet) sends
+  the first ``k`` coordinates; every later round the next ``explore = round(k *
+  explore_share)``, so no window repeats another before the permutation wraps and every
+  coordinate has been sent after ``1 + ceil((size - k) / explore)`` rounds, whatever
+  the score;
+- exploit: the largest scores among the rest. The score (:func:`next_score`) is a decayed
+  sum of the magnitudes of every aggregate so far, so coordinates that moved in earlier
+  rounds stay candidates, not only last round's. Ties are broken by index, so the result
+  does not depend on the sort algorithm.
 """
 
 from __future__ import annotations
@@ -46,27 +51,45 @@ def _top_by_score(score: np.ndarray, k: int) -> np.ndarray:
     return np.concatenate([above, ties])
 
 
+def explore_count(size: int, pruning: float, explore_share: float) -> int:
+    """Coordinates each round after the first takes from the permutation."""
+    return max(1, round_half(kept_count(size, pruning) * explore_share))
+
+
+def explore_start(size: int, pruning: float, round: int, explore_share: float) -> int:
+    """Where ``round``'s explore window starts in the permutation: right after the previous one."""
+    if round == 0:
+        return 0
+    return (kept_count(size, pruning) + (round - 1) * explore_count(size, pruning, explore_share)) % size
+
+
+def rounds_to_cover(size: int, pruning: float, explore_share: float) -> int:
+    """Rounds after which every coordinate has been sent at least once."""
+    rest = size - kept_count(size, pruning)
+    return 1 + -(-rest // explore_count(size, pruning, explore_share))
+
+
 def round_mask(
     size: int,
     pruning: float,
     round: int,
     seed: int,
     score: np.ndarray | None = None,
-    explore_share: float = 0.25,
+    explore_share: float = 0.5,
 ) -> np.ndarray:
     """Sorted int64 indices of the coordinates kept in ``round``.
 
-    Without a score (the first round) every kept coordinate comes from the
-    explore share.
+    In round 0 (and whenever no score is given) every kept coordinate comes from the
+    explore share: no aggregate exists yet to exploit.
     """
     if not 0.0 < explore_share <= 1.0:
         raise ValueError(f"explore_share must be in (0, 1], got {explore_share}")
     k = kept_count(size, pruning)
     if k == size:
         return np.arange(size, dtype=np.int64)
-    n_explore = k if score is None else max(1, round_half(k * explore_share))
+    n_explore = k if round == 0 or score is None else explore_count(size, pruning, explore_share)
     perm = _permutation(size, seed)
-    start = (round * n_explore) % size
+    start = explore_start(size, pruning, round, explore_share)
     explore = np.take(perm, np.arange(start, start + n_explore), mode="wrap")
     if n_explore == k:
         return np.sort(explore)
@@ -81,3 +104,18 @@ def round_mask(
 
 def round_half(x: float) -> int:
     return int(np.floor(x + 0.5))
+
+
+SCORE_DECAY = 0.5
+
+
+def next_score(previous: np.ndarray | None, average: np.ndarray, mask: np.ndarray, size: int,
+               decay: float = SCORE_DECAY) -> np.ndarray:
+    """The exploit signal of the next round's mask: ``decay * previous + |aggregate|`` (scattered).
+
+    Only aggregates enter it, which every silo decrypts identically, so every silo
+    derives the same mask and the aggregator learns nothing it did not already have.
+    """
+    out = np.zeros(size, dtype=np.float64) if previous is None else decay * np.asarray(previous, dtype=np.float64)
+    out[mask] += np.abs(average)
+    return out

@@ -1,0 +1,1 @@
+"""What every learner uses: model import and loading (more moves here in later rounds)."""

@@ -1,0 +1,134 @@
+"""An in-process federation: every silo's learning and update path, without processes or HTTP.
+
+For benchmarks and tests that compare many settings (pruning, packing, DP, plaintext
+FedAvg) on the same split. Each silo is a real PEFT model trained by its own DeepSpeed
+engine; uploads go through the same functions as the silo agent (``release``,
+``round_mask``, ``encrypt_update``, ``next_residual``, ``next_score``) and the aggregator's
+``EncryptedSum`` with the public context only. What it leaves out is transport, admission,
+persistence and the round deadline: the aggregator service and the silo agent own those.
+
+``encrypted=False`` is plaintext FedAvg (weighted mean of the released values, no
+quantisation): a reference arm for benchmarks, never how a federation runs.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import FederationConfig
+from .crypto import EncryptedSum, EnvelopeReader, Keys, create_keys, decrypt_envelope, encrypt_update
+from .fairness import fedavg_weights
+from .privacy import release
+from .silo_agent.agent import base_model_path
+from .silo_agent.data import silo_examples
+from .silo_agent.model import load_base, with_lora, yes_probabilities
+from .silo_agent.training import create_engine, set_learning_rate, train_local_stats
+from .updates import VectorLayout, lora_parameters, next_residual, next_score, round_mask
+from .workloads.scoring import auc
+
+
+@dataclass
+class _Silo:
+    name: str
+    model: object
+    tokenizer: object
+    params: dict
+    engine: object
+    train: list
+    val: list
+    residual: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class SimRound:
+    round: int
+    auc: dict[str, float]  # per-silo validation AUC after applying the round's aggregate
+    coverage: float  # fraction of shared coordinates sent at least once so far
+    upload_bytes: dict[str, int]  # 0 for plaintext rounds
+    kept: int
+
+    @property
+    def mean_auc(self) -> float:
+        return float(np.mean(list(self.auc.values())))
+
+
+@dataclass
+class InProcessFederation:
+    """All silos of ``config`` in this process, starting from the same base model and adapter."""
+
+    config: FederationConfig
+    workdir: Path
+    encrypted: bool = True
+    keys: Keys | None = None
+    silos: list[_Silo] = field(init=False)
+
+    def __post_init__(self) -> None:
+        config = self.config
+        if self.encrypted and self.keys is None:
+            self.keys = create_keys()
+        base_dir = base_model_path(config, Path(self.workdir))
+        self.silos = []
+        for name in config.silo_names:
+            base, tokenizer = load_base(base_dir)
+            lora = config.lora
+            model = with_lora(base, lora.r, lora.alpha, lora.dropout, lora.target_modules, seed=config.seed)
+            params = lora_parameters(model)
+            train, val = silo_examples(config, name)
+            self.silos.append(_Silo(name, model, tokenizer, params, create_engine(model, config.training), train, val))
+        first = self.silos[0].params
+        self.layout = VectorLayout.from_tensors(first, config.privacy.private_modules)
+        self.global_shared = self.layout.flatten(first)
+        self.score: np.ndarray | None = None
+        self.sent_ever = np.zeros(self.layout.size, dtype=bool)
+        self.weights = fedavg_weights({s.name: len(s.train) for s in self.silos})
+
+    def run(self, rounds: int | None = None) -> list[SimRound]:
+        return [self.run_round(r) for r in range(rounds if rounds is not None else self.config.rounds)]
+
+    def run_round(self, round: int, evaluate: bool = True) -> SimRound:
+        config, layout = self.config, self.layout
+        mask = round_mask(layout.size, config.privacy.pruning, round, config.seed, score=self.score,
+                          explore_share=config.privacy.explore_share)
+        packing = config.packing()
+        public = self.keys.public() if self.keys is not None else None
+        total = EncryptedSum(public, round, mask.size, packing=packing, layout=layout.digest) if public else None
+        plain_sum = np.zeros(mask.size)
+        upload_bytes: dict[str, int] = {}
+        for silo in self.silos:
+            set_learning_rate(silo.engine, config.training.learning_rate)
+            train_local_stats(silo.engine, silo.tokenizer, silo.train, config.training.local_steps, config.training.batch_size,
+                              seed=zlib.crc32(f"{config.seed}/{silo.name}/{round}".encode()))
+            delta = layout.flatten(silo.params) - self.global_shared
+            update = release(delta, silo.residual, config.dp_budget(silo.name))
+            weight = self.weights[silo.name]
+            if total is not None:
+                encrypted = encrypt_update(self.keys, update[mask], weight=weight, round=round, silo=silo.name,
+                                           packing=packing, layout=layout.digest, rng=np.random.default_rng(
+                                               zlib.crc32(f"{config.seed}/{silo.name}/{round}/rounding".encode())))
+                total.add(EnvelopeReader.from_bytes(encrypted.data))
+                sent, upload_bytes[silo.name] = encrypted.sent, len(encrypted.data)
+            else:
+                sent, upload_bytes[silo.name] = update[mask], 0
+                plain_sum += weight * sent
+            silo.residual = next_residual(update, mask, sent)
+        if total is not None:
+            average = decrypt_envelope(self.keys, EnvelopeReader.from_bytes(total.to_bytes()), round=round,
+                                       count=mask.size, layout=layout.digest)
+        else:
+            average = plain_sum / sum(self.weights.values())
+        self.global_shared = self.global_shared.copy()
+        self.global_shared[mask] += average
+        self.score = next_score(self.score, average, mask, layout.size)
+        self.sent_ever[mask] = True
+        aucs = {}
+        for silo in self.silos:
+            layout.assign(silo.params, self.global_shared)
+            if not evaluate:
+                continue
+            probs = yes_probabilities(silo.model, silo.tokenizer, [e.prompt for e in silo.val])
+            aucs[silo.name] = auc(np.array([e.label for e in silo.val]), probs)
+        return SimRound(round, aucs, float(self.sent_ever.mean()), upload_bytes, int(mask.size))
