@@ -55,7 +55,8 @@ def _aggregator(args: argparse.Namespace) -> int:
         print("error: TLS without identities: give --client-ca (mutual TLS) and/or --token-file", file=sys.stderr)
         return 2
     tls = ServerTLS(Path(args.tls_cert), Path(args.tls_key), Path(args.client_ca) if args.client_ca else None) if args.tls_cert else None
-    auth = Authenticator(mutual_tls=bool(args.client_ca), tokens=TokenStore.load(args.token_file) if args.token_file else None)
+    auth = Authenticator(mutual_tls=bool(args.client_ca), tokens=TokenStore.load(args.token_file) if args.token_file else None,
+                         federation=args.federation, observers=frozenset(args.observer))
     from .aggregator.store import StateLocked
 
     try:
@@ -111,7 +112,7 @@ def _certs(args: argparse.Namespace) -> int:
         from .config import load_config
 
         silos += [s for s in load_config(args.config).silo_names if s not in silos]
-    print(json.dumps(issue_all(args.out, silos, hosts=args.host or ["127.0.0.1", "localhost"]), indent=2))
+    print(json.dumps(issue_all(args.out, silos, hosts=args.host or ["127.0.0.1", "localhost"], federation=args.federation), indent=2))
     return 0
 
 
@@ -258,8 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.set_defaults(func=_keys_create)
 
     crd = sub.add_parser("crd", help="print a CRD (generated from the pydantic models): FederatedFinetune by default")
-    crd.add_argument("--kind", choices=("finetune", "unlearning"), default="finetune",
-                     help="finetune: FederatedFinetune; unlearning: FederatedUnlearning")
+    crd.add_argument("--kind", choices=("finetune", "unlearning", "membership"), default="finetune",
+                     help="finetune: FederatedFinetune; unlearning: FederatedUnlearning; membership: FederationMembership")
     crd.set_defaults(func=_crd)
 
     dash = sub.add_parser("dashboard", help="print the Grafana dashboard JSON (generated from fedshield/dashboard.py)")
@@ -316,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument("--config", default=None, help="also issue for every silo of this federation config")
     certs.add_argument("--host", action="append", default=[],
                        help="aggregator host name or IP for the server certificate (repeatable; default 127.0.0.1, localhost)")
+    certs.add_argument("--federation", default=None,
+                       help="namespace/name: pin the silo certificates to this federation (URI SAN), for an aggregator run with --federation")
     certs.set_defaults(func=_certs)
 
     tokens = sub.add_parser("tokens", help="per-silo bearer tokens (the alternative to client certificates)")
@@ -333,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     agg.add_argument("--tls-key", default=None, help="its private key (PEM)")
     agg.add_argument("--client-ca", default=None, help="CA of silo client certificates: mutual TLS, identity = certificate CN")
     agg.add_argument("--token-file", default=None, help="JSON silo -> 'sha256:<hex>' of its bearer token")
+    agg.add_argument("--federation", default=None, help="namespace/name: a silo certificate must also carry this federation's URI SAN")
+    agg.add_argument("--observer", action="append", default=[], help="URI SAN of a read-only observer (status and unlearning ledger)")
     agg.set_defaults(func=_aggregator)
 
     silo = sub.add_parser("silo", help="run one silo agent")

@@ -5,7 +5,12 @@ This subclass (1) stamps uid, namespace, creationTimestamp and a resourceVersion
 changes on every write, answering a failed JSON-patch ``test`` with 422 as the API server
 does; (2) subscribes to the event bus atomically with the watch's snapshot and replays
 only objects newer than the LIST the client started from; (3) honours equality-based
-``labelSelector`` terms (``k=v,k2=v2``) on LIST, which kmock ignores.
+``labelSelector`` terms (``k=v,k2=v2``) on LIST, which kmock ignores; (4) honours the optimistic
+concurrency the operator relies on for "touch only what it owns": a merge patch carrying
+``metadata.resourceVersion`` fails with 409 when the object has changed since, and a DELETE's
+``preconditions`` (uid, resourceVersion) fail with 409 when they do not match (as the API server
+does); (5) answers 403 for built-in kinds in the namespaces listed in ``forbidden`` (a namespace
+without the operator's RoleBinding). Not modelled otherwise: RBAC, admission, server-side apply, garbage collection of owner references.
 """
 
 from __future__ import annotations
@@ -25,17 +30,45 @@ DEPLOYMENTS = kmock.resource("apps/v1/deployments")
 SERVICES = kmock.resource("v1/services")
 CONFIGMAPS = kmock.resource("v1/configmaps")
 PVCS = kmock.resource("v1/persistentvolumeclaims")
+NETWORKPOLICIES = kmock.resource("networking.k8s.io/v1/networkpolicies")
+MEMBERSHIPS = kmock.resource("fedshield.io/v1alpha1/federationmemberships")
+WRITES = ("POST", "PUT", "PATCH", "DELETE")
 
 
 class Emulator(kmock.KubernetesEmulator):
     _rv = 0
+    forbidden: frozenset[str] = frozenset()  # namespaces where every request for a built-in kind is 403 (no RoleBinding there)
 
     def _next_rv(self) -> str:
         self._rv += 1
         return str(self._rv)
 
+    def _live(self, request) -> dict | None:
+        key = (request.resource, request.namespace, request.name)
+        if key in self.objects and not self.objects[key].deleted:
+            return self.objects[key].last.raw
+        return None
+
+    def _precondition(self, request) -> None:
+        """409 when a patch's resourceVersion or a delete's preconditions do not match the stored object."""
+        data, live = request.data, self._live(request)
+        if live is None or not isinstance(data, dict):
+            return
+        meta = live.get("metadata", {})
+        if request.action == kmock.action.UPDATE:
+            wanted = {"resourceVersion": (data.get("metadata") or {}).get("resourceVersion")}
+        else:
+            wanted = dict(data.get("preconditions") or {})
+        for key, value in wanted.items():
+            if value is not None and meta.get(key) != value:
+                raise kmock.KubernetesError(status=409, reason="Conflict", message=f"precondition failed: {key} is {meta.get(key)!r}, not {value!r}")
+
     async def _handle(self, request):
         action, data = request.action, request.data
+        if request.namespace in self.forbidden and request.resource is not None and request.resource.group != "fedshield.io":
+            raise kmock.KubernetesError(status=403, reason="Forbidden", message=f"no RoleBinding in namespace {request.namespace}")
+        if action in (kmock.action.UPDATE, kmock.action.DELETE) and request.name:
+            self._precondition(request)
         if action == kmock.action.CREATE and isinstance(data, dict):
             meta = data.setdefault("metadata", {})
             if request.namespace:
@@ -102,6 +135,13 @@ def declare_resources(k8s: kmock.KubernetesEmulator) -> None:
     k8s.resources[CR] = dict(kind="FederatedFinetune", singular="federatedfinetune", namespaced=True, verbs=VERBS, subresources={"status"})
     k8s.resources[UNLEARNING_CR] = dict(kind="FederatedUnlearning", singular="federatedunlearning", namespaced=True, verbs=VERBS,
                                         subresources={"status"})
+    k8s.resources[MEMBERSHIPS] = dict(kind="FederationMembership", singular="federationmembership", namespaced=True, verbs=VERBS)
     for res, kind in ((JOBS, "Job"), (PODS, "Pod"), (DEPLOYMENTS, "Deployment"), (SERVICES, "Service"),
-                      (CONFIGMAPS, "ConfigMap"), (PVCS, "PersistentVolumeClaim")):
+                      (CONFIGMAPS, "ConfigMap"), (PVCS, "PersistentVolumeClaim"), (NETWORKPOLICIES, "NetworkPolicy")):
         k8s.resources[res] = dict(kind=kind, singular=kind.lower(), namespaced=True, verbs=VERBS, subresources={"status"})
+
+
+def writes_in(k8s: kmock.KubernetesEmulator, namespace: str) -> list[str]:
+    """Every write request the emulator received for objects in ``namespace`` (method and path)."""
+    return [f"{getattr(r.method, 'value', r.method)} {r.url.path}" for r in k8s if getattr(r.method, "value", r.method) in WRITES
+            and f"/namespaces/{namespace}/" in r.url.path]

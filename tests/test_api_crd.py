@@ -6,7 +6,7 @@ import yaml
 from pydantic import ValidationError
 
 from fedshield.api.crd import crd, crd_yaml
-from fedshield.api.models import IMMUTABLE, FederatedFinetuneSpec
+from fedshield.api.models import IMMUTABLE, INSECURE_MESSAGE, FederatedFinetuneSpec
 from fedshield.cli import main
 
 from crd_schema import crd_validator
@@ -122,3 +122,16 @@ def test_invalid_spec_is_rejected_naming_the_field(path, value, message, structu
 
 def test_enough_invalid_cases():
     assert len(INVALID) >= 20
+
+
+def test_without_tls_the_spec_must_say_insecure_in_pydantic_and_the_crd():
+    spec = copy.deepcopy(EXAMPLE["spec"])
+    del spec["aggregator"]["tls"]
+    for silo in spec["silos"]:
+        del silo["tls"]
+    with pytest.raises(ValidationError, match="set insecure: true to run without transport security"):
+        FederatedFinetuneSpec.model_validate(spec)
+    assert FederatedFinetuneSpec.model_validate(dict(spec, insecure=True)).insecure
+    rules = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["x-kubernetes-validations"]
+    assert {"rule": "has(self.aggregator.tls) || (has(self.insecure) && self.insecure)",
+            "message": INSECURE_MESSAGE} in rules

@@ -7,6 +7,7 @@ these tests skip, unless FEDSHIELD_REQUIRE_TOOLS=1 makes them fail.
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import os
 import re
@@ -14,13 +15,21 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 
+from fedshield.api.crd import membership_crd
+from fedshield.api.membership import FederationMembershipSpec
 from fedshield.api.models import FederatedFinetuneSpec, SiloSpec
+from fedshield.api.unlearning import FederatedUnlearningSpec
 from fedshield.cli import main as fedshield_main
+from fedshield.operator import consent
+from fedshield.operator import unlearning as fu
 from fedshield.operator.manifests import AGGREGATOR_PORT, Owner, aggregator_deployment, labels, silo_job
+
+from crd_schema import to_jsonschema
 
 ROOT = Path(__file__).resolve().parents[1]
 CHARTS = ROOT / "charts"
@@ -99,8 +108,20 @@ def test_lint_and_every_manifest_validates_strictly(chart, args):
     for doc in docs:
         if doc["apiVersion"] == MONITORING:
             check_monitor(doc)
+        elif doc["apiVersion"] == "fedshield.io/v1alpha1":
+            check_membership(doc)
         else:
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def check_membership(doc: dict) -> None:
+    """kubernetes-validate does not know our kinds: the generated CRD's schema, and the pydantic model."""
+    assert doc["kind"] == "FederationMembership"
+    schema = to_jsonschema(copy.deepcopy(membership_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]))
+    schema["properties"]["metadata"] = {"type": "object"}
+    errors = [e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(doc)]
+    assert not errors, errors
+    FederationMembershipSpec.model_validate(doc["spec"])
 
 
 def check_monitor(doc: dict) -> None:
@@ -164,6 +185,15 @@ def test_default_images_are_the_dockerfile_targets_at_app_version():
     assert entry.image == f"fedshield/fedshield:{app_version}-cuda"
 
 
+def with_entry(entry: SiloSpec) -> dict:
+    """The example's spec with ``entry`` and a partner as its silos: mutual TLS when the entry has a certificate, else insecure."""
+    aggregator = dict(EXAMPLE["spec"]["aggregator"])
+    if entry.tls is None:
+        del aggregator["tls"]
+    return dict(EXAMPLE["spec"], silos=with_partner(entry.model_dump(by_alias=True, exclude_none=True)),
+                aggregator=aggregator, insecure=entry.tls is None)
+
+
 def silo_entry(docs: list[dict]) -> SiloSpec:
     configmap = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-entry"))
     [entry] = yaml.safe_load(configmap["data"]["silo.yaml"])
@@ -195,7 +225,7 @@ def test_silo_entry_drives_the_operator(args, key_file):
     docs = render(SILO, *args, "--set-file", f"ckks.secretKey={key_file}")
     values = yaml.safe_load(Path(args[1]).read_text()) if args else {}
     entry = silo_entry(docs)
-    spec = FederatedFinetuneSpec.model_validate(dict(EXAMPLE["spec"], silos=with_partner(entry.model_dump(by_alias=True, exclude_none=True))))
+    spec = FederatedFinetuneSpec.model_validate(with_entry(entry))
     job = silo_job(OWNER, spec, spec.silos[0])
     kubernetes_validate.validate(job, K8S_VERSION, strict=True)
     pod = job["spec"]["template"]["spec"]
@@ -216,6 +246,30 @@ def test_silo_entry_drives_the_operator(args, key_file):
 
     policy = one(docs, "NetworkPolicy")
     assert matches(policy["spec"]["podSelector"], job["spec"]["template"]["metadata"]["labels"])
+    # Unlearning and apply pods hold the same key and data: the same policy covers them.
+    unlearning = FederatedUnlearningSpec.model_validate({"finetune": OWNER.name, "silo": entry.name, "forget": {"users": ["u"]},
+                                                         "requestedBy": "dpo"})
+    target = fu.Target("forget-1", OWNER.namespace, "uid")
+    for child in fu.unlearning_children(target, OWNER, spec, unlearning):
+        if child["kind"] == "Job":
+            assert matches(policy["spec"]["podSelector"], child["spec"]["template"]["metadata"]["labels"])
+    apply = fu.apply_job(target, OWNER, spec, spec.silos[0])
+    assert matches(policy["spec"]["podSelector"], apply["spec"]["template"]["metadata"]["labels"])
+    assert not matches(policy["spec"]["podSelector"], {**job["spec"]["template"]["metadata"]["labels"], "fedshield.io/silo": "other"})
+
+    # With consent, the chart's membership admits exactly its own entry, and nothing more.
+    memberships = [d for d in docs if d["kind"] == "FederationMembership"]
+    if values.get("membership", {}).get("federations"):
+        [membership] = memberships
+        federations = [(f["namespace"], f["name"]) for f in values["membership"]["federations"]]
+        silo = spec.silos[0]
+        assert consent.check_silo(federations[0], spec, silo, memberships) is None
+        assert "no FederationMembership" in consent.check_silo(("elsewhere", "x"), spec, silo, memberships)
+        for change in ({"image": "evil/miner:1"}, {"key_secret": "payments-db"}, {"gpus": silo.gpus + 1},
+                       {"service_account_name": "org-admin"}, {"priority_class_name": "system-node-critical"}):
+            assert consent.check_silo(federations[0], spec, silo.model_copy(update=change), memberships), change
+    else:
+        assert memberships == []
 
 
 def test_network_policy_allows_only_the_aggregator_and_dns():
@@ -257,6 +311,12 @@ BAD_VALUES = [
     (SILO, ["--set", "networkPolicy.aggregator.cidr=10.0.0.1"], "/networkPolicy/aggregator/cidr"),
     (SILO, ["--set", "networkPolicy.aggregator.port=70000"], "/networkPolicy/aggregator/port"),
     (SILO, ["--set", "ckks.secretKeyFile=x"], "additional properties 'secretKeyFile' not allowed"),
+    (SILO, ["--set", "membership.federations[0].namespace=Bad_NS", "--set", "membership.federations[0].name=x"],
+     "/membership/federations/0/namespace"),
+    (SILO, ["--set", "membership.extraSecrets[0]=Not_A_Name"], "/membership/extraSecrets/0"),
+    (SILO, ["--set", "operator.namespace=-bad"], "/operator/namespace"),
+    (OPERATOR, ["--set", "aggregatorNamespaces[0]=Not_A_Namespace"], "/aggregatorNamespaces/0"),
+    (OPERATOR, ["--set", "aggregatorClient.observerUri=http://x"], "/aggregatorClient/observerUri"),
 ]
 
 
@@ -373,5 +433,19 @@ def test_operator_trusts_a_mounted_ca_bundle_not_a_secret():
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     volume = {v["name"]: v for v in pod["volumes"]}["aggregator-ca"]
     assert volume["configMap"]["name"] == "fedshield-aggregator-ca" and "secret" not in volume
-    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     assert env["FEDSHIELD_AGGREGATOR_CA"] == "/etc/fedshield/aggregator-ca/ca.crt"
+    assert "FEDSHIELD_AGGREGATOR_CERT" not in env  # no client certificate unless one is given
+
+
+def test_operator_client_certificate_is_mounted_from_its_own_secret_and_names_its_observer_uri():
+    docs = render(OPERATOR, "--set", "aggregatorClient.secretName=fs-operator-client-tls", namespace="fedshield", release="fs")
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    volume = {v["name"]: v for v in pod["volumes"]}["aggregator-client"]
+    assert volume["secret"]["secretName"] == "fs-operator-client-tls"  # mounted by the kubelet, never read through the API
+    env = {e["name"]: e.get("value") or e.get("valueFrom") for e in pod["containers"][0]["env"]}
+    assert env["FEDSHIELD_AGGREGATOR_CERT"] == "/etc/fedshield/aggregator-client/tls.crt"
+    assert env["FEDSHIELD_OBSERVER_URI"] == "spiffe://fedshield.io/ns/fedshield/sa/fs-operator"
+    assert env["FEDSHIELD_OPERATOR_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["FEDSHIELD_MONITORING_NAMESPACE"] == "monitoring"
+    assert env["FEDSHIELD_AGGREGATOR_IMAGE_PREFIXES"] == "fedshield/fedshield:,fedshield/fedshield@"

@@ -15,14 +15,41 @@ from fedshield import metrics
 
 from fedshield.operator import handlers  # noqa: F401  (registers the handlers in kopf's default registry)
 from fedshield.operator.kube import Kube
+from fedshield.operator.manifests import Owner, plan_name, silo_job_name
 
-from kube_emulator import CONFIGMAPS, CR, DEPLOYMENTS, JOBS, PVCS, SERVICES, Emulator, declare_resources
+from kube_emulator import CONFIGMAPS, CR, DEPLOYMENTS, JOBS, NETWORKPOLICIES, PVCS, SERVICES, Emulator, declare_resources
 
 EXAMPLE = yaml.safe_load((Path(__file__).resolve().parents[1] / "examples" / "federatedfinetune.yaml").read_text())
 NS, NAME = EXAMPLE["metadata"]["namespace"], EXAMPLE["metadata"]["name"]
 SILO_NS = {s["name"]: s["namespace"] for s in EXAMPLE["spec"]["silos"]}
 CR_PATH = f"/apis/fedshield.io/v1alpha1/namespaces/{NS}/federatedfinetunes"
+UID = "0b9c7a34-1111-2222-3333-444455556666"  # the emulator keeps a uid given at creation: child names are known in advance
+OWNER = Owner(NAME, NS, UID)
 _url: list[str] = []
+
+
+def job(silo: str, owner: Owner = OWNER) -> str:
+    return silo_job_name(owner, silo)
+
+
+def membership(silo: dict, federations=((NS, NAME),), name: str = "fedshield", **spec) -> dict:
+    """A FederationMembership admitting exactly what ``silo`` (an entry of spec.silos) uses."""
+    body = {"federations": [{"namespace": n, "name": f} for n, f in federations], "silos": [silo["name"]],
+            "imagePrefixes": ["fedshield/fedshield:"],
+            "secrets": [silo["keySecret"]] + ([silo["tls"]["secretName"]] if silo.get("tls") else []),
+            "persistentVolumeClaims": [silo["datasetVolume"]["claimName"], "base-models"],
+            "tolerations": silo.get("tolerations", []), "limits": {"gpus": 2, "memory": "32Gi"}}
+    body.update(spec)
+    return {"apiVersion": "fedshield.io/v1alpha1", "kind": "FederationMembership", "metadata": {"name": name, "namespace": silo["namespace"]},
+            "spec": body}
+
+
+async def consent(k8s, silos=None, **kw) -> None:
+    """Each organisation's admin consents (by default: every silo of the example, to this federation only)."""
+    for silo in silos or EXAMPLE["spec"]["silos"]:
+        body = membership(silo, **kw)
+        response = await k8s.post(f"/apis/fedshield.io/v1alpha1/namespaces/{silo['namespace']}/federationmemberships", json=body)
+        assert response.status == 200, await response.text()
 
 
 @kopf.on.login()
@@ -73,10 +100,10 @@ async def operator(k8s):
     tasks = await kopf.spawn_tasks(standalone=True, clusterwide=True, stop_flag=stop, ready_flag=ready,
                                    memo=kopf.Memo(kube=kube, aggregator_status=aggregator))
     runner = asyncio.create_task(kopf.run_tasks(tasks, ignored=_NotKopfTasks()))
-    await asyncio.wait_for(ready.wait(), timeout=10)
+    await asyncio.wait_for(ready.wait(), timeout=30)
     yield kube, aggregator
     stop.set()
-    await asyncio.wait_for(runner, timeout=10)
+    await asyncio.wait_for(runner, timeout=30)  # a loaded machine stops kopf slowly
     await kube.http.aclose()
 
 
@@ -105,33 +132,34 @@ def status(k8s) -> dict:
     return raw(k8s, (CR, NS, NAME)).get("status", {})
 
 
-async def create_cr(k8s, spec: dict | None = None) -> None:
-    body = {"apiVersion": "fedshield.io/v1alpha1", "kind": "FederatedFinetune", "metadata": {"name": NAME, "namespace": NS},
+async def create_cr(k8s, spec: dict | None = None, namespace: str = NS, uid: str = UID) -> None:
+    body = {"apiVersion": "fedshield.io/v1alpha1", "kind": "FederatedFinetune", "metadata": {"name": NAME, "namespace": namespace, "uid": uid},
             "spec": spec or EXAMPLE["spec"]}
-    response = await k8s.post(CR_PATH, json=body)
+    response = await k8s.post(f"/apis/fedshield.io/v1alpha1/namespaces/{namespace}/federatedfinetunes", json=body)
     assert response.status == 200, await response.text()
 
 
 async def set_job_status(k8s, silo: str, **job_status) -> None:
-    response = await k8s.patch(f"/apis/batch/v1/namespaces/{SILO_NS[silo]}/jobs/{NAME}-{silo}/status", json={"status": job_status})
+    response = await k8s.patch(f"/apis/batch/v1/namespaces/{SILO_NS[silo]}/jobs/{job(silo)}/status", json={"status": job_status})
     assert response.status == 200, await response.text()
 
 
 async def test_cr_creates_children_in_the_right_namespaces_with_the_right_mounts(k8s, operator):
+    await consent(k8s)
     await create_cr(k8s)
-    await eventually(lambda: all(alive(k8s, (JOBS, ns, f"{NAME}-{silo}")) for silo, ns in SILO_NS.items()), what="silo Jobs")
-    for res, name in ((DEPLOYMENTS, f"{NAME}-aggregator"), (SERVICES, f"{NAME}-aggregator"), (CONFIGMAPS, f"{NAME}-plan"),
-                      (PVCS, f"{NAME}-aggregator-state")):
+    await eventually(lambda: all(alive(k8s, (JOBS, ns, job(silo))) for silo, ns in SILO_NS.items()), what="silo Jobs")
+    for res, name in ((DEPLOYMENTS, f"{NAME}-aggregator"), (SERVICES, f"{NAME}-aggregator"), (CONFIGMAPS, plan_name(OWNER)),
+                      (PVCS, f"{NAME}-aggregator-state"), (NETWORKPOLICIES, f"{NAME}-aggregator")):
         assert alive(k8s, (res, NS, name)), name
         assert raw(k8s, (res, NS, name))["metadata"]["ownerReferences"][0]["name"] == NAME
     deployment = raw(k8s, (DEPLOYMENTS, NS, f"{NAME}-aggregator"))
-    assert [v["secret"]["secretName"] for v in deployment["spec"]["template"]["spec"]["volumes"] if "secret" in v] == ["fedshield-public-key"]
+    assert [v["secret"]["secretName"] for v in deployment["spec"]["template"]["spec"]["volumes"] if "secret" in v] == [
+        "fedshield-public-key", "triage-notes-aggregator-tls"]  # the public context and its own certificate: no silo's Secret
     for silo, ns in SILO_NS.items():
-        job = raw(k8s, (JOBS, ns, f"{NAME}-{silo}"))
-        pod = job["spec"]["template"]["spec"]
+        pod = raw(k8s, (JOBS, ns, job(silo)))["spec"]["template"]["spec"]
         volumes = {v["name"]: v for v in pod["volumes"]}
         assert volumes["keys"]["secret"]["secretName"] == "fedshield-keys"
-        assert "persistentVolumeClaim" in volumes["data"] and alive(k8s, (CONFIGMAPS, ns, f"{NAME}-plan"))
+        assert "persistentVolumeClaim" in volumes["data"] and alive(k8s, (CONFIGMAPS, ns, plan_name(OWNER)))
         assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
     await eventually(lambda: status(k8s).get("silosReady") == "0/3", what="initial status")
     assert status(k8s)["phase"] == "Pending" and "fedshield.io/cleanup" in raw(k8s, (CR, NS, NAME))["metadata"]["finalizers"]
@@ -143,8 +171,9 @@ async def test_cr_creates_children_in_the_right_namespaces_with_the_right_mounts
 
 async def test_status_follows_pods_and_rounds_and_does_not_busy_loop(k8s, operator):
     kube, aggregator = operator
+    await consent(k8s)
     await create_cr(k8s)
-    await eventually(lambda: all(alive(k8s, (JOBS, ns, f"{NAME}-{s}")) for s, ns in SILO_NS.items()))
+    await eventually(lambda: all(alive(k8s, (JOBS, ns, job(s))) for s, ns in SILO_NS.items()))
     await eventually(lambda: status(k8s).get("silosReady") == "0/3")
     for silo in SILO_NS:
         await set_job_status(k8s, silo, active=1)
@@ -166,11 +195,13 @@ async def test_status_follows_pods_and_rounds_and_does_not_busy_loop(k8s, operat
     assert kube.calls - calls <= (new_ticks + 1) * 2 * len(set(SILO_NS.values()))  # a tick may straddle the window
     # A silo pod fails: reported with its exit code while the Job retries, then the federation fails below quorum.
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p1", "namespace": SILO_NS["hospital-a"], "labels": {
-        "fedshield.io/federation": NAME, "fedshield.io/federation-namespace": NS, "fedshield.io/silo": "hospital-a"}},
+        "fedshield.io/federation": NAME, "fedshield.io/federation-namespace": NS, "fedshield.io/silo": "hospital-a",
+        "fedshield.io/owner-uid": UID}},
         "status": {"phase": "Failed", "containerStatuses": [{"name": "silo", "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]}}
     assert (await k8s.post(f"/api/v1/namespaces/{SILO_NS['hospital-a']}/pods", json=pod)).status == 200
     await set_job_status(k8s, "hospital-a", active=1, failed=1)
-    await eventually(lambda: next(s for s in status(k8s)["silos"] if s["name"] == "hospital-a").get("reason") == "OOMKilled")
+    await eventually(lambda: next(s for s in status(k8s)["silos"] if s["name"] == "hospital-a").get("reason") == "OOMKilled"
+                     and next(s for s in status(k8s)["silos"] if s["name"] == "hospital-a").get("restarts") == 1)
     entry = next(s for s in status(k8s)["silos"] if s["name"] == "hospital-a")
     assert entry["exitCode"] == 137 and entry["restarts"] == 1
     assert {c["type"]: c["status"] for c in status(k8s)["conditions"]}["Degraded"] == "True"
@@ -182,36 +213,39 @@ async def test_status_follows_pods_and_rounds_and_does_not_busy_loop(k8s, operat
 
 
 async def test_suspend_and_delete_clean_up(k8s, operator):
+    await consent(k8s)
     await create_cr(k8s)
-    await eventually(lambda: all(alive(k8s, (JOBS, ns, f"{NAME}-{s}")) for s, ns in SILO_NS.items()))
+    await eventually(lambda: all(alive(k8s, (JOBS, ns, job(s))) for s, ns in SILO_NS.items()))
     response = await k8s.patch(f"{CR_PATH}/{NAME}", json={"spec": {"suspend": True}, "metadata": {"generation": 2}})
     assert response.status == 200
     await eventually(lambda: raw(k8s, (DEPLOYMENTS, NS, f"{NAME}-aggregator"))["spec"]["replicas"] == 0, what="scaled to zero")
-    await eventually(lambda: all(raw(k8s, (JOBS, ns, f"{NAME}-{s}"))["spec"]["suspend"] for s, ns in SILO_NS.items()))
+    await eventually(lambda: all(raw(k8s, (JOBS, ns, job(s)))["spec"]["suspend"] for s, ns in SILO_NS.items()))
     await eventually(lambda: status(k8s).get("phase") == "Suspended")
     response = await k8s.delete(f"{CR_PATH}/{NAME}")
     assert response.status == 200
     await eventually(lambda: k8s.objects[CR, NS, NAME].deleted, what="CR deleted after the finalizer")
     for silo, ns in SILO_NS.items():
-        assert k8s.objects[JOBS, ns, f"{NAME}-{silo}"].deleted
-        assert k8s.objects[CONFIGMAPS, ns, f"{NAME}-plan"].deleted
-        assert not k8s.objects[PVCS, ns, f"{NAME}-{silo}-state"].deleted  # kept: it holds the silo's adapter
+        assert k8s.objects[JOBS, ns, job(silo)].deleted
+        assert k8s.objects[CONFIGMAPS, ns, plan_name(OWNER)].deleted
+        assert not k8s.objects[PVCS, ns, f"{job(silo)}-state"].deleted  # kept: it holds the silo's adapter
 
 
 async def test_invalid_spec_is_reported_and_creates_nothing(k8s, operator):
     spec = copy.deepcopy(EXAMPLE["spec"])
     spec["aggregation"]["minSilos"] = 7
+    await consent(k8s)
     await create_cr(k8s, spec)
     await eventually(lambda: status(k8s).get("phase") == "Failed", what="Failed on invalid spec")
     condition = status(k8s)["conditions"][0]
     assert condition["reason"] == "InvalidSpec" and "minSilos" in condition["message"]
-    assert not any(alive(k8s, (JOBS, ns, f"{NAME}-{s}")) for s, ns in SILO_NS.items())
+    assert not any(alive(k8s, (JOBS, ns, job(s))) for s, ns in SILO_NS.items())
     assert not alive(k8s, (DEPLOYMENTS, NS, f"{NAME}-aggregator"))
 
 
 async def test_change_to_an_immutable_field_is_refused(k8s, operator):
+    await consent(k8s)
     await create_cr(k8s)
-    await eventually(lambda: all(alive(k8s, (JOBS, ns, f"{NAME}-{s}")) for s, ns in SILO_NS.items()))
+    await eventually(lambda: all(alive(k8s, (JOBS, ns, job(s))) for s, ns in SILO_NS.items()))
     response = await k8s.patch(f"{CR_PATH}/{NAME}", json={"spec": {"lora": {"r": 64}}, "metadata": {"generation": 2}})
     assert response.status == 200  # a real API server refuses this already (CEL self == oldSelf); kmock does not
     await eventually(lambda: status(k8s).get("phase") == "Failed", what="refused")

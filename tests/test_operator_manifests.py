@@ -10,7 +10,8 @@ import yaml
 from fedshield.api.models import FederatedFinetuneSpec
 from fedshield.config import FederationConfig
 from fedshield.operator.manifests import (
-    KEYS_DIR, Owner, aggregator_url, desired_children, federation_config, silo_job,
+    KEYS_DIR, OWNER_UID_LABEL, Owner, Site, aggregator_deployment, aggregator_network_policy, aggregator_url, desired_children,
+    federation_config, owned_by, silo_job, silo_job_name,
 )
 from fedshield.operator.status import Observed, compute_status
 
@@ -50,7 +51,7 @@ def test_silo_job_runs_in_its_namespace_with_gpu_data_and_secret():
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["keys"]["secret"]["secretName"] == "fedshield-keys"
     assert volumes["data"]["persistentVolumeClaim"] == {"claimName": "triage-data", "readOnly": True}
-    assert aggregator_url(OWNER) in container["command"]
+    assert aggregator_url(OWNER, tls=True) in container["command"]
     assert container["securityContext"]["readOnlyRootFilesystem"] and container["securityContext"]["runAsNonRoot"]
     assert pod["securityContext"]["runAsNonRoot"] and pod["automountServiceAccountToken"] is False
 
@@ -60,10 +61,48 @@ def test_aggregator_mounts_only_the_public_context():
     deployment = next(c for c in desired_children(OWNER, spec) if c["kind"] == "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     secrets = [v["secret"] for v in pod["volumes"] if "secret" in v]
-    assert secrets == [{"secretName": "fedshield-public-key", "items": [{"key": "public.ckks", "path": "public.ckks"}]}]
+    assert secrets == [{"secretName": "fedshield-public-key", "items": [{"key": "public.ckks", "path": "public.ckks"}]},
+                       {"secretName": "triage-notes-aggregator-tls", "defaultMode": 0o400}]  # and its own server certificate
     assert f"{KEYS_DIR}/public.ckks" in pod["containers"][0]["command"]
     assert deployment["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
     assert deployment["spec"]["strategy"] == {"type": "Recreate"} and deployment["spec"]["replicas"] == 1
+
+
+def test_child_names_outside_the_cr_namespace_are_unique_per_cr_and_fit():
+    spec = FederatedFinetuneSpec.model_validate(EXAMPLE["spec"])
+    twins = [OWNER, Owner(OWNER.name, "team-b", OWNER.uid), Owner(OWNER.name, OWNER.namespace, "another-uid")]
+    names = [silo_job(o, spec, spec.silos[0])["metadata"]["name"] for o in twins]
+    assert len(set(names)) == 3 and all(n.startswith("triage-notes-") and n.endswith("-hospital-a") for n in names)
+    long = Owner("x" * 253, "ns", "uid")
+    for silo in ("a", "y" * 63):
+        name = silo_job_name(long, silo)
+        assert len(name) <= 63 and not name.endswith("-")
+    assert silo_job_name(long, "y" * 63) != silo_job_name(Owner("x" * 252, "ns", "uid"), "y" * 63)
+
+
+def test_every_child_names_its_owner_and_ownership_is_checked_by_uid():
+    spec = FederatedFinetuneSpec.model_validate(EXAMPLE["spec"])
+    for child in desired_children(OWNER, spec):
+        assert child["metadata"]["labels"][OWNER_UID_LABEL] == OWNER.uid and owned_by(child, OWNER.uid)
+        assert not owned_by(child, "someone-else")
+        if child["metadata"]["namespace"] == OWNER.namespace:
+            assert child["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
+    assert not owned_by({"metadata": {"name": "nightly-backup"}}, OWNER.uid) and not owned_by(None, OWNER.uid)
+
+
+def test_mutual_tls_aggregator_pins_silos_to_its_federation_and_admits_the_observer():
+    spec = FederatedFinetuneSpec.model_validate(EXAMPLE["spec"])
+    site = Site(operator_namespace="fedshield-system", observer_uri="spiffe://fedshield.io/ns/fedshield-system/sa/fs-operator")
+    command = aggregator_deployment(OWNER, spec, site)["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[command.index("--federation") + 1] == "fedshield/triage-notes"
+    assert command[command.index("--observer") + 1] == site.observer_uri
+    policy = aggregator_network_policy(OWNER, spec, site)
+    kubernetes_validate.validate(policy, K8S_VERSION, strict=True)
+    api = policy["spec"]["ingress"][0]["from"]
+    assert api[1]["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "fedshield-system"}}
+    insecure = FederatedFinetuneSpec.model_validate(dict(EXAMPLE["spec"], insecure=True, aggregator={"publicKeySecret": "k"},
+                                                         silos=[{k: v for k, v in s.items() if k != "tls"} for s in EXAMPLE["spec"]["silos"]]))
+    assert "--federation" not in aggregator_deployment(OWNER, insecure)["spec"]["template"]["spec"]["containers"][0]["command"]
 
 
 def test_suspend_scales_the_aggregator_to_zero_and_suspends_jobs():

@@ -19,14 +19,21 @@ from fedshield.api.models import FederatedFinetuneSpec
 from fedshield.api import unlearning as fu_api
 from fedshield.api.unlearning import FederatedUnlearningSpec
 from fedshield.cli import main
+from fedshield.config import FederationConfig
+from fedshield.config import SiloSpec as ConfigSilo
 from fedshield.operator import unlearning as fu
+from fedshield.operator.aggregator_http import CA_ENV, CERT_ENV, KEY_ENV
 from fedshield.operator.kube import Kube
-from fedshield.operator.manifests import STATE_DIR, Owner, aggregator_url, silo_job
+from fedshield.operator.manifests import STATE_DIR, Owner, aggregator_url, silo_job, silo_job_name
+from fedshield.security.auth import Authenticator, observer_uri
+from fedshield.security.certs import issue_all, issue_observer
+from fedshield.security.tls import ServerTLS
 from fedshield.wire.unlearning import UnlearningAudit, UnlearningRecord
 
+from aggregator_harness import RunningAggregator
 from crd_schema import to_jsonschema
-from kube_emulator import CONFIGMAPS, CR, JOBS, UNLEARNING_CR, Emulator, declare_resources
-from test_operator_kopf import _NotKopfTasks, _url, alive, eventually, kmock_server, raw
+from kube_emulator import CONFIGMAPS, CR, JOBS, UNLEARNING_CR, Emulator, declare_resources, writes_in
+from test_operator_kopf import _NotKopfTasks, _url, alive, consent, eventually, kmock_server, raw
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKED_IN = ROOT / "charts" / "fedshield-operator" / "crds" / "federatedunlearnings.yaml"
@@ -38,7 +45,8 @@ FT_SPEC = FederatedFinetuneSpec.model_validate(FINETUNE["spec"])
 FT_OWNER = Owner(FT_NAME, NS, "0b9c7a34-1111-2222-3333-444455556666")
 TARGET = fu.Target(NAME, NS, "7f00aa11-2222-3333-4444-555566667777")
 K8S_VERSION = "1.34"
-UNLEARN_JOB = f"{NAME}-unlearn"
+UNLEARN_JOB = fu.job_name(TARGET)
+FORGET_CM = fu.forget_configmap_name(TARGET)
 
 
 def spec_with(**forget) -> FederatedUnlearningSpec:
@@ -194,11 +202,11 @@ def test_unlearning_job_is_the_silo_pod_with_the_unlearn_command_and_runs_only_a
     assert {k: v for k, v in pod.items() if k != "volumes" and k != "containers"} == \
         {k: v for k, v in training.items() if k != "volumes" and k != "containers"}
     assert pod["volumes"][:-1] == training["volumes"]
-    assert pod["volumes"][-1] == {"name": "forget", "configMap": {"name": f"{NAME}-forget", "items": [{"key": "users.txt", "path": "users.txt"}]}}
+    assert pod["volumes"][-1] == {"name": "forget", "configMap": {"name": FORGET_CM, "items": [{"key": "users.txt", "path": "users.txt"}]}}
     command = container["command"]
     assert command[:2] == ["fedshield", "unlearn"] and command[command.index("--silo") + 1] == "hospital-a"
     assert command[command.index("--users-file") + 1] == f"{fu.FORGET_DIR}/users.txt"
-    assert command[command.index("--aggregator") + 1] == aggregator_url(FT_OWNER)
+    assert command[command.index("--aggregator") + 1] == aggregator_url(FT_OWNER, tls=True)
     assert command[command.index("--requested-by") + 1] == "dpo@hospital-a.example"
     assert (command[command.index("--alpha") + 1], command[command.index("--beta") + 1], command[command.index("--steps") + 1]) == ("2.0", "0.4", "30")
     assert job["spec"]["backoffLimit"] == 0 and "ownerReferences" not in job["metadata"]
@@ -223,7 +231,7 @@ def test_apply_jobs_run_the_silo_agent_unchanged_at_every_other_silo():
     assert [j["metadata"]["namespace"] for j in jobs] == ["org-hospital-b", "org-clinic-c"]
     for job, silo in zip(jobs, FT_SPEC.silos[1:]):
         assert job["spec"]["template"]["spec"] == silo_job(FT_OWNER, FT_SPEC, silo)["spec"]["template"]["spec"]
-        assert job["metadata"]["name"] == f"{NAME}-apply-{silo.name}"
+        assert job["metadata"]["name"] == fu.apply_job_name(TARGET, silo.name)
 
 
 def test_names_fit_and_children_in_the_cr_namespace_are_owned():
@@ -308,13 +316,16 @@ class FakeAggregator:
         self.status: dict | None = None
         self.records: list[dict] | None = None
         self.ledger_reads = 0
+        self.ledger_at: str | None = None  # a real aggregator's URL: read its ledger there (in-cluster DNS is not here)
 
     async def plan_status(self, url: str) -> dict | None:
         return copy.deepcopy(self.status)
 
     async def unlearnings(self, url: str) -> list[dict] | None:
-        assert url == aggregator_url(Owner(FT_NAME, NS, ""))
+        assert url == aggregator_url(Owner(FT_NAME, NS, ""), tls=True)
         self.ledger_reads += 1
+        if self.ledger_at is not None:
+            return await fu.fetch_unlearning_records(self.ledger_at)  # the operator's own client, certificate and all
         return copy.deepcopy(self.records)
 
 
@@ -335,10 +346,10 @@ async def operator(k8s):
     tasks = await kopf.spawn_tasks(standalone=True, clusterwide=True, stop_flag=stop, ready_flag=ready, memo=kopf.Memo(
         kube=kube, aggregator_status=aggregator.plan_status, unlearning_records=aggregator.unlearnings))
     runner = asyncio.create_task(kopf.run_tasks(tasks, ignored=_NotKopfTasks()))
-    await asyncio.wait_for(ready.wait(), timeout=10)
+    await asyncio.wait_for(ready.wait(), timeout=30)
     yield aggregator
     stop.set()
-    await asyncio.wait_for(runner, timeout=10)
+    await asyncio.wait_for(runner, timeout=30)  # a loaded machine stops kopf slowly
     await kube.http.aclose()
 
 
@@ -351,7 +362,11 @@ def unlearning_jobs(k8s) -> list[tuple[str, str]]:
 
 
 async def create(k8s, kind: str, body: dict) -> None:
+    """Create the CR with the uid the pure tests use (the emulator keeps it), after the organisations' consent."""
     plural = {"FederatedFinetune": "federatedfinetunes", "FederatedUnlearning": "federatedunlearnings"}[kind]
+    body = dict(body, metadata=dict(body["metadata"], uid=(FT_OWNER if kind == "FederatedFinetune" else TARGET).uid))
+    if kind == "FederatedFinetune":
+        await consent(k8s)
     response = await k8s.post(f"/apis/fedshield.io/v1alpha1/namespaces/{NS}/{plural}", json=body)
     assert response.status == 200, await response.text()
 
@@ -378,7 +393,7 @@ async def test_refused_naming_the_field_and_no_job(k8s, operator, finetune, chan
     assert field in status["message"] and field in status["conditions"][0]["message"]
     assert status["conditions"][0]["reason"] in ("InvalidSpec", "InvalidReference")
     await asyncio.sleep(1)  # a few timer ticks: still nothing created
-    assert unlearning_jobs(k8s) == [] and not any(alive(k8s, (CONFIGMAPS, ns, f"{NAME}-forget")) for ns in SILO_NS.values())
+    assert unlearning_jobs(k8s) == [] and not any(alive(k8s, (CONFIGMAPS, ns, FORGET_CM)) for ns in SILO_NS.values())
     assert fu_status(k8s)["phase"] == "Failed"
 
 
@@ -386,6 +401,7 @@ async def test_waits_for_the_finetune_then_forgets_at_one_silo_and_applies_every
     aggregator = operator
     await create(k8s, "FederatedFinetune", FINETUNE)
     await create(k8s, "FederatedUnlearning", EXAMPLE)
+    await eventually(lambda: all(alive(k8s, (JOBS, ns, silo_job_name(FT_OWNER, s))) for s, ns in SILO_NS.items()), what="training Jobs")
     await eventually(lambda: fu_status(k8s).get("phase") == "Pending", what="waiting")
     assert fu_status(k8s)["conditions"][0]["reason"] == "WaitingForFinetune"
     patches = len(k8s["patch", UNLEARNING_CR])
@@ -394,26 +410,26 @@ async def test_waits_for_the_finetune_then_forgets_at_one_silo_and_applies_every
     # The federation finishes: every training Job completes and the aggregator's plan is finished.
     aggregator.status = {"plan": {"state": "finished"}, "closed": []}
     for silo, ns in SILO_NS.items():
-        await set_job_status(k8s, ns, f"{FT_NAME}-{silo}", **COMPLETE)
+        await set_job_status(k8s, ns, silo_job_name(FT_OWNER, silo), **COMPLETE)
     await eventually(lambda: raw(k8s, (CR, NS, FT_NAME)).get("status", {}).get("phase") == "Succeeded", what="finetune Succeeded")
     await eventually(lambda: unlearning_jobs(k8s) == [("org-hospital-a", UNLEARN_JOB)], what="one unlearning Job")
     job = raw(k8s, (JOBS, "org-hospital-a", UNLEARN_JOB))
     command = job["spec"]["template"]["spec"]["containers"][0]["command"]
     assert command[:2] == ["fedshield", "unlearn"] and "--users-file" in command
-    assert raw(k8s, (CONFIGMAPS, "org-hospital-a", f"{NAME}-forget"))["data"]["users.txt"] == "patient-0193\npatient-2231\n"
+    assert raw(k8s, (CONFIGMAPS, "org-hospital-a", FORGET_CM))["data"]["users.txt"] == "patient-0193\npatient-2231\n"
     await eventually(lambda: fu_status(k8s).get("phase") == "Running" and fu_status(k8s).get("jobName") == UNLEARN_JOB, what="Running")
     # The Job completes and the aggregator's ledger shows its record (after an older one of another silo).
     aggregator.records = [record(0, "clinic-c", 20), record(1, "hospital-a", 21)]
     await set_job_status(k8s, "org-hospital-a", UNLEARN_JOB, **COMPLETE)
-    applies = [("org-clinic-c", f"{NAME}-apply-clinic-c"), ("org-hospital-a", UNLEARN_JOB), ("org-hospital-b", f"{NAME}-apply-hospital-b")]
+    applies = [("org-clinic-c", fu.apply_job_name(TARGET, "clinic-c")), ("org-hospital-a", UNLEARN_JOB), ("org-hospital-b", fu.apply_job_name(TARGET, "hospital-b"))]
     await eventually(lambda: unlearning_jobs(k8s) == applies, what="apply Jobs at the other silos")
     await eventually(lambda: fu_status(k8s).get("adapterVersionAfter") == 22, what="metrics from the audit record")
     status = fu_status(k8s)
     assert (status["forgetAucBefore"], status["forgetAucAfter"], status["testAucBefore"], status["testAucAfter"]) == (0.91, 0.52, 0.74, 0.73)
     assert (status["usersCount"], status["durationSeconds"], status["adapterVersionBefore"], status["unlearningVersion"]) == (2, 12.5, 21, 1)
     assert status["phase"] == "Running" and status["appliedSilos"] == "1/3"
-    apply_pod = raw(k8s, (JOBS, "org-hospital-b", f"{NAME}-apply-hospital-b"))["spec"]["template"]["spec"]
-    assert apply_pod == raw(k8s, (JOBS, "org-hospital-b", f"{FT_NAME}-hospital-b"))["spec"]["template"]["spec"]  # the training pod, unchanged
+    apply_pod = raw(k8s, (JOBS, "org-hospital-b", fu.apply_job_name(TARGET, "hospital-b")))["spec"]["template"]["spec"]
+    assert apply_pod == raw(k8s, (JOBS, "org-hospital-b", silo_job_name(FT_OWNER, "hospital-b")))["spec"]["template"]["spec"]  # the training pod, unchanged
     for ns, name in applies:
         if name != UNLEARN_JOB:
             await set_job_status(k8s, ns, name, **COMPLETE)
@@ -427,7 +443,7 @@ async def test_waits_for_the_finetune_then_forgets_at_one_silo_and_applies_every
     response = await k8s.delete(f"/apis/fedshield.io/v1alpha1/namespaces/{NS}/federatedunlearnings/{NAME}")
     assert response.status == 200
     await eventually(lambda: k8s.objects[UNLEARNING_CR, NS, NAME].deleted, what="deleted after the finalizer")
-    assert unlearning_jobs(k8s) == [] and k8s.objects[CONFIGMAPS, "org-hospital-a", f"{NAME}-forget"].deleted
+    assert unlearning_jobs(k8s) == [] and k8s.objects[CONFIGMAPS, "org-hospital-a", FORGET_CM].deleted
 
 
 @pytest.mark.parametrize("path", ["forget/1.txt", "a..b/c", "a/b..", "..", "../a", "a/../b", "a/.."])
@@ -441,3 +457,57 @@ def test_path_rule_of_the_crd_and_pydantic_agree(path):
     except ValidationError:
         pydantic_refuses = True
     assert cel_refuses == pydantic_refuses == (".." in path.split("/"))
+
+
+async def test_no_unlearning_job_where_the_silo_namespace_withdrew_its_consent(k8s, operator):
+    aggregator = operator
+    await create(k8s, "FederatedFinetune", FINETUNE)
+    await eventually(lambda: all(alive(k8s, (JOBS, ns, silo_job_name(FT_OWNER, s))) for s, ns in SILO_NS.items()), what="training Jobs")
+    aggregator.status = {"plan": {"state": "finished"}, "closed": []}
+    for silo, ns in SILO_NS.items():
+        await set_job_status(k8s, ns, silo_job_name(FT_OWNER, silo), **COMPLETE)
+    await eventually(lambda: raw(k8s, (CR, NS, FT_NAME)).get("status", {}).get("phase") == "Succeeded", what="finetune Succeeded")
+    # hospital-a's admin withdraws: deletes the membership
+    response = await k8s.delete("/apis/fedshield.io/v1alpha1/namespaces/org-hospital-a/federationmemberships/fedshield")
+    assert response.status == 200
+    writes_before = writes_in(k8s, "org-hospital-a")
+    await create(k8s, "FederatedUnlearning", EXAMPLE)
+    await eventually(lambda: fu_status(k8s).get("phase") == "Failed", what="refused")
+    assert fu_status(k8s)["conditions"][0]["reason"] == "ConsentMissing"
+    assert 'namespace "org-hospital-a" has no FederationMembership admitting FederatedFinetune fedshield/triage-notes' in fu_status(k8s)["message"]
+    await asyncio.sleep(0.5)
+    assert writes_in(k8s, "org-hospital-a") == writes_before and unlearning_jobs(k8s) == []
+
+
+async def test_an_unlearning_completes_under_mutual_tls_reading_the_real_ledger_as_observer(k8s, operator, tmp_path, public_keys, monkeypatch):
+    """A real aggregator with mutual TLS, silos pinned to the federation and the operator as its observer: without the
+    operator's certificate the ledger answers 401 and the unlearning waits; with it, the unlearning completes."""
+    aggregator = operator
+    certs = tmp_path / "certs"
+    issue_all(certs, [])
+    observer = issue_observer(certs, observer_uri("fedshield", "fs-operator"))
+    tls = ServerTLS(certs / "aggregator.crt", certs / "aggregator.key", certs / "ca.crt")
+    auth = Authenticator(mutual_tls=True, federation=f"{NS}/{FT_NAME}", observers=frozenset({observer_uri("fedshield", "fs-operator")}))
+    config = FederationConfig(silos=tuple(ConfigSilo(name=s) for s in SILO_NS), rounds=1)
+    with RunningAggregator(config, public_keys, tmp_path / "state", tls=tls, auth=auth) as real:
+        audit = record(0, "hospital-a", 20)["audit"]
+        real.coordinator.store.add_unlearning(0, "hospital-a", "cd" * 32, 1000, 20, audit)  # as accept_unlearning records it
+        monkeypatch.setenv(CA_ENV, str(certs / "ca.crt"))
+        aggregator.ledger_at = real.url
+        await create(k8s, "FederatedFinetune", FINETUNE)
+        await eventually(lambda: all(alive(k8s, (JOBS, ns, silo_job_name(FT_OWNER, s))) for s, ns in SILO_NS.items()), what="training Jobs")
+        aggregator.status = {"plan": {"state": "finished"}, "closed": []}
+        for silo, ns in SILO_NS.items():
+            await set_job_status(k8s, ns, silo_job_name(FT_OWNER, silo), **COMPLETE)
+        await create(k8s, "FederatedUnlearning", EXAMPLE)
+        await eventually(lambda: unlearning_jobs(k8s) == [("org-hospital-a", UNLEARN_JOB)], what="one unlearning Job")
+        await set_job_status(k8s, "org-hospital-a", UNLEARN_JOB, **COMPLETE)
+        reads = aggregator.ledger_reads
+        await eventually(lambda: aggregator.ledger_reads >= reads + 2, what="ledger reads")
+        assert fu_status(k8s)["phase"] == "Running" and "waiting for its record" in fu_status(k8s)["message"]  # 401 without identity
+        monkeypatch.setenv(CERT_ENV, str(observer.cert))
+        monkeypatch.setenv(KEY_ENV, str(observer.key))
+        await eventually(lambda: fu_status(k8s).get("adapterVersionAfter") == 21, what="the record, read as observer")
+        for silo in ("hospital-b", "clinic-c"):
+            await set_job_status(k8s, SILO_NS[silo], fu.apply_job_name(TARGET, silo), **COMPLETE)
+        await eventually(lambda: fu_status(k8s).get("phase") == "Succeeded", what="Succeeded under mutual TLS")

@@ -43,8 +43,10 @@ Round = Annotated[int, PathParam(ge=0, le=MAX_ROUND)]
 Finite = Annotated[float | None, Query(allow_inf_nan=False)]
 IDENTITY = "fedshield.silo"  # scope key the guard sets: the authenticated silo, or None without authentication
 OPEN_PATHS = ("/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
-OBSERVER_PATHS = ("/v1/status",)  # open to observers without an identity (the operator): a summary, rate-limited
-OBSERVER = "observer"  # the one rate-limit bucket every caller without an identity shares
+OBSERVER_PATHS = ("/v1/status",)  # open to callers without an identity: a summary (no reports, no plan details), rate-limited
+OBSERVER_BUCKET = "observer"  # the one rate-limit bucket every caller without an identity shares
+OBSERVER_READS = ("/v1/status", "/v1/unlearning")  # what a certified observer (Authenticator.observers) may GET, and nothing else
+OBSERVER = "fedshield.observer"  # scope key the guard sets for a certified observer
 
 
 class Guard:
@@ -61,11 +63,14 @@ class Guard:
             if scope["type"] == "http":
                 scope[IDENTITY] = None
             return await self.app(scope, receive, send)
+        if scope.get("method") == "GET" and scope["path"] in OBSERVER_READS and self.auth.is_observer(scope):
+            scope[IDENTITY], scope[OBSERVER] = None, True
+            return await self.app(scope, receive, send)
         header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
         silo, why = self.auth.identify(scope, header)
         if silo is None and scope["path"] in OBSERVER_PATHS:
             try:
-                self.observers.take(OBSERVER)
+                self.observers.take(OBSERVER_BUCKET)
             except Busy as exc:
                 return await _reply(send, exc.status, exc.code, exc.detail, {"retry-after": exc.retry_after})
             scope[IDENTITY] = None
@@ -273,8 +278,9 @@ def create_app(coordinator: Coordinator, auth: Authenticator | None = None) -> F
 
     @app.get("/v1/unlearning", response_model=list[UnlearningRecord], responses=ERRORS)
     def unlearnings(request: Request) -> list[UnlearningRecord]:
-        """The audit records of every published unlearning, oldest first."""
-        joined_caller(request)
+        """The audit records of every published unlearning, oldest first (joined silos and observers)."""
+        if not request.scope.get(OBSERVER):
+            joined_caller(request)
         return coordinator.unlearnings()
 
     @app.put(

@@ -1,6 +1,6 @@
-"""Build the CustomResourceDefinitions (`FederatedFinetune`, `FederatedUnlearning`) from the pydantic models.
+"""Build the CustomResourceDefinitions (`FederatedFinetune`, `FederatedUnlearning`, `FederationMembership`) from the pydantic models.
 
-`fedshield crd [--kind unlearning]` prints one; the chart carries the same bytes (a test compares them).
+`fedshield crd [--kind unlearning|membership]` prints one; the chart carries the same bytes (a test compares them).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from . import membership as fm
 from . import unlearning as fu
 from .models import (
     GROUP, IMMUTABLE, KIND, PLURAL, SHORT_NAME, SINGULAR, SPEC_RULES, VERSION, FederatedFinetuneSpec, FederatedFinetuneStatus,
@@ -33,6 +34,9 @@ UNLEARNING_PRINTER_COLUMNS = [
     {"name": "Forget-AUC", "type": "number", "jsonPath": ".status.forgetAucAfter", "description": "AUC on the forgotten records after.",
      "priority": 1},
     {"name": "Test-AUC", "type": "number", "jsonPath": ".status.testAucAfter", "description": "Held-out AUC after.", "priority": 1},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+MEMBERSHIP_PRINTER_COLUMNS = [
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 
@@ -101,10 +105,22 @@ def unlearning_spec_schema() -> dict:
     return schema
 
 
-def _crd(names: tuple[str, str, str, str], description: str, spec: dict, status_model: type, columns: list[dict]) -> dict:
+def _crd(names: tuple[str, str, str, str], description: str, spec: dict, status_model: type | None, columns: list[dict]) -> dict:
     kind, plural, singular, short_name = names
-    status = model_schema(status_model)
-    status["description"] = "Observed state, written by the operator."
+    properties = {
+        "apiVersion": {"type": "string", "description": "API version of this object."},
+        "kind": {"type": "string", "description": "Kind of this object."},
+        "metadata": {"type": "object"},
+        "spec": spec,
+    }
+    if status_model is not None:
+        properties["status"] = model_schema(status_model)
+        properties["status"]["description"] = "Observed state, written by the operator."
+    version = {"name": VERSION, "served": True, "storage": True}
+    if status_model is not None:
+        version["subresources"] = {"status": {}}
+    version["additionalPrinterColumns"] = columns
+    version["schema"] = {"openAPIV3Schema": {"type": "object", "description": description, "required": ["spec"], "properties": properties}}
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -113,25 +129,7 @@ def _crd(names: tuple[str, str, str, str], description: str, spec: dict, status_
             "group": GROUP,
             "names": {"kind": kind, "plural": plural, "singular": singular, "shortNames": [short_name], "categories": ["fedshield"]},
             "scope": "Namespaced",
-            "versions": [{
-                "name": VERSION,
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}},
-                "additionalPrinterColumns": columns,
-                "schema": {"openAPIV3Schema": {
-                    "type": "object",
-                    "description": description,
-                    "required": ["spec"],
-                    "properties": {
-                        "apiVersion": {"type": "string", "description": "API version of this object."},
-                        "kind": {"type": "string", "description": "Kind of this object."},
-                        "metadata": {"type": "object"},
-                        "spec": spec,
-                        "status": status,
-                    },
-                }},
-            }],
+            "versions": [version],
         },
     }
 
@@ -148,7 +146,15 @@ def unlearning_crd() -> dict:
                 unlearning_spec_schema(), fu.FederatedUnlearningStatus, UNLEARNING_PRINTER_COLUMNS)
 
 
-KINDS = {"finetune": (crd, "fedshield/api/models.py", ""), "unlearning": (unlearning_crd, "fedshield/api/unlearning.py", " --kind unlearning")}
+def membership_crd() -> dict:
+    return _crd((fm.KIND, fm.PLURAL, fm.SINGULAR, fm.SHORT_NAME),
+                "An organisation's consent, created by the admin of a silo namespace: which FederatedFinetunes may run a silo here, "
+                "and with which images, Secrets, volumes, accounts, scheduling settings and resource caps.",
+                model_schema(fm.FederationMembershipSpec), None, MEMBERSHIP_PRINTER_COLUMNS)
+
+
+KINDS = {"finetune": (crd, "fedshield/api/models.py", ""), "unlearning": (unlearning_crd, "fedshield/api/unlearning.py", " --kind unlearning"),
+         "membership": (membership_crd, "fedshield/api/membership.py", " --kind membership")}
 
 
 def crd_yaml(kind: str = "finetune") -> str:

@@ -10,9 +10,9 @@ in agreement.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydantic.alias_generators import to_camel
 
 from ..crypto.noise import max_summable
@@ -21,6 +21,8 @@ GROUP, VERSION, KIND, PLURAL, SINGULAR, SHORT_NAME = "fedshield.io", "v1alpha1",
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$"
+CIDR = r"^[0-9a-fA-F:.]+/[0-9]{1,3}$"
+Cidr = Annotated[str, StringConstraints(pattern=CIDR)]
 EXTENDED_RESOURCE = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 # Fields the CRD marks immutable (x-kubernetes-validations: self == oldSelf).
 IMMUTABLE = ("baseModel", "lora", "rounds", "training", "privacy", "silos")
@@ -121,6 +123,8 @@ class AggregatorSpec(Model):
     memory: str = Field("2Gi", pattern=QUANTITY, description="Memory request and limit.")
     cpu: str = Field("1", pattern=QUANTITY, description="CPU request.")
     storage_size: str = Field("10Gi", pattern=QUANTITY, description="Size of the aggregator's state volume (uploads, aggregates, SQLite).")
+    ingress_cidrs: list[Cidr] = Field([], max_length=32, description="Address ranges outside the cluster (silos behind a LoadBalancer) "
+                                     "allowed to reach the aggregator's API port; in-cluster, only this federation's silo namespaces can.")
     tls: TlsSpec | None = Field(None, description="Mutual TLS: the aggregator's server certificate (valid for <name>-aggregator.<namespace>.svc); ca.crt is the CA of the silos' client certificates. Every silo then needs tls.")
 
 
@@ -138,6 +142,8 @@ class FederatedFinetuneSpec(Model):
     aggregator: AggregatorSpec = Field(description="The aggregator's settings.")
     suspend: bool = Field(False, description="Pause: silo Jobs are suspended and the aggregator scaled to zero; resume by setting false.")
     active_deadline_seconds: int | None = Field(None, ge=60, description="Fail the federation if it runs longer than this.")
+    insecure: bool = Field(False, description="Run without transport security (plain HTTP, silo names unauthenticated): refused unless "
+                                              "set explicitly when aggregator.tls is absent; status then says so. For local trials only.")
 
     @model_validator(mode="after")
     def _cross_field(self) -> "FederatedFinetuneSpec":
@@ -156,11 +162,16 @@ class FederatedFinetuneSpec(Model):
         with_tls = [s.name for s in self.silos if s.tls is not None]
         if (self.aggregator.tls is not None) != (len(with_tls) == len(self.silos)) or (self.aggregator.tls is None and with_tls):
             raise ValueError("tls: set aggregator.tls and every silo's tls together (mutual TLS), or none of them")
+        if self.aggregator.tls is None and not self.insecure:
+            raise ValueError(INSECURE_MESSAGE)
         dp = self.privacy.differential_privacy
         if dp.enabled and (dp.noise_multiplier is None) == (dp.target_epsilon is None):
             raise ValueError("privacy.differentialPrivacy: give exactly one of noiseMultiplier and targetEpsilon")
         return self
 
+
+INSECURE_MESSAGE = ("tls: aggregator.tls and every silo's tls are required (mutual TLS); "
+                    "set insecure: true to run without transport security")
 
 # CEL rules equivalent to the validators above, placed on the `spec` object of the CRD.
 SPEC_RULES = [
@@ -178,6 +189,7 @@ SPEC_RULES = [
      "message": "silos: declare samples for every silo or for none"},
     {"rule": "self.silos.all(s, has(s.tls) == has(self.aggregator.tls))",
      "message": "tls: set aggregator.tls and every silo's tls together (mutual TLS), or none of them"},
+    {"rule": "has(self.aggregator.tls) || (has(self.insecure) && self.insecure)", "message": INSECURE_MESSAGE},
 ]
 
 

@@ -11,19 +11,20 @@ import datetime as dt
 import logging
 import os
 
+import httpx
 import kopf
 from pydantic import ValidationError
 
 from ..api import unlearning as unlearning_api
 from .. import metrics
 from ..api.models import GROUP, IMMUTABLE, KIND, PLURAL, VERSION, FederatedFinetuneSpec
-from . import telemetry, unlearning
+from . import consent, telemetry, unlearning
 from .aggregator_http import get_json
 from .kube import Kube
 from .manifests import (
-    FEDERATION_LABEL, NAMESPACE_LABEL, SILO_LABEL, Owner, aggregator_url, desired_children, plan_configmap, silo_job,
+    FEDERATION_LABEL, NAMESPACE_LABEL, OWNER_UID_LABEL, SILO_LABEL, Owner, owned_by, Site, aggregator_url, desired_children, plan_configmap, silo_job,
 )
-from .status import Observed, compute_status
+from .status import Observed, admitted_condition, compute_status
 
 log = logging.getLogger("fedshield.operator")
 FINALIZER = f"{GROUP}/cleanup"
@@ -63,6 +64,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None
         memo.aggregator_status = fetch_aggregator_status
     if getattr(memo, "unlearning_records", None) is None:
         memo.unlearning_records = unlearning.fetch_unlearning_records
+    if getattr(memo, "site", None) is None:
+        memo.site = Site.from_environment()
 
 
 def parse(spec: dict) -> FederatedFinetuneSpec:
@@ -81,11 +84,16 @@ async def observe(kube: Kube, owner: Owner, spec: FederatedFinetuneSpec, memo) -
     selector = f"{FEDERATION_LABEL}={owner.name},{NAMESPACE_LABEL}={owner.namespace}"
     jobs, failed = {}, {}
     for namespace in sorted({s.namespace for s in spec.silos}):
-        for job in await kube.list("batch/v1", "Job", namespace, selector):
-            jobs[job["metadata"]["labels"].get(SILO_LABEL)] = job
-        for pod in await kube.list("v1", "Pod", namespace, selector):
-            if pod.get("status", {}).get("phase") == "Failed":
-                failed.setdefault(pod["metadata"]["labels"].get(SILO_LABEL), []).append(pod)
+        try:
+            for job in await kube.list("batch/v1", "Job", namespace, selector):
+                if job["metadata"].get("labels", {}).get(OWNER_UID_LABEL) == owner.uid:
+                    jobs[job["metadata"]["labels"].get(SILO_LABEL)] = job
+            for pod in await kube.list("v1", "Pod", namespace, selector):
+                if pod.get("status", {}).get("phase") == "Failed":
+                    failed.setdefault(pod["metadata"]["labels"].get(SILO_LABEL), []).append(pod)
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code != 403:  # a namespace that withdrew its RoleBinding: nothing to see there
+                raise
     aggregator = await memo.aggregator_status(aggregator_url(owner, tls=spec.aggregator.tls is not None))
     return Observed(jobs=jobs, failed_pods=failed, aggregator=aggregator, aggregator_ready=aggregator is not None)
 
@@ -109,6 +117,7 @@ def immutable_changes(old: dict | None, new: dict) -> list[str]:
 
 
 REFUSALS = ("InvalidSpec", "ImmutableFieldChanged")
+NOT_ADMITTED = ("ConsentMissing", "NameConflict", "RoleMissing")  # retried by the timer: an admin may consent, an owner may remove a clash
 
 
 def _refuse(patch, meta, reason: str, message: str) -> kopf.PermanentError:
@@ -130,13 +139,67 @@ async def reconcile(body, meta, spec, status, patch, memo, old=None, **_) -> Non
         parsed = parse(spec)
     except kopf.PermanentError as exc:
         raise _refuse(patch, meta, "InvalidSpec", str(exc)) from None
-    owner = owner_of(meta)
-    for child in desired_children(owner, parsed):
-        result = await memo.kube.apply(child)
-        if result != "unchanged":
-            metrics.OPERATOR_CHILDREN_APPLIED.labels(child["kind"]).inc()
-            log.info("%s %s %s/%s", result, child["kind"], child["metadata"]["namespace"], child["metadata"]["name"])
-    await refresh_status(body, meta, status, patch, memo, parsed)
+    if await admit_and_apply(memo, owner_of(meta), parsed, meta, status, patch):
+        await refresh_status(body, meta, status, patch, memo, parsed)
+
+
+async def conflicts(kube: Kube, children: list[dict], uid: str) -> list[str]:
+    """Existing objects with a child's name that this CR did not create (left untouched)."""
+    out = []
+    for child in children:
+        live = await kube.get(child)
+        if live is not None and not owned_by(live, uid):
+            out.append(f"{child['kind']} {child['metadata']['namespace']}/{child['metadata']['name']}")
+    return out
+
+
+async def admit_and_apply(memo, owner: Owner, parsed: FederatedFinetuneSpec, meta, status, patch) -> bool:
+    """Check consent and ownership, then create or bring in line every child; False (status says why) when not admitted.
+
+    Nothing is written anywhere unless every silo namespace consented and no child name is taken by an object this CR
+    does not own; each write is checked again against the live object (``Kube.apply``)."""
+    problems = [p for p in [consent.check_aggregator(parsed, memo.site.aggregator_image_prefixes)] if p]
+    problems += consent.check((owner.namespace, owner.name), parsed, await unlearning.memberships(memo.kube, {s.namespace for s in parsed.silos}))
+    if problems:
+        _not_admitted(patch, meta, status, "ConsentMissing", "; ".join(problems))
+        return False
+    children = desired_children(owner, parsed, memo.site)
+    try:
+        taken = await conflicts(memo.kube, children, owner.uid)
+        if not taken:
+            for child in children:
+                result = await memo.kube.apply(child, owner.uid)
+                if result == "conflict":
+                    taken.append(f"{child['kind']} {child['metadata']['namespace']}/{child['metadata']['name']}")
+                elif result == "retry":  # changed between our read and our patch: read it again, soon
+                    raise kopf.TemporaryError(f"{child['kind']} {child['metadata']['namespace']}/{child['metadata']['name']} changed meanwhile", delay=1)
+                elif result != "unchanged":
+                    metrics.OPERATOR_CHILDREN_APPLIED.labels(child["kind"]).inc()
+                    log.info("%s %s %s/%s", result, child["kind"], child["metadata"]["namespace"], child["metadata"]["name"])
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code != 403:
+            raise
+        path = exc.request.url.path
+        namespace = path.split("/namespaces/", 1)[1].split("/", 1)[0] if "/namespaces/" in path else "?"
+        _not_admitted(patch, meta, status, "RoleMissing",
+                      f'the operator may not write in namespace "{namespace}" ({exc.request.method} {path} is forbidden): '
+                      "its RoleBinding there comes with the fedshield-silo chart (silo namespaces) or aggregatorNamespaces (operator chart)")
+        return False
+    if taken:
+        _not_admitted(patch, meta, status, "NameConflict",
+                      f"{', '.join(taken)} {'exists' if len(taken) == 1 else 'exist'} but not created by this FederatedFinetune: "
+                      "left untouched and nothing created (delete or rename it, or rename this FederatedFinetune)")
+        return False
+    return True
+
+
+def _not_admitted(patch, meta, status, reason: str, message: str) -> None:
+    """Status of a CR the operator will not act on yet (the timer checks again)."""
+    previous = [c for c in (status or {}).get("conditions", []) if c.get("type") == "Admitted"]
+    condition = admitted_condition(previous, False, reason, message[:2000], now(), meta.get("generation"))
+    new = {"phase": "Pending", "observedGeneration": meta.get("generation"), "conditions": [condition], "silos": [], "silosReady": "0/0"}
+    if any(dict(status or {}).get(k) != v for k, v in new.items()):
+        patch.status.update(new)
 
 
 @kopf.timer(*RESOURCE, interval=STATUS_INTERVAL_S, initial_delay=STATUS_INTERVAL_S)
@@ -149,18 +212,23 @@ async def watch_progress(body, meta, spec, status, patch, memo, **_) -> None:
         parsed = FederatedFinetuneSpec.model_validate(dict(spec))
     except ValidationError:
         return  # reported by reconcile
-    await refresh_status(body, meta, status, patch, memo, parsed)
-    if patch and await _changed_since(memo.kube, meta):
+    # Only a status that says so counts as admitted: an empty or older one means check consent and ownership now.
+    admitted = any(c.get("type") == "Admitted" and c.get("status") == "True" for c in (status or {}).get("conditions", []))
+    if admitted or await admit_and_apply(memo, owner_of(meta), parsed, meta, status, patch):
+        await refresh_status(body, meta, status, patch, memo, parsed)
+    if patch and await _changed_since(memo.kube, meta, checked_admission=not admitted):
         patch.clear()  # this tick saw an older object: writing would undo a newer refusal or generation
 
 
-async def _changed_since(kube: Kube, meta) -> bool:
-    """Whether the CR moved on while a timer tick worked (timers run beside the change handlers)."""
+async def _changed_since(kube: Kube, meta, checked_admission: bool = False) -> bool:
+    """Whether the CR moved on while a timer tick worked (timers run beside the change handlers): a newer generation,
+    a refusal of this one, or (unless this tick checked admission itself) a newer "not admitted"."""
     fresh = await unlearning.get_finetune(kube, meta["namespace"], meta["name"])
     if fresh is None or fresh["metadata"].get("generation") != meta.get("generation"):
         return True
     current = fresh.get("status") or {}
-    refused = any(c.get("reason") in REFUSALS for c in current.get("conditions", []))
+    reasons = REFUSALS if checked_admission else REFUSALS + NOT_ADMITTED
+    refused = any(c.get("reason") in reasons for c in current.get("conditions", []))
     return refused and current.get("observedGeneration") == meta.get("generation")
 
 
@@ -176,10 +244,22 @@ async def cleanup(meta, spec, memo, **_) -> None:
         return  # nothing was created for an invalid spec
     owner = owner_of(meta)
     telemetry.observe_phase(KIND, f"{meta['namespace']}/{meta['name']}", None)
-    for silo in parsed.silos:
-        await memo.kube.delete(silo_job(owner, parsed, silo))
-    for namespace in sorted({s.namespace for s in parsed.silos} - {owner.namespace}):
-        await memo.kube.delete(plan_configmap(owner, namespace, ""))
+    doomed = [silo_job(owner, parsed, silo) for silo in parsed.silos]
+    doomed += [plan_configmap(owner, namespace, "") for namespace in sorted({s.namespace for s in parsed.silos} - {owner.namespace})]
+    await delete_owned(memo.kube, doomed, owner.uid)
+
+
+async def delete_owned(kube: Kube, objects: list[dict], uid: str) -> None:
+    """Delete those of ``objects`` that ``uid`` owns; others, and namespaces the operator may not write, are left alone."""
+    for obj in objects:
+        try:
+            result = await kube.delete(obj, uid)
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code != 403:
+                raise
+            result = "forbidden"
+        if result in ("not-owned", "forbidden"):
+            log.warning("left %s %s/%s alone (%s)", obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"], result)
 
 
 # --- FederatedUnlearning: the logic is in unlearning.py; these only wire it to kopf -------------
@@ -233,4 +313,5 @@ async def follow_unlearning(meta, spec, status, patch, memo, **_) -> None:
 async def cleanup_unlearning(meta, spec, status, memo, **_) -> None:
     """Delete its Jobs and ConfigMap in silo namespaces (owner references cannot reach them)."""
     telemetry.observe_phase(unlearning_api.KIND, f"{meta['namespace']}/{meta['name']}", None)
-    await unlearning.cleanup(memo.kube, _unlearning_target(meta), dict(spec), dict(status or {}))
+    for left in await unlearning.cleanup(memo.kube, _unlearning_target(meta), dict(spec), dict(status or {})):
+        log.warning("left %s alone: not created by FederatedUnlearning %s/%s", left, meta["namespace"], meta["name"])

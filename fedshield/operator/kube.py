@@ -1,7 +1,11 @@
 """A small async Kubernetes REST client for the few kinds the operator touches (httpx).
 
 The operator never touches Secrets: there is no path for them here, and its RBAC
-grants no verb on them.
+grants no verb on them. It writes only what it owns: ``apply`` and ``delete`` read the
+live object first and leave one that the given owner uid did not create untouched
+(``owned_by``); the write itself is conditional on what was read (the patch carries the
+live resourceVersion, the delete preconditions on uid and resourceVersion), so an object
+replaced in between is not written either.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from .manifests import owned_by
+
 PLURALS = {
     ("v1", "ConfigMap"): "configmaps",
     ("v1", "PersistentVolumeClaim"): "persistentvolumeclaims",
@@ -18,11 +24,13 @@ PLURALS = {
     ("v1", "Pod"): "pods",
     ("apps/v1", "Deployment"): "deployments",
     ("batch/v1", "Job"): "jobs",
+    ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
 }
+READ_ONLY = {("fedshield.io/v1alpha1", "FederationMembership"): "federationmemberships"}  # read, never written
 
 
 def collection_path(api_version: str, kind: str, namespace: str) -> str:
-    plural = PLURALS.get((api_version, kind))
+    plural = PLURALS.get((api_version, kind)) or READ_ONLY.get((api_version, kind))
     if plural is None:
         raise ValueError(f"the operator does not manage {api_version} {kind}")
     prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
@@ -44,6 +52,8 @@ def mutable_part(obj: dict) -> dict:
         part["spec"] = {"replicas": obj["spec"]["replicas"], "template": obj["spec"]["template"]}
     elif kind == "Job":
         part["spec"] = {"suspend": obj["spec"].get("suspend", False)}
+    elif kind == "NetworkPolicy":
+        part["spec"] = obj["spec"]
     elif kind == "Service":
         part["spec"] = {"type": obj["spec"]["type"], "ports": obj["spec"]["ports"]}
     return part
@@ -94,14 +104,18 @@ class Kube:
         response.raise_for_status()
         return response.json()
 
-    async def list(self, api_version: str, kind: str, namespace: str, selector: str) -> list[dict]:
-        response = await self._request("GET", collection_path(api_version, kind, namespace), params={"labelSelector": selector})
+    async def list(self, api_version: str, kind: str, namespace: str, selector: str | None = None) -> list[dict]:
+        params = {"labelSelector": selector} if selector else {}
+        response = await self._request("GET", collection_path(api_version, kind, namespace), params=params)
         response.raise_for_status()
         return response.json().get("items", [])
 
-    async def apply(self, desired: dict) -> str:
-        """Create the child, or bring its mutable part in line: 'created', 'patched' or 'unchanged'."""
+    async def apply(self, desired: dict, owner_uid: str) -> str:
+        """Create the child, or bring its mutable part in line: 'created', 'patched', 'unchanged', or 'conflict' (an
+        object of that name exists that ``owner_uid`` did not create: nothing is written)."""
         live = await self.get(desired)
+        if live is not None and not owned_by(live, owner_uid):
+            return "conflict"
         if live is None:
             meta = desired["metadata"]
             response = await self._request("POST", collection_path(desired["apiVersion"], desired["kind"], meta["namespace"]), json=desired)
@@ -111,14 +125,25 @@ class Kube:
         wanted = mutable_part(desired)
         if _contains(live, wanted):
             return "unchanged"
+        wanted["metadata"]["resourceVersion"] = live["metadata"].get("resourceVersion")  # 409 if it changed since the read
         response = await self._request("PATCH", object_path(desired), json=wanted,
                                        headers={"Content-Type": "application/merge-patch+json"})
+        if response.status_code == 409:
+            return "retry"
         response.raise_for_status()
         return "patched"
 
-    async def delete(self, obj: dict) -> bool:
-        response = await self._request("DELETE", object_path(obj), json={"propagationPolicy": "Background"})
-        if response.status_code == 404:
-            return False
+    async def delete(self, obj: dict, owner_uid: str) -> str:
+        """Delete the object if ``owner_uid`` created it: 'deleted', 'absent', or 'not-owned' (left untouched)."""
+        live = await self.get(obj)
+        if live is None:
+            return "absent"
+        if not owned_by(live, owner_uid):
+            return "not-owned"
+        meta = live["metadata"]
+        preconditions = {k: meta[k] for k in ("uid", "resourceVersion") if meta.get(k)}
+        response = await self._request("DELETE", object_path(obj), json={"propagationPolicy": "Background", "preconditions": preconditions})
+        if response.status_code in (404, 409):  # gone, or replaced since the read: not ours to delete
+            return "absent" if response.status_code == 404 else "not-owned"
         response.raise_for_status()
-        return True
+        return "deleted"

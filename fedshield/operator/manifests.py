@@ -10,6 +10,8 @@ the silo half.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -24,6 +26,7 @@ AGGREGATOR_PORT, METRICS_PORT = 8470, 9090
 CONFIG_DIR, KEYS_DIR, STATE_DIR, DATA_DIR, MODELS_DIR = "/etc/fedshield", "/var/run/fedshield/keys", "/state", "/data", "/models"
 TLS_DIR = "/var/run/fedshield/tls"
 FEDERATION_LABEL, NAMESPACE_LABEL, SILO_LABEL = "fedshield.io/federation", "fedshield.io/federation-namespace", "fedshield.io/silo"
+OWNER_UID_LABEL = "fedshield.io/owner-uid"  # across namespaces (no owner reference possible): the owning CR's uid
 SILO_JOB_BACKOFF_LIMIT = 4
 USER_ID = 10001
 
@@ -41,12 +44,54 @@ class Owner:
         return {"apiVersion": f"{GROUP}/{VERSION}", "kind": self.kind, "name": self.name, "uid": self.uid,
                 "controller": True, "blockOwnerDeletion": True}
 
+    @property
+    def tag(self) -> str:
+        """Short hash of namespace/name/uid: in every child name outside the CR's namespace, so two CRs never collide."""
+        return hashlib.sha256(f"{self.namespace}/{self.name}/{self.uid}".encode()).hexdigest()[:6]
+
+
+def child_name(owner: Owner, suffix: str) -> str:
+    """``<name>-<tag>-<suffix>``, at most 63 characters (a Job's name becomes a label value); cut names get a hash of the whole."""
+    full = f"{owner.name}-{owner.tag}-{suffix}"
+    if len(full) <= 63:
+        return full
+    return f"{full[:54].rstrip('-')}-{hashlib.sha256(full.encode()).hexdigest()[:8]}"
+
+
+def owned_by(obj: dict | None, uid: str) -> bool:
+    """Whether the CR with ``uid`` created ``obj``: its owner reference, or the ownership label across namespaces."""
+    if obj is None or not uid:
+        return False
+    meta = obj.get("metadata") or {}
+    if (meta.get("labels") or {}).get(OWNER_UID_LABEL) == uid:
+        return True
+    return any(ref.get("uid") == uid for ref in meta.get("ownerReferences") or [])
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where the operator runs, and who besides a federation's silos may reach its aggregator (the operator's environment)."""
+
+    operator_namespace: str = "fedshield"
+    monitoring_namespace: str | None = "monitoring"  # Prometheus, on the metrics port only; None: nobody
+    observer_uri: str | None = None  # URI SAN of the operator's client certificate: a read-only observer at mutual-TLS aggregators
+    # The aggregator mounts Secrets of the CR's namespace by name: only images the platform trusts may run it.
+    aggregator_image_prefixes: tuple[str, ...] = ("fedshield/fedshield:", "fedshield/fedshield@")
+
+    @classmethod
+    def from_environment(cls) -> "Site":
+        prefixes = tuple(p for p in os.environ.get("FEDSHIELD_AGGREGATOR_IMAGE_PREFIXES", "").split(",") if p)
+        return cls(operator_namespace=os.environ.get("FEDSHIELD_OPERATOR_NAMESPACE", "fedshield"),
+                   monitoring_namespace=os.environ.get("FEDSHIELD_MONITORING_NAMESPACE", "monitoring") or None,
+                   observer_uri=os.environ.get("FEDSHIELD_OBSERVER_URI") or None,
+                   aggregator_image_prefixes=prefixes or cls.aggregator_image_prefixes)
+
 
 def labels(owner: Owner, component: str, silo: str | None = None) -> dict[str, str]:
     out = {
         "app.kubernetes.io/name": "fedshield", "app.kubernetes.io/instance": owner.name,
         "app.kubernetes.io/component": component, "app.kubernetes.io/managed-by": "fedshield-operator",
-        FEDERATION_LABEL: owner.name, NAMESPACE_LABEL: owner.namespace,
+        FEDERATION_LABEL: owner.name, NAMESPACE_LABEL: owner.namespace, OWNER_UID_LABEL: owner.uid,
     }
     if silo:
         out[SILO_LABEL] = silo
@@ -76,11 +121,11 @@ def _tls(secret: str) -> tuple[dict, dict]:
 
 
 def silo_job_name(owner: Owner, silo: str) -> str:
-    return f"{owner.name}-{silo}"[:63].rstrip("-")
+    return child_name(owner, silo)
 
 
 def plan_name(owner: Owner) -> str:
-    return f"{owner.name}-plan"
+    return child_name(owner, "plan")
 
 
 def federation_config(owner: Owner, spec: FederatedFinetuneSpec) -> FederationConfig:
@@ -145,7 +190,7 @@ def state_claim(owner: Owner, name: str, namespace: str, size: str, component: s
             "spec": {"accessModes": [mode], "resources": {"requests": {"storage": size}}}}
 
 
-def aggregator_deployment(owner: Owner, spec: FederatedFinetuneSpec) -> dict:
+def aggregator_deployment(owner: Owner, spec: FederatedFinetuneSpec, site: Site = Site()) -> dict:
     agg = spec.aggregator
     scratch, scratch_mounts = _scratch_volumes()
     scheme = "HTTPS" if agg.tls else "HTTP"
@@ -153,7 +198,8 @@ def aggregator_deployment(owner: Owner, spec: FederatedFinetuneSpec) -> dict:
         "name": "aggregator", "image": agg.image or spec.image, "imagePullPolicy": "IfNotPresent",
         "command": ["fedshield", "aggregator", "--config", f"{CONFIG_DIR}/config.yaml", "--public-key", f"{KEYS_DIR}/public.ckks",
                     "--state-dir", STATE_DIR, "--host", "0.0.0.0", "--port", str(AGGREGATOR_PORT)] + (
-                    ["--tls-cert", f"{TLS_DIR}/tls.crt", "--tls-key", f"{TLS_DIR}/tls.key", "--client-ca", f"{TLS_DIR}/ca.crt"]
+                    ["--tls-cert", f"{TLS_DIR}/tls.crt", "--tls-key", f"{TLS_DIR}/tls.key", "--client-ca", f"{TLS_DIR}/ca.crt",
+                     "--federation", f"{owner.namespace}/{owner.name}"] + (["--observer", site.observer_uri] if site.observer_uri else [])
                     if agg.tls else []),
         "ports": [{"name": "http", "containerPort": AGGREGATOR_PORT}, {"name": "metrics", "containerPort": METRICS_PORT}],
         "env": ENV,
@@ -203,6 +249,29 @@ def aggregator_service(owner: Owner, spec: FederatedFinetuneSpec) -> dict:
             "ports": [{"name": "http", "port": AGGREGATOR_PORT, "targetPort": "http"},
                       {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics"}],
         },
+    }
+
+
+def aggregator_network_policy(owner: Owner, spec: FederatedFinetuneSpec, site: Site = Site()) -> dict:
+    """Default deny for the aggregator's pods: in from this federation's silo namespaces (their FedShield pods) and the
+    operator on the API port, from monitoring on the metrics port, from spec.aggregator.ingressCidrs; out to nothing."""
+    fedshield_pods = {"matchLabels": {"app.kubernetes.io/name": "fedshield"}, "matchExpressions": [{"key": SILO_LABEL, "operator": "Exists"}]}
+    silo_namespaces = sorted({s.namespace for s in spec.silos})
+    api_from = [{"namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": silo_namespaces}]},
+                 "podSelector": fedshield_pods},
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": site.operator_namespace}},
+                 "podSelector": {"matchLabels": {"app.kubernetes.io/name": "fedshield-operator"}}}]
+    api_from += [{"ipBlock": {"cidr": cidr}} for cidr in spec.aggregator.ingress_cidrs]
+    ingress = [{"from": api_from, "ports": [{"protocol": "TCP", "port": AGGREGATOR_PORT}]}]
+    if site.monitoring_namespace:
+        ingress.append({"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": site.monitoring_namespace}}}],
+                        "ports": [{"protocol": "TCP", "port": METRICS_PORT}]})
+    return {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": _meta(owner, aggregator_name(owner), owner.namespace, "aggregator"),
+        "spec": {"podSelector": {"matchLabels": {"app.kubernetes.io/instance": owner.name, "app.kubernetes.io/component": "aggregator",
+                                                 NAMESPACE_LABEL: owner.namespace}},
+                 "policyTypes": ["Ingress", "Egress"], "ingress": ingress, "egress": []},
     }
 
 
@@ -281,14 +350,15 @@ def silo_job(owner: Owner, spec: FederatedFinetuneSpec, silo: SiloSpec) -> dict:
             "spec": job_spec}
 
 
-def desired_children(owner: Owner, spec: FederatedFinetuneSpec) -> list[dict]:
-    """Every object the federation needs, aggregator side first."""
+def desired_children(owner: Owner, spec: FederatedFinetuneSpec, site: Site = Site()) -> list[dict]:
+    """Every object the federation needs, aggregator side first (its NetworkPolicy before its pods)."""
     plan = plan_yaml(owner, spec)
     out = [
+        aggregator_network_policy(owner, spec, site),
         plan_configmap(owner, owner.namespace, plan),
         state_claim(owner, f"{aggregator_name(owner)}-state", owner.namespace, spec.aggregator.storage_size, "aggregator"),
         aggregator_service(owner, spec),
-        aggregator_deployment(owner, spec),
+        aggregator_deployment(owner, spec, site),
     ]
     for namespace in sorted({s.namespace for s in spec.silos} - {owner.namespace}):
         out.append(plan_configmap(owner, namespace, plan))

@@ -61,6 +61,11 @@ def _one_line(text: object, limit: int = 200) -> str:
     return " ".join("".join(c if c.isprintable() else " " for c in str(text)).split())[:limit]
 
 
+def admitted_condition(previous: list[dict], admitted: bool, reason: str, message: str, now: str, generation: int | None) -> dict:
+    """Admitted: every silo namespace consented and no child name is taken (False: the operator created nothing)."""
+    return _condition(previous, "Admitted", admitted, reason, message, now, generation)
+
+
 def compute_status(spec: FederatedFinetuneSpec, observed: Observed, previous: dict | None, now: str, generation: int | None,
                    endpoint: str | None = None) -> dict:
     """The full status object (camelCase), keeping condition transition times that did not change."""
@@ -118,6 +123,10 @@ def compute_status(spec: FederatedFinetuneSpec, observed: Observed, previous: di
                    "; ".join([failure_message] * bool(failed) + [
                        f"silo {s['name']} pod failed {s['restarts']}x ({s.get('reason') or 'unknown'}, exit code {s.get('exitCode')}), retrying"
                        for s in retrying]), now, generation),
+        admitted_condition(prev_conditions, True, "Consented", "every silo namespace has a FederationMembership admitting its silo",
+                           now, generation),
+        _condition(prev_conditions, "Insecure", spec.aggregator.tls is None, "InsecureRequested" if spec.aggregator.tls is None else "MutualTLS",
+                   "spec.insecure: plain HTTP; silo identities are not authenticated" if spec.aggregator.tls is None else "", now, generation),
     ]
     status = {
         "phase": phase, "round": rounds_done, "roundsTotal": spec.rounds, "silosReady": f"{ready}/{len(silos)}",

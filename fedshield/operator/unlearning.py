@@ -20,16 +20,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, ClassVar
 
+import httpx
 from pydantic import ValidationError
 
 from ..api.models import GROUP, VERSION, FederatedFinetuneSpec, SiloSpec
 from ..api.models import PLURAL as FINETUNE_PLURAL
 from ..api.unlearning import KIND, FederatedUnlearningSpec
+from ..api.membership import KIND as MEMBERSHIP_KIND
+from . import consent
 from .aggregator_http import get_json
 from .kube import Kube
 from .manifests import (
-    CONFIG_DIR, KEYS_DIR, SILO_JOB_BACKOFF_LIMIT, SILO_LABEL, STATE_DIR, Owner, aggregator_url, silo_command, silo_connection,
-    silo_pod,
+    CONFIG_DIR, KEYS_DIR, OWNER_UID_LABEL, SILO_JOB_BACKOFF_LIMIT, SILO_LABEL, STATE_DIR, Owner, aggregator_url, child_name, owned_by,
+    silo_command, silo_connection, silo_pod,
 )
 from .status import _condition, _last_termination, silo_phase
 
@@ -95,27 +98,22 @@ def silo_of(ft_spec: FederatedFinetuneSpec, name: str) -> SiloSpec:
 
 # --- manifests (pure) ----------------------------------------------------------------------
 
-def _name(base: str, suffix: str) -> str:
-    """``base-suffix`` cut to 63 characters (a Job's name becomes a label value), the base cut first."""
-    return f"{base[:max(1, 62 - len(suffix))].rstrip('-')}-{suffix}"[:63].rstrip("-")
-
-
 def job_name(target: Target) -> str:
-    return _name(target.name, "unlearn")
+    return child_name(target, "unlearn")
 
 
 def apply_job_name(target: Target, silo: str) -> str:
-    return _name(target.name, f"apply-{silo}")
+    return child_name(target, f"apply-{silo}")
 
 
 def forget_configmap_name(target: Target) -> str:
-    return _name(target.name, "forget")
+    return child_name(target, "forget")
 
 
 def labels(target: Target, component: str, silo: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": "fedshield", "app.kubernetes.io/instance": target.name,
             "app.kubernetes.io/component": component, "app.kubernetes.io/managed-by": "fedshield-operator",
-            UNLEARNING_LABEL: target.name, UNLEARNING_NS_LABEL: target.namespace, SILO_LABEL: silo}
+            UNLEARNING_LABEL: target.name, UNLEARNING_NS_LABEL: target.namespace, OWNER_UID_LABEL: target.uid, SILO_LABEL: silo}
 
 
 def selector(target: Target) -> str:
@@ -300,6 +298,38 @@ async def get_finetune(kube: Kube, namespace: str, name: str) -> dict | None:
     return response.json()
 
 
+async def memberships(kube: Kube, namespaces: set[str]) -> dict[str, list[dict]]:
+    """The FederationMemberships of each namespace (read-only; a namespace the operator may not read has none)."""
+    out = {}
+    for namespace in sorted(namespaces):
+        try:
+            out[namespace] = await kube.list(f"{GROUP}/{VERSION}", MEMBERSHIP_KIND, namespace)
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code not in (403, 404):
+                raise
+            out[namespace] = []
+    return out
+
+
+async def _admit(kube: Kube, owner: Owner, ft_spec: FederatedFinetuneSpec, silos: list[SiloSpec]) -> None:
+    """Refused("ConsentMissing") unless each silo's namespace still admits the finetune's silo."""
+    problems = consent.check((owner.namespace, owner.name), ft_spec, await memberships(kube, {s.namespace for s in silos}), silos)
+    if problems:
+        raise Refused("ConsentMissing", "; ".join(problems))
+
+
+async def _apply_owned(kube: Kube, target: Target, children: list[dict]) -> None:
+    """Create the children, or Refused("NameConflict") naming one that exists and is not this unlearning's (untouched)."""
+    for child in children:
+        live = await kube.get(child)
+        if live is not None and not owned_by(live, target.uid):
+            raise Refused("NameConflict", f"{child['kind']} {child['metadata']['namespace']}/{child['metadata']['name']} exists and is not "
+                                          "owned by this FederatedUnlearning: left untouched")
+    for child in children:
+        if await kube.apply(child, target.uid) == "conflict":
+            raise Refused("NameConflict", f"{child['kind']} {child['metadata']['namespace']}/{child['metadata']['name']} was taken meanwhile")
+
+
 async def step(kube: Kube, records_of: RecordsFn, target: Target, raw_spec: dict, previous: dict, now: str,
                generation: int | None) -> dict:
     """Validate, create what is due, observe, and return the new status (raises Refused)."""
@@ -312,8 +342,8 @@ async def step(kube: Kube, records_of: RecordsFn, target: Target, raw_spec: dict
     ft_phase = (finetune.get("status") or {}).get("phase", "Pending")
     created = bool(previous.get("jobName"))
     if not created and ft_phase == "Succeeded":
-        for child in unlearning_children(target, owner, ft_spec, spec):
-            await kube.apply(child)
+        await _admit(kube, owner, ft_spec, [silo_of(ft_spec, spec.silo)])
+        await _apply_owned(kube, target, unlearning_children(target, owner, ft_spec, spec))
         created = True
     if not created:
         return compute_status(spec, ft_spec, target, Observed(finetune_phase=ft_phase), previous, now, generation)
@@ -329,15 +359,17 @@ async def step(kube: Kube, records_of: RecordsFn, target: Target, raw_spec: dict
     if record is not None or "adapterVersionAfter" in previous:  # published: every other silo applies it
         wanted = apply_jobs(target, owner, ft_spec, spec)
         if record is not None:  # first sight of the record: the apply Jobs are due now
-            for child in wanted:
-                await kube.apply(child)
+            await _admit(kube, owner, ft_spec, [s for s in ft_spec.silos if s.name != spec.silo])
+            await _apply_owned(kube, target, wanted)
         live = {child["metadata"]["labels"][SILO_LABEL]: await kube.get(child) for child in wanted}
     observed = Observed(finetune_phase=ft_phase, job_created=True, job=job, failed_pods=pods, record=record, apply_jobs=live)
     return compute_status(spec, ft_spec, target, observed, previous, now, generation)
 
 
-async def cleanup(kube: Kube, target: Target, raw_spec: dict, status: dict) -> None:
-    """Delete the children in silo namespaces: those named in status, and those the finetune's silos would hold."""
+async def cleanup(kube: Kube, target: Target, raw_spec: dict, status: dict) -> list[str]:
+    """Delete the children in silo namespaces that this unlearning owns: those named in status, and those the
+    finetune's silos would hold. Whatever status names is only a candidate: an object this unlearning did not create
+    (its ownership label names another uid, or none) is left untouched. Returns the objects left alone."""
     doomed = []
     if status.get("jobName") and status.get("jobNamespace"):
         namespace = status["jobNamespace"]
@@ -353,9 +385,11 @@ async def cleanup(kube: Kube, target: Target, raw_spec: dict, status: dict) -> N
         doomed += unlearning_children(target, owner, ft_spec, spec) + apply_jobs(target, owner, ft_spec, spec)
     except Refused:
         pass  # nothing beyond what status names was created
-    seen = set()
+    seen, left = set(), []
     for obj in doomed:
         key = (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
         if key not in seen:
             seen.add(key)
-            await kube.delete(obj)
+            if await kube.delete(obj, target.uid) == "not-owned":
+                left.append(f"{key[0]} {key[1]}/{key[2]}")
+    return left

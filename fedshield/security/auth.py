@@ -4,6 +4,12 @@ Token file (aggregator side) is JSON ``{"<silo>": "sha256:<hex>"}``: only hashes
 tokens are stored. A presented token is hashed and compared with *every* silo's hash in
 constant time (``hmac.compare_digest``), so timing tells neither the token nor the silo.
 Silo side, a token file holds the bare token (one line).
+
+Pinning (mutual TLS): a CA such as a cluster-wide cert-manager issuer may sign certificates for
+many federations, so a Common Name alone does not make a silo. An aggregator given its
+federation (``namespace/name``) accepts a client certificate as silo ``<cn>`` only if it also
+carries the URI SAN ``silo_uri(namespace, name, cn)``. Observers (the operator) are named by URI
+SAN too and may only read status and the unlearning ledger.
 """
 
 from __future__ import annotations
@@ -16,9 +22,20 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from .tls import certificate_identity
+from .tls import certificate_identity, certificate_uris
 
 TOKEN_PREFIX = "sha256:"
+TRUST_DOMAIN = "fedshield.io"
+
+
+def silo_uri(namespace: str, federation: str, silo: str) -> str:
+    """The URI SAN that makes a client certificate silo ``silo`` of federation ``namespace/federation``."""
+    return f"spiffe://{TRUST_DOMAIN}/ns/{namespace}/federation/{federation}/silo/{silo}"
+
+
+def observer_uri(namespace: str, service_account: str) -> str:
+    """The URI SAN of an observer (the operator's ServiceAccount) at aggregators."""
+    return f"spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/{service_account}"
 
 
 def hash_token(token: str) -> str:
@@ -74,18 +91,35 @@ class Authenticator:
 
     mutual_tls: bool = False
     tokens: TokenStore | None = None
+    federation: str | None = None  # "namespace/name": a silo certificate must carry silo_uri() of it (None: the CN suffices)
+    observers: frozenset[str] = frozenset()  # URI SANs of read-only observers
 
     @property
     def required(self) -> bool:
         return self.mutual_tls or self.tokens is not None
 
+    @staticmethod
+    def _peer(scope: dict) -> str | None:
+        chain = ((scope.get("extensions") or {}).get("tls") or {}).get("client_cert_chain") or []
+        return chain[0] if chain else None
+
+    def is_observer(self, scope: dict) -> bool:
+        """Whether the caller presented a verified certificate naming one of the observers."""
+        pem = self._peer(scope) if self.mutual_tls else None
+        return pem is not None and any(uri in self.observers for uri in certificate_uris(pem))
+
     def identify(self, scope: dict, authorization: str | None) -> tuple[str | None, str]:
         """(silo, "") when authenticated, else (None, why)."""
-        if self.mutual_tls:
-            chain = ((scope.get("extensions") or {}).get("tls") or {}).get("client_cert_chain") or []
-            if chain:
-                silo = certificate_identity(chain[0])
-                return (silo, "") if silo else (None, "the client certificate has no single Common Name")
+        pem = self._peer(scope) if self.mutual_tls else None
+        if pem is not None:
+            silo = certificate_identity(pem)
+            if not silo:
+                return None, "the client certificate has no single Common Name"
+            if self.federation is not None:
+                namespace, _, name = self.federation.partition("/")
+                if silo_uri(namespace, name, silo) not in certificate_uris(pem):
+                    return None, f"the client certificate is not pinned to federation {self.federation} (URI SAN {silo_uri(namespace, name, silo)})"
+            return silo, ""
         if self.tokens is not None and authorization:
             scheme, _, token = authorization.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():

@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .auth import silo_uri
+
 CA_CERT, CA_KEY = "ca.crt", "ca.key"
 SERVER_CERT, SERVER_KEY = "aggregator.crt", "aggregator.key"
 DEFAULT_HOSTS = ("127.0.0.1", "localhost")
@@ -94,7 +96,8 @@ def _san(hosts: tuple[str, ...] | list[str]) -> list[x509.GeneralName]:
 
 
 def issue(directory: Path, common_name: str, hosts: tuple[str, ...] | list[str], *, server: bool, stem: str,
-          days: int = 90, not_before: dt.datetime | None = None, not_after: dt.datetime | None = None) -> Issued:
+          days: int = 90, not_before: dt.datetime | None = None, not_after: dt.datetime | None = None,
+          uris: tuple[str, ...] | list[str] = ()) -> Issued:
     """A leaf certificate signed by the CA in ``directory``, written as ``<stem>.crt`` / ``<stem>.key``."""
     ca_cert, ca_key = load_ca(directory)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -110,7 +113,7 @@ def issue(directory: Path, common_name: str, hosts: tuple[str, ...] | list[str],
                                      data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
                                      encipher_only=False, decipher_only=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(x509.SubjectAlternativeName(_san(hosts)), critical=False)
+        .add_extension(x509.SubjectAlternativeName(_san(hosts) + [x509.UniformResourceIdentifier(u) for u in uris]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
@@ -124,9 +127,16 @@ def issue_server(directory: Path, hosts: tuple[str, ...] | list[str] = DEFAULT_H
     return issue(directory, "fedshield-aggregator", hosts, server=True, stem="aggregator")
 
 
-def issue_silo(directory: Path, silo: str, **validity) -> SiloFiles:
-    """A client certificate whose CN (and DNS SAN) is the silo's name."""
-    issued = issue(directory, silo, [silo], server=False, stem=f"silos/{silo}", **validity)
+def issue_silo(directory: Path, silo: str, federation: str | None = None, **validity) -> SiloFiles:
+    """A client certificate whose CN (and DNS SAN) is the silo's name; pinned to ``federation`` ("namespace/name") by its URI SAN."""
+    uris = [silo_uri(*federation.split("/", 1), silo)] if federation else []
+    issued = issue(directory, silo, [silo], server=False, stem=f"silos/{silo}", uris=uris, **validity)
+    return SiloFiles(directory / CA_CERT, issued.cert, issued.key)
+
+
+def issue_observer(directory: Path, uri: str, name: str = "fedshield-operator") -> SiloFiles:
+    """A client certificate for a read-only observer (the operator), named by its URI SAN."""
+    issued = issue(directory, name, [], server=False, stem=f"observers/{name}", uris=[uri])
     return SiloFiles(directory / CA_CERT, issued.cert, issued.key)
 
 
@@ -134,13 +144,15 @@ def silo_files(directory: Path, silo: str) -> SiloFiles:
     return SiloFiles(directory / CA_CERT, directory / "silos" / f"{silo}.crt", directory / "silos" / f"{silo}.key")
 
 
-def issue_all(directory: str | Path, silos: list[str] | tuple[str, ...], hosts: tuple[str, ...] | list[str] = DEFAULT_HOSTS) -> dict:
-    """CA (created unless present), server certificate for ``hosts``, one client certificate per silo."""
+def issue_all(directory: str | Path, silos: list[str] | tuple[str, ...], hosts: tuple[str, ...] | list[str] = DEFAULT_HOSTS,
+              federation: str | None = None) -> dict:
+    """CA (created unless present), server certificate for ``hosts``, one client certificate per silo (pinned to
+    ``federation``, "namespace/name", when given)."""
     directory = Path(directory)
     if not (directory / CA_CERT).exists():
         create_ca(directory)
     server = issue_server(directory, hosts)
     return {
         "ca": str(directory / CA_CERT), "server_cert": str(server.cert), "server_key": str(server.key),
-        "silos": {s: {"cert": str(f.cert), "key": str(f.key)} for s in silos for f in [issue_silo(directory, s)]},
+        "silos": {s: {"cert": str(f.cert), "key": str(f.key)} for s in silos for f in [issue_silo(directory, s, federation)]},
     }

@@ -92,6 +92,17 @@ class TLSH11Protocol(H11Protocol):
 
 
 @functools.lru_cache(maxsize=1024)
+def certificate_uris(pem: str) -> tuple[str, ...]:
+    """The URI subject alternative names of a certificate (where a federation pins its silos' identities)."""
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ()
+    return tuple(san.get_values_for_type(x509.UniformResourceIdentifier))
+
+
+@functools.lru_cache(maxsize=1024)
 def certificate_identity(pem: str) -> str | None:
     """A client certificate's identity: the Common Name of its subject (None without exactly one CN)."""
     cert = x509.load_pem_x509_certificate(pem.encode())

@@ -7,8 +7,8 @@ How to run (docs/operator.md has the details):
     fedshield operator &                 # or: helm install fedshield charts/fedshield-operator
     FEDSHIELD_E2E=1 pytest tests/e2e -q
 
-The test creates namespaces, key Secrets (from `fedshield keys create`) and a small
-FederatedFinetune, then checks that the aggregator and every silo Job appear with the
+The test creates namespaces, key Secrets (from `fedshield keys create`), each silo
+namespace's FederationMembership and a small FederatedFinetune (insecure: no cert-manager assumed), then checks that the aggregator and every silo Job appear with the
 right mounts and that status is written. It does not need GPUs: it only waits for the
 objects, not for training.
 """
@@ -38,6 +38,11 @@ def test_federated_finetune_creates_children_and_status(tmp_path):
 
     assert main(["keys", "create", "--out", str(tmp_path)]) == 0
     cr = yaml.safe_load((ROOT / "examples" / "federatedfinetune.yaml").read_text())
+    # No cert-manager assumed: plain HTTP, said explicitly; each organisation's consent as its admin would give it.
+    del cr["spec"]["aggregator"]["tls"]
+    for silo in cr["spec"]["silos"]:
+        del silo["tls"]
+    cr["spec"]["insecure"] = True
     kubectl("apply", "-f", str(ROOT / "charts" / "fedshield-operator" / "crds"))
     def apply_output(*args: str) -> None:  # create-or-update through a client-side dry run
         kubectl("apply", "-f", "-", stdin=kubectl(*args, "--dry-run=client", "-o", "yaml"))
@@ -49,6 +54,14 @@ def test_federated_finetune_creates_children_and_status(tmp_path):
     for silo in cr["spec"]["silos"]:
         apply_output("-n", silo["namespace"], "create", "secret", "generic", silo["keySecret"],
                      f"--from-file=secret.ckks={tmp_path / 'secret.ckks'}")
+    for silo in cr["spec"]["silos"]:
+        membership = {"apiVersion": "fedshield.io/v1alpha1", "kind": "FederationMembership",
+                      "metadata": {"name": "fedshield", "namespace": silo["namespace"]},
+                      "spec": {"federations": [{"namespace": cr["metadata"]["namespace"], "name": cr["metadata"]["name"]}],
+                               "silos": [silo["name"]], "imagePrefixes": ["fedshield/fedshield:"], "secrets": [silo["keySecret"]],
+                               "persistentVolumeClaims": [silo["datasetVolume"]["claimName"], cr["spec"]["baseModel"].get("volumeClaim", "x")],
+                               "tolerations": silo.get("tolerations", [])}}
+        kubectl("apply", "-f", "-", stdin=yaml.safe_dump(membership))
     kubectl("apply", "-f", "-", stdin=yaml.safe_dump(cr))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
