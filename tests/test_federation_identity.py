@@ -50,7 +50,7 @@ def aggregator(pki, tmp_path, public_keys) -> RunningAggregator:
     shared = pki["root"] / "shared"
     tls = ServerTLS(shared / "aggregator.crt", shared / "aggregator.key", shared / "ca.crt")
     auth = Authenticator(mutual_tls=True, federation=FEDERATION, observers=frozenset({OBSERVER}))
-    config = FederationConfig(silos=(SiloSpec(name="bank-a"),), rounds=1)
+    config = FederationConfig(silos=(SiloSpec(name="bank-a"), SiloSpec(name="bank-b")), rounds=1)
     return RunningAggregator(config, public_keys, tmp_path / "state", tls=tls, auth=auth)
 
 
