@@ -244,20 +244,10 @@ def run(uploads: int = 100, upload_mb: float = 10.0) -> dict:
             name="load", rounds=1, silos=tuple(SiloSpec(name=s) for s in silos), aggregator_port=free_port(),
             privacy=PrivacySpec(pruning=0.5, packing=PackingParams(max_silos=uploads)),
         )
-        (root / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-        write_key_pair(keys, root / "keys")
-        issued = issue_all(root / "certs", silos)
         files = envelopes(keys, silos, kept, root / "envelopes")
         size = files[silos[0]].stat().st_size
-        log = open(root / "aggregator.log", "wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fedshield.cli", "aggregator", "--config", str(root / "config.yaml"),
-             "--public-key", str(root / "keys" / PUBLIC_FILE), "--state-dir", str(root / "state"),
-             "--tls-cert", issued["server_cert"], "--tls-key", issued["server_key"], "--client-ca", issued["ca"]],
-            stdout=log, stderr=subprocess.STDOUT)
-        url = f"https://127.0.0.1:{config.aggregator_port}"
+        proc, url, _ = start_aggregator(root, config, keys, silos)
         try:
-            _wait_healthy(url, root / "certs" / "ca.crt", proc)
             clients = {s: AggregatorClient(url, timeout_s=300, security=ClientSecurity(ca=f.ca, cert=f.cert, key=f.key))
                        for s in silos for f in [silo_files(root / "certs", s)]}
             for silo, client in clients.items():
@@ -288,13 +278,7 @@ def run(uploads: int = 100, upload_mb: float = 10.0) -> dict:
         finally:
             for client in locals().get("clients", {}).values():
                 client.close()
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
+            stop(proc)
             log_tail = (root / "aggregator.log").read_text(errors="replace")[-2000:]
         failures = {s: repr(r) for s, r in results.items() if isinstance(r, Exception)}
         if failures:
