@@ -203,15 +203,21 @@ def test_a_federation_left_with_one_silo_stops_without_publishing(public_keys, k
         assert not (agg.coordinator.store.root / "rounds" / "00000" / "aggregate.fshe").exists()
 
 
-def test_a_non_contributor_gets_an_aggregate_only_if_two_others_contributed(public_keys, keys, tmp_path):
-    """An old state directory holds a round closed with one upload: it is never served to the other silo."""
-    cfg = config()
-    store = Store(tmp_path / "s")
+def store_with_round_zero(path, cfg, keys) -> Store:
+    """A state directory written by an earlier aggregator: two joined silos, round 0 open, an aggregate file on disk."""
+    store = Store(path)
     for silo in ("bank-a", "bank-b"):
         store.add_silo(silo, 100, SIZE, LAYOUT)
     store.open_round(0)
     up = encrypt_update(keys, values({"pruning": cfg.privacy.pruning}, 0), weight=0.5, round=0, silo="bank-a", layout=LAYOUT)
     save_envelope(store.aggregate_path(0), up.data)
+    return store
+
+
+def test_a_non_contributor_gets_an_aggregate_only_if_two_others_contributed(public_keys, keys, tmp_path):
+    """An old state directory holds a round closed with one upload: it is never served to the other silo."""
+    cfg = config()
+    store = store_with_round_zero(tmp_path / "s", cfg, keys)
     store.close_round(0, ["bank-a"], 0.5, 0.0, open_next=True)
     store.close()
     with RunningAggregator(cfg, public_keys, tmp_path / "s") as agg:
@@ -448,12 +454,7 @@ def test_observers_see_a_rate_limited_summary_and_silos_their_own_reports(tmp_pa
 def test_coordinator_restart_after_old_crash_between_close_and_open(public_keys, keys, tmp_path):
     """An old aggregator closed round 0 and died before opening round 1: the next one opens it, not round 0 again."""
     cfg = config()
-    store = Store(tmp_path / "s")
-    for silo in ("bank-a", "bank-b"):
-        store.add_silo(silo, 100, SIZE, LAYOUT)
-    store.open_round(0)
-    up = encrypt_update(keys, values({"pruning": cfg.privacy.pruning}, 0), weight=0.5, round=0, silo="bank-a", layout=LAYOUT)
-    save_envelope(store.aggregate_path(0), up.data)
+    store = store_with_round_zero(tmp_path / "s", cfg, keys)
     store.close_round(0, ["bank-a", "bank-b"], 1.0, 0.0)
     coordinator = Coordinator(cfg, public_keys, store)
     assert coordinator.current == 1 and [r["round"] for r in store.rounds()] == [0, 1]
