@@ -18,6 +18,8 @@ import dp_accounting
 import numpy as np
 from dp_accounting import rdp
 
+from .updates.feedback import compensate
+
 
 def clip(update: np.ndarray, clip_norm: float) -> np.ndarray:
     """Scale ``update`` down to L2 norm ``clip_norm`` if it is longer."""
@@ -44,7 +46,7 @@ def release(delta: np.ndarray, residual: np.ndarray | None, budget: "Budget | No
     """
     if budget is not None:
         delta = privatise(delta, budget.clip_norm, budget.noise_multiplier, rng)
-    return delta.copy() if residual is None else delta + residual
+    return compensate(delta, residual)
 
 
 def _event(noise_multiplier: float, rounds: int) -> dp_accounting.DpEvent:

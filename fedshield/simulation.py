@@ -70,6 +70,7 @@ class InProcessFederation:
         config = self.config
         if self.encrypted and self.keys is None:
             self.keys = create_keys()
+        self.public = self.keys.public() if self.keys is not None else None  # what the aggregator holds
         base_dir = base_model_path(config, Path(self.workdir))
         self.silos = []
         for name in config.silo_names:
@@ -94,8 +95,7 @@ class InProcessFederation:
         mask = round_mask(layout.size, config.privacy.pruning, round, config.seed, score=self.score,
                           explore_share=config.privacy.explore_share)
         packing = config.packing()
-        public = self.keys.public() if self.keys is not None else None
-        total = EncryptedSum(public, round, mask.size, packing=packing, layout=layout.digest) if public else None
+        total = EncryptedSum(self.public, round, mask.size, packing=packing, layout=layout.digest) if self.public else None
         plain_sum = np.zeros(mask.size)
         upload_bytes: dict[str, int] = {}
         for silo in self.silos:
