@@ -13,7 +13,7 @@ with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed announces its accelera
     import deepspeed  # noqa: F401
 
 from fedshield.config import AggregationSpec, DataSpec, FederationConfig, PrivacySpec, SiloSpec, TrainingSpec
-from fedshield.demo import run_local
+from fedshield.local.demo import run_local
 from fedshield.fairness import fairness_indices
 
 SILOS = ("silo-a", "silo-b", "silo-c", "silo-d", "silo-e")

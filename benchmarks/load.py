@@ -45,7 +45,7 @@ from fedshield.crypto.framing import write_framed
 from fedshield.crypto.keys import PUBLIC_FILE
 from fedshield.crypto.noise import max_summable
 from fedshield.crypto.params import CkksParams, PackingParams
-from fedshield.demo import free_port
+from fedshield.local.demo import free_port
 from fedshield.security.certs import issue_all, silo_files
 from fedshield.security.tls import client_context
 from fedshield.wire.client import AggregatorClient, ClientSecurity

@@ -1,6 +1,6 @@
 """What pruning and packing cost in accuracy: plaintext FedAvg against encrypted, pruned, packed arms.
 
-Every arm runs the same in-process federation (``fedshield.simulation``: three silos of the
+Every arm runs the same in-process federation (``fedshield.local.simulation``: three silos of the
 demo's synthetic non-IID split, real PEFT LoRA models trained by real DeepSpeed engines,
 real CKKS encryption, homomorphic sum and decryption, the silo agent's mask, error feedback
 and packing code) for the same seeds and rounds; only the update path differs:
@@ -35,7 +35,7 @@ with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed announces its accelera
 
 from fedshield.config import DataSpec, FederationConfig, PrivacySpec
 from fedshield.crypto import CkksParams, PackingParams
-from fedshield.simulation import InProcessFederation
+from fedshield.local.simulation import InProcessFederation
 
 ARMS = (
     {"name": "plain_fedavg", "pruning": 0.0, "digits_per_slot": None, "encrypted": False},

@@ -1,7 +1,7 @@
 """Federated unlearning: E2URec against NegGrad and Retrain on the synthetic recommendation federation.
 
 Setting: 3 silos (synthetic, non-IID), a federated run of the local federation
-(``fedshield.demo.run_local``, CKKS and pruning on); each user's last 2 interactions are
+(``fedshield.local.demo.run_local``, CKKS and pruning on); each user's last 2 interactions are
 held out as the test set (never trained on). Then silo-a forgets 20% of its users: D_f is
 every training record of those users at silo-a, D_r the rest of silo-a's training records.
 
@@ -30,10 +30,11 @@ with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed announces its accelera
     import deepspeed  # noqa: F401
 
 from fedshield.config import AggregationSpec, FederationConfig, ModelSpec, PrivacySpec, SiloSpec, TrainingSpec
-from fedshield.silo_agent.data import silo_examples
-from fedshield.silo_agent.model import build_tiny_base
+from fedshield.learning.data import silo_examples
+from fedshield.learning.model import build_tiny_base
 from fedshield.updates import VectorLayout
-from fedshield.unlearning import UnlearningSpec, forget_split, jensen_shannon, neg_grad, run_federation, score_adapter, unlearn
+from fedshield.local.retrain import run_federation
+from fedshield.unlearning import UnlearningSpec, forget_split, jensen_shannon, neg_grad, score_adapter, unlearn
 from fedshield.workloads.recommendation import Example, Interaction, build_examples, catalog, prompt_for, synthetic_silos
 
 SILOS = ("silo-a", "silo-b", "silo-c")

@@ -126,7 +126,7 @@ def _tokens(args: argparse.Namespace) -> int:
 
 
 def _run(config, args: argparse.Namespace) -> int:
-    from .demo import run_local
+    from .local.demo import run_local
 
     report = run_local(config, args.out, security="none" if args.insecure_http else "mtls")
     return 0 if report["rounds"] else 1
@@ -170,7 +170,7 @@ def _unlearn(args: argparse.Namespace) -> int:
     request = _forget_request(args)
     spec = UnlearningSpec(alpha=args.alpha, beta=args.beta, steps=args.steps)
     if args.run_dir:
-        from .local_unlearning import unlearn_local
+        from .local.unlearning import unlearn_local
 
         if not args.silo:
             print("error: --run-dir needs --silo", file=sys.stderr)

@@ -9,9 +9,9 @@ import numpy as np
 from peft import PeftModel
 
 from fedshield.config import AggregationSpec, FederationConfig
-from fedshield.demo import Federation
+from fedshield.local.demo import Federation
 from fedshield.crypto import EnvelopeReader, decrypt_envelope, load_keys
-from fedshield.silo_agent.model import load_base, with_lora
+from fedshield.learning.model import load_base, with_lora
 from fedshield.updates import VectorLayout, lora_parameters, round_mask, scatter
 
 

@@ -25,7 +25,7 @@ from rich.console import Console
 
 from fedshield.config import DPSpec, FederationConfig, PrivacySpec, SiloSpec, TrainingSpec
 from fedshield.dashboard import expressions
-from fedshield.demo import free_port, run_local, with_local_ports
+from fedshield.local.demo import free_port, run_local, with_local_ports
 from fedshield.security.certs import silo_files
 from fedshield.security.tls import client_context
 

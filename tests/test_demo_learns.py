@@ -5,7 +5,7 @@ import json
 import pytest
 
 from fedshield.config import FederationConfig
-from fedshield.demo import run_local
+from fedshield.local.demo import run_local
 
 pytestmark = pytest.mark.slow
 

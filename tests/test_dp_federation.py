@@ -6,7 +6,7 @@ import pytest
 
 from fedshield.config import DPSpec, FederationConfig, PrivacySpec, SiloSpec, TrainingSpec
 from fedshield.crypto import EnvelopeReader
-from fedshield.demo import run_local
+from fedshield.local.demo import run_local
 from fedshield.privacy import epsilon
 
 pytestmark = pytest.mark.slow

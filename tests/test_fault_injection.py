@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from fedshield.config import AggregationSpec, FederationConfig, LoraSpec, PrivacySpec, SiloSpec, TrainingSpec
-from fedshield.demo import Federation, with_local_ports
+from fedshield.local.demo import Federation, with_local_ports
 
 from fault_proxy import FaultProxy, Faults
 from federation_checks import KEEP_UPLOADS, expected_global, saved_shared_vector, wait_for

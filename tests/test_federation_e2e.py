@@ -10,10 +10,10 @@ from peft import PeftModel
 from fedshield.cli import main
 from fedshield.config import FederationConfig, PrivacySpec, SiloSpec, TrainingSpec
 from fedshield.crypto import load_keys
-from fedshield.demo import run_local
+from fedshield.local.demo import run_local
 from fedshield.silo_agent.checkpoint import load_state
-from fedshield.silo_agent.data import silo_examples
-from fedshield.silo_agent.model import last_token_logits, load_base, with_lora
+from fedshield.learning.data import silo_examples
+from fedshield.learning.model import last_token_logits, load_base, with_lora
 from fedshield.updates import lora_parameters
 
 from federation_checks import KEEP_UPLOADS, expected_global, saved_shared_vector

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedshield.config import FederationConfig, SiloSpec, TrainingSpec
-from fedshield.demo import Federation, with_local_ports
+from fedshield.local.demo import Federation, with_local_ports
 
 from federation_checks import KEEP_UPLOADS, expected_global, saved_shared_vector, wait_for
 

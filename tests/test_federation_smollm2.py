@@ -1,7 +1,7 @@
 """A real federation round on a pretrained LLM: SmolLM2-135M-Instruct (imported from its packaged
 GGUF file), LoRA r=8 on q, k, v, o in a DeepSpeed engine per silo, pruning 0.5, real CKKS.
 
-In process (``fedshield.simulation``): the same learning and update path as the silo agent,
+In process (``fedshield.local.simulation``): the same learning and update path as the silo agent,
 without processes or HTTP, so that it stays cheap on two cores."""
 
 import time
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from fedshield.config import FederationConfig, LoraSpec, ModelSpec, PrivacySpec, SiloSpec, TrainingSpec
-from fedshield.silo_agent.model import answer_ids, yes_probabilities
-from fedshield.simulation import InProcessFederation
+from fedshield.learning.model import answer_ids, yes_probabilities
+from fedshield.local.simulation import InProcessFederation
 
 pytestmark = pytest.mark.slow
 

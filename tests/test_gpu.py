@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from fedshield.config import TrainingSpec
-from fedshield.silo_agent.model import build_tiny_base, load_base, with_lora, yes_probabilities
-from fedshield.silo_agent.training import create_engine, train_local
+from fedshield.learning.model import build_tiny_base, load_base, with_lora, yes_probabilities
+from fedshield.learning.training import create_engine, train_local
 from fedshield.updates import VectorLayout, lora_parameters
 from fedshield.workloads.recommendation import build_examples, catalog, prompt_for, synthetic_silos
 

@@ -9,7 +9,7 @@ import torch
 
 from fedshield.cli import main
 from fedshield.learning.models import MARKER, PACKAGED, import_gguf, packaged_gguf
-from fedshield.silo_agent.model import base_dtype, load_base
+from fedshield.learning.model import base_dtype, load_base
 from fedshield.workloads.recommendation import catalog
 
 from model_dirs import write_user_model

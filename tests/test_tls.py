@@ -240,7 +240,7 @@ def test_retry_after_is_read_as_seconds_or_an_http_date():
 @pytest.mark.slow
 def test_a_federation_of_processes_runs_over_tls_with_bearer_tokens(tmp_path):
     from fedshield.config import TrainingSpec
-    from fedshield.demo import run_local
+    from fedshield.local.demo import run_local
 
     cfg = FederationConfig(rounds=1, silos=(SiloSpec(name="bank-a"), SiloSpec(name="bank-b")),
                            training=TrainingSpec(local_steps=2, batch_size=4))

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from fedshield.config import TrainingSpec
-from fedshield.silo_agent.model import (
+from fedshield.learning.model import (
     answer_ids, build_tiny_base, chat_prompt, check_context, context_limit, last_token_logits, load_base, with_lora, yes_probabilities,
 )
-from fedshield.silo_agent.training import create_engine, train_local
+from fedshield.learning.training import create_engine, train_local
 from fedshield.updates import VectorLayout, lora_parameters
 from fedshield.workloads.recommendation import build_examples, catalog, prompt_for, synthetic_silos
 

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from fedshield.config import FederationConfig
-from fedshield.local_unlearning import unlearn_local
+from fedshield.local.unlearning import unlearn_local
 from fedshield.silo_agent.forget import ForgetRequest
 
 

@@ -14,7 +14,7 @@ from fedshield.config import FederationConfig, LoraSpec, PrivacySpec, SiloSpec, 
 from fedshield.crypto import EnvelopeReader, decrypt_envelope, load_keys
 from fedshield.crypto.errors import CryptoError
 from fedshield.crypto.keys import PUBLIC_FILE, SECRET_FILE
-from fedshield.demo import Federation, with_local_ports
+from fedshield.local.demo import Federation, with_local_ports
 from fedshield.silo_agent.agent import SiloAgent
 from fedshield.silo_agent.checkpoint import forgotten_users, load_state
 from fedshield.silo_agent.forget import ForgetRequest, run_unlearning

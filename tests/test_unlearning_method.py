@@ -86,7 +86,7 @@ def test_forget_split_by_request_and_refusals(records):
 
 
 def test_retrain_data_files_load_back_through_the_silos_path_without_the_forgotten_users(tmp_path):
-    from fedshield.unlearning import write_movielens
+    from fedshield.workloads.recommendation import write_movielens
     from fedshield.workloads.recommendation import load_movielens
 
     rows = synthetic_silos(["a"], seed=0, users=[4])["a"]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fedshield.config import LoraSpec, TrainingSpec
-from fedshield.silo_agent.model import build_tiny_base, load_base, with_lora
+from fedshield.learning.model import build_tiny_base, load_base, with_lora
 from fedshield.unlearning import (
     UnlearningSpec, answer_cross_entropy, answer_kl, fold_into_adapter, fold_module, forget_split, forgetting_teacher, neg_grad,
 )

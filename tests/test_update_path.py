@@ -13,7 +13,7 @@ import pytest
 from fedshield.config import FederationConfig, LoraSpec, PrivacySpec, SiloSpec, TrainingSpec
 from fedshield.crypto import EncryptedSum, EnvelopeReader, PackingParams, create_keys, decrypt_envelope, encrypt_update
 from fedshield.privacy import Budget, release
-from fedshield.simulation import InProcessFederation
+from fedshield.local.simulation import InProcessFederation
 from fedshield.updates import kept_count, next_residual, next_score, round_mask
 
 pytestmark = pytest.mark.slow

@@ -28,9 +28,9 @@ from ..wire.messages import JoinRequest, UploadMetadata
 from ..workloads.scoring import auc, log_loss
 from .bounds import check_unlearning
 from .checkpoint import PendingUpload, SiloState, forgotten_users, load_state, save_state
-from .data import public_corpus, silo_examples
-from .model import build_tiny_base, check_context, load_base, with_lora, yes_probabilities
-from .training import create_engine, set_learning_rate, train_local_stats
+from ..learning.data import silo_examples
+from ..learning.model import base_model_path, check_context, load_base, with_lora, yes_probabilities
+from ..learning.training import create_engine, set_learning_rate, train_local_stats
 
 log = logging.getLogger("fedshield.silo")
 
@@ -54,13 +54,6 @@ class RoundRecord:
     weight: float
     lr_scale: float
     epsilon: float | None
-
-
-def base_model_path(config: FederationConfig, cache_dir: Path) -> Path:
-    """The configured model directory, or the tiny demo model (built once into ``cache_dir``)."""
-    if config.model.path:
-        return Path(config.model.path)
-    return build_tiny_base(cache_dir / "tiny-llama", public_corpus(config), seed=config.seed)
 
 
 class SiloAgent:

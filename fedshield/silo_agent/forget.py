@@ -21,7 +21,8 @@ import torch
 from ..crypto import encrypt_update
 from ..unlearning import UnlearningSpec, forget_split, score_adapter, unlearn
 from ..wire.unlearning import UnlearningAudit, UnlearningRecord
-from .agent import SiloAgent, base_model_path
+from ..learning.model import base_model_path
+from .agent import SiloAgent
 from .checkpoint import remember_forgotten
 
 log = logging.getLogger("fedshield.unlearning")

@@ -1,4 +1,4 @@
-"""Federated unlearning (E2URec) at one silo, its baselines (NegGrad, Retrain) and their scoring.
+"""Federated unlearning (E2URec) at one silo, its NegGrad baseline and their scoring (Retrain: ``fedshield.local.retrain``).
 
 An integrator calls :func:`unlearn` with the current model (base path + every LoRA tensor),
 the federation's :class:`~fedshield.updates.VectorLayout` and a :func:`forget_split`; it
@@ -12,13 +12,12 @@ from .fold import FoldedAdapter, fold_into_adapter, fold_module
 from .losses import answer_cross_entropy, answer_kl, student_loss
 from .neggrad import neg_grad
 from .result import UnlearningResult
-from .retrain import FederationRun, run_federation, write_movielens
 from .spec import UnlearningSpec
 from .split import ForgetSplit, forget_split
 from .teacher import forgetting_teacher
 
 __all__ = [
-    "FederationRun", "FoldedAdapter", "ForgetSplit", "UnlearningResult", "UnlearningSpec", "answer_cross_entropy", "answer_kl",
-    "fold_into_adapter", "fold_module", "forget_split", "forgetting_teacher", "jensen_shannon", "neg_grad", "run_federation",
-    "score_adapter", "student_loss", "unlearn", "write_movielens", "yes_distribution",
+    "FoldedAdapter", "ForgetSplit", "UnlearningResult", "UnlearningSpec", "answer_cross_entropy", "answer_kl",
+    "fold_into_adapter", "fold_module", "forget_split", "forgetting_teacher", "jensen_shannon", "neg_grad",
+    "score_adapter", "student_loss", "unlearn", "yes_distribution",
 ]

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 
 from ..config import LoraSpec, TrainingSpec
-from ..silo_agent.training import train_local_stats
+from ..learning.training import train_local_stats
 from ..workloads.recommendation import Example
 from .current import add_lora, answer_logits, remove_lora
 from .engine import unlearning_engine

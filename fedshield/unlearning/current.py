@@ -9,7 +9,7 @@ import torch
 from peft import PeftModel
 
 from ..config import LoraSpec
-from ..silo_agent.model import answer_ids, last_token_logits, load_base, with_lora
+from ..learning.model import answer_ids, last_token_logits, load_base, with_lora
 from ..workloads.recommendation import Example
 from .spec import UnlearningSpec
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..config import TrainingSpec
-from ..silo_agent.training import create_engine
+from ..learning.training import create_engine
 
 
 def unlearning_engine(model: torch.nn.Module, training: TrainingSpec, learning_rate: float, batch_size: int):

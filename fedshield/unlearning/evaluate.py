@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..config import LoraSpec
-from ..silo_agent.model import yes_probabilities
+from ..learning.model import yes_probabilities
 from ..workloads.recommendation import Example
 from ..workloads.scoring import auc
 from .current import current_model

@@ -9,8 +9,8 @@ from typing import Mapping, Sequence
 import torch
 
 from ..config import LoraSpec, TrainingSpec
-from ..silo_agent.model import answer_ids, last_token_logits
-from ..silo_agent.training import train_steps
+from ..learning.model import answer_ids, last_token_logits
+from ..learning.training import train_steps
 from ..updates import VectorLayout, lora_parameters
 from ..workloads.recommendation import Example
 from .batches import epoch_batches

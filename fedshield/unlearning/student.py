@@ -6,8 +6,8 @@ from typing import Sequence
 
 import torch
 
-from ..silo_agent.model import answer_ids, last_token_logits
-from ..silo_agent.training import train_steps
+from ..learning.model import answer_ids, last_token_logits
+from ..learning.training import train_steps
 from ..workloads.recommendation import Example
 from .batches import epoch_batches, steps_per_epoch
 from .losses import student_loss

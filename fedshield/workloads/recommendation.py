@@ -139,3 +139,19 @@ def load_movielens(path: str | Path) -> list[Interaction]:
                 for row in csv.DictReader(fh)
             ]
     raise FileNotFoundError(f"{path} holds neither u.data + u.item nor ratings.csv + movies.csv")
+
+
+def write_movielens(interactions: Sequence[Interaction], directory: str | Path) -> Path:
+    """``ratings.csv`` + ``movies.csv`` (the MovieLens format the silos read) for these interactions."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    ids = {title: str(i) for i, title in enumerate(sorted({it.item for it in interactions}))}
+    with open(directory / "movies.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["movieId", "title", "genres"])
+        writer.writerows([i, title, ""] for title, i in ids.items())
+    with open(directory / "ratings.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["userId", "movieId", "rating", "timestamp"])
+        writer.writerows([it.user, ids[it.item], it.rating, it.time] for it in interactions)
+    return directory

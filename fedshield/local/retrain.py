@@ -1,9 +1,8 @@
-"""Retrain baseline: a whole local federation run (``fedshield.demo.run_local``) on files without D_f's users."""
+"""Retrain baseline: a whole local federation run (``fedshield.local.demo.run_local``) on files without D_f's users."""
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import os
 import resource
 import time
@@ -15,25 +14,9 @@ import torch
 from rich.console import Console
 
 from ..config import DataSpec, FederationConfig
-from ..silo_agent.model import load_base
+from ..learning.model import load_base
 from ..updates import lora_parameters
-from ..workloads.recommendation import Interaction
-
-
-def write_movielens(interactions: Sequence[Interaction], directory: str | Path) -> Path:
-    """``ratings.csv`` + ``movies.csv`` (the MovieLens format the silos read) for these interactions."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    ids = {title: str(i) for i, title in enumerate(sorted({it.item for it in interactions}))}
-    with open(directory / "movies.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["movieId", "title", "genres"])
-        writer.writerows([i, title, ""] for title, i in ids.items())
-    with open(directory / "ratings.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["userId", "movieId", "rating", "timestamp"])
-        writer.writerows([it.user, ids[it.item], it.rating, it.time] for it in interactions)
-    return directory
+from ..workloads.recommendation import Interaction, write_movielens
 
 
 DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -54,7 +37,7 @@ class FederationRun:
     adapters: dict[str, dict[str, torch.Tensor]]  # silo -> every LoRA tensor after the last round
     seconds: float  # wall time of the whole run (processes, training, crypto)
     cpu_seconds: float  # CPU time of the aggregator and silo processes (user + system)
-    report: dict  # fedshield.demo's report.json
+    report: dict  # fedshield.local.demo's report.json
     config: FederationConfig  # the config the silos ran (data from the written files)
 
 
@@ -65,7 +48,7 @@ def run_federation(config: FederationConfig, data: Mapping[str, Sequence[Interac
     ``config.model.path`` must name a fixed base model, so that runs with and without some
     users start from the same network.
     """
-    from ..demo import run_local
+    from .demo import run_local
 
     if not config.model.path:
         raise ValueError("set config.model.path: runs to be compared must share one base model")

@@ -17,14 +17,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .config import FederationConfig
-from .fairness import fairness_indices
-from .crypto import create_keys, write_key_pair
-from .crypto.keys import PUBLIC_FILE, SECRET_FILE
-from .security.auth import create_tokens
-from .security.certs import issue_all
-from .security.tls import client_context
-from .silo_agent.agent import base_model_path
+from ..config import FederationConfig
+from ..fairness import fairness_indices
+from ..crypto import create_keys, write_key_pair
+from ..crypto.keys import PUBLIC_FILE, SECRET_FILE
+from ..security.auth import create_tokens
+from ..security.certs import issue_all
+from ..security.tls import client_context
+from ..learning.model import base_model_path
 
 
 def free_port() -> int:

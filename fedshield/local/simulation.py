@@ -19,16 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import FederationConfig
-from .crypto import EncryptedSum, EnvelopeReader, Keys, create_keys, decrypt_envelope, encrypt_update
-from .fairness import fedavg_weights
-from .privacy import release
-from .silo_agent.agent import base_model_path
-from .silo_agent.data import silo_examples
-from .silo_agent.model import load_base, with_lora, yes_probabilities
-from .silo_agent.training import create_engine, set_learning_rate, train_local_stats
-from .updates import VectorLayout, lora_parameters, next_residual, next_score, round_mask
-from .workloads.scoring import auc
+from ..config import FederationConfig
+from ..crypto import EncryptedSum, EnvelopeReader, Keys, create_keys, decrypt_envelope, encrypt_update
+from ..fairness import fedavg_weights
+from ..privacy import release
+from ..learning.data import silo_examples
+from ..learning.model import base_model_path, load_base, with_lora, yes_probabilities
+from ..learning.training import create_engine, set_learning_rate, train_local_stats
+from ..updates import VectorLayout, lora_parameters, next_residual, next_score, round_mask
+from ..workloads.scoring import auc
 
 
 @dataclass

@@ -24,7 +24,9 @@ from transformers import (
     AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase, PreTrainedTokenizerFast,
 )
 
+from ..config import FederationConfig
 from ..workloads.recommendation import ANSWER_NO, ANSWER_YES, prompt_for
+from .data import public_corpus
 
 ANSWER_SEPARATOR = " "  # what comes between a prompt and its answer
 PROBE_PROMPT = prompt_for(["x"], ["y"], "z")  # answers are located after a prompt of this shape by default
@@ -191,3 +193,10 @@ def yes_probabilities(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase
         out.append(torch.softmax(logits[:, [yes, no]].float(), dim=-1)[:, 0].cpu().numpy())
     model.train(was_training)
     return np.concatenate(out) if out else np.empty(0)
+
+
+def base_model_path(config: FederationConfig, cache_dir: Path) -> Path:
+    """The configured model directory, or the tiny demo model (built once into ``cache_dir``)."""
+    if config.model.path:
+        return Path(config.model.path)
+    return build_tiny_base(cache_dir / "tiny-llama", public_corpus(config), seed=config.seed)
