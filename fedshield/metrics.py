@@ -8,6 +8,8 @@ and ``_bytes``. Label values are bounded: silo names and error codes, never roun
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 SILO = CollectorRegistry(auto_describe=True)
@@ -16,9 +18,9 @@ OPERATOR = CollectorRegistry(auto_describe=True)
 
 CRYPTO_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 ROUND_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
-S = {"labelnames": ["silo"], "registry": SILO}
-A = {"registry": AGGREGATOR}
-A_SILO = {"labelnames": ["silo"], "registry": AGGREGATOR}
+S: dict[str, Any] = {"labelnames": ["silo"], "registry": SILO}
+A: dict[str, Any] = {"registry": AGGREGATOR}
+A_SILO: dict[str, Any] = {"labelnames": ["silo"], "registry": AGGREGATOR}
 
 # --- silo agent: communication --------------------------------------------------------
 SILO_UPLOAD_BYTES = Counter("fedshield_silo_upload_bytes_total", "Encrypted update bytes the silo uploaded (accepted uploads).", **S)

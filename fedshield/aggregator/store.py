@@ -136,7 +136,7 @@ class Store:
         self._write("INSERT OR REPLACE INTO silos VALUES (?, ?, ?, ?, ?)", (name, samples, vector_size, layout, time.time()))
 
     def silos(self) -> dict[str, tuple[int, int, str]]:
-        return {n: (s, v, l) for n, s, v, l in self._read("SELECT name, samples, vector_size, layout FROM silos")}
+        return {n: (s, v, lay) for n, s, v, lay in self._read("SELECT name, samples, vector_size, layout FROM silos")}
 
     # rounds
     def open_round(self, round: int) -> None:

@@ -99,10 +99,10 @@ def _coefficient_count(head: bytes) -> int:
     count = struct.unpack_from("<Q", head, HEAD_BYTES - 8)[0]
     if count != size * degree * levels or count > _MAX_BODY // 8:
         raise CiphertextError(f"SEAL ciphertext holds {count} coefficients, expected {size}x{degree}x{levels}")
-    return count
+    return int(count)
 
 
-def _row_views(buf, offset: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+def _row_views(buf: bytes | bytearray | memoryview, offset: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
     """Two unaligned uint64 views of 15-byte rows: bytes 0-7 and bytes 7-14 of each row."""
     first = np.ndarray((rows,), dtype="<u8", buffer=buf, offset=offset, strides=(15,))
     last = np.ndarray((rows,), dtype="<u8", buffer=buf, offset=offset + 7, strides=(15,))

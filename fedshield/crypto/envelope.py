@@ -103,7 +103,7 @@ class EnvelopeReader:
         return cls(io.BytesIO(data))
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "EnvelopeReader":
+    def open(cls, path: str | os.PathLike[str]) -> "EnvelopeReader":
         return cls(open(path, "rb"))
 
     def ciphertexts(self) -> Iterator[bytes]:
@@ -131,7 +131,7 @@ def envelope_bytes(header: EnvelopeHeader, ciphertexts: list[bytes]) -> bytes:
     return out.getvalue()
 
 
-def save_envelope(path: str | os.PathLike, data: bytes) -> Path:
+def save_envelope(path: str | os.PathLike[str], data: bytes) -> Path:
     """Atomic write (temporary file, fsync, rename): a crash never leaves half an envelope."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from typing import BinaryIO, Iterable, Iterator
+from typing import Any, BinaryIO, Iterable, Iterator
 
 from .errors import ChecksumError, FormatError
 
@@ -23,7 +23,7 @@ _LENGTH = struct.Struct(">I")
 DIGEST_BYTES = 32
 
 
-def write_framed(out: BinaryIO, magic: bytes, header: dict, records: Iterable[bytes]) -> int:
+def write_framed(out: BinaryIO, magic: bytes, header: dict[str, Any], records: Iterable[bytes]) -> int:
     """Write a framed file to ``out``; returns the number of bytes written."""
     digest = hashlib.sha256()
     written = 0
@@ -51,7 +51,7 @@ def _read_exact(src: BinaryIO, n: int, what: str) -> bytes:
     return data
 
 
-def read_header(src: BinaryIO, magic: bytes, what: str) -> dict:
+def read_header(src: BinaryIO, magic: bytes, what: str) -> dict[str, Any]:
     """Read and check the prefix and JSON header; ``src`` is left at the first record."""
     prefix = src.read(_PREFIX.size)
     if len(prefix) != _PREFIX.size:

@@ -36,7 +36,7 @@ class Keys:
 
     @property
     def has_secret_key(self) -> bool:
-        return self.context.is_private()
+        return bool(self.context.is_private())
 
     def public(self) -> "Keys":
         """The same key set without the secret key (what the aggregator gets)."""
@@ -61,7 +61,7 @@ class Keys:
         write_framed(out, KEY_MAGIC, header, [blob])
         return out.getvalue()
 
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike[str]) -> Path:
         """Write atomically; secret files are created readable by the owner only."""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
@@ -122,11 +122,11 @@ def keys_from_bytes(data: bytes) -> Keys:
     return Keys(ctx, params, fingerprint)
 
 
-def load_keys(path: str | os.PathLike) -> Keys:
+def load_keys(path: str | os.PathLike[str]) -> Keys:
     return keys_from_bytes(Path(path).read_bytes())
 
 
-def write_key_pair(keys: Keys, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+def write_key_pair(keys: Keys, out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
     """Write ``secret.ckks`` (silos) and ``public.ckks`` (aggregator) into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

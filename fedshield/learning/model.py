@@ -104,7 +104,7 @@ def chat_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, system: str | N
     if not tokenizer.chat_template:
         raise ValueError("the tokenizer has no chat template")
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
 
 
 def answer_ids(tokenizer: PreTrainedTokenizerBase, prompt: str | None = None) -> tuple[int, int]:

