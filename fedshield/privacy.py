@@ -1,4 +1,4 @@
-"""DP-LoRA at the silo: clip the shared update, add Gaussian noise, account with an RDP accountant.
+"""DP-LoRA at the silo: silo-level DP on the released update, and the accountant of record-/user-level DP-SGD.
 
 What it gives (docs/privacy.md): each round a silo releases ``clip(u, C) + N(0, sigma^2 C^2 I)``,
 a Gaussian mechanism with L2 sensitivity C with respect to everything the silo's data
@@ -6,6 +6,10 @@ contributed that round (silo-level DP under add/remove adjacency). Every silo ta
 in every round (no subsampling), so T rounds compose T Gaussian mechanisms; the RDP
 accountant of Google's ``dp-accounting`` turns that into (epsilon, delta). The error-feedback
 residual is taken from the privatised vector, so later rounds only post-process released values.
+
+Record- or user-level DP-SGD (``fedshield.learning.dp_sgd``) protects the people inside a silo
+instead: every training step is a Poisson-subsampled Gaussian mechanism, composed over every
+step of every round with dp-accounting's PLD accountant (RDP as a cross-check).
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Literal
 
 import dp_accounting
 import numpy as np
-from dp_accounting import rdp
+from dp_accounting import pld, rdp
 
 from .updates.feedback import compensate
 
@@ -86,3 +91,80 @@ class Budget:
     def allows(self, rounds: int) -> bool:
         """Whether contributing ``rounds`` times in total stays within the budget."""
         return self.spent(rounds) <= self.epsilon_budget + 1e-9
+
+
+# --- DP-SGD inside a silo (record or user level; fedshield.learning.dp_sgd) -----------------------
+
+Accountant = Literal["pld", "rdp"]  # PLD: the reported epsilon; RDP: a valid, slightly looser cross-check
+
+
+def dp_sgd_event(sampling_rate: float, noise_multiplier: float, steps: int) -> dp_accounting.DpEvent:
+    """``steps`` Poisson-subsampled Gaussian mechanisms (every step of every round the silo trains in)."""
+    return dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(sampling_rate, dp_accounting.GaussianDpEvent(noise_multiplier)), steps)
+
+
+def _accountant(kind: Accountant) -> dp_accounting.PrivacyAccountant:
+    if kind == "pld":
+        return pld.PLDAccountant()
+    if kind == "rdp":
+        return rdp.RdpAccountant()
+    raise ValueError(f"unknown accountant {kind!r} (pld or rdp)")
+
+
+def dp_sgd_epsilon(sampling_rate: float, noise_multiplier: float, steps: int, delta: float, accountant: Accountant = "pld") -> float:
+    """Epsilon after ``steps`` DP-SGD steps at this sampling rate and noise multiplier."""
+    if steps <= 0:
+        return 0.0
+    acc = _accountant(accountant)
+    acc.compose(dp_sgd_event(sampling_rate, noise_multiplier, steps))
+    return float(acc.get_epsilon(delta))
+
+
+@lru_cache(maxsize=256)
+def noise_for_dp_sgd(target_epsilon: float, sampling_rate: float, steps: int, delta: float) -> float:
+    """The smallest noise multiplier (within 0.5%) that keeps ``steps`` DP-SGD steps within ``target_epsilon``.
+
+    The RDP accountant (fast, valid, a few percent loose) gives an upper bound on the noise
+    needed; the PLD accountant then searches below it, so few PLD evaluations are made.
+    """
+    def event(sigma: float) -> dp_accounting.DpEvent:
+        return dp_sgd_event(sampling_rate, sigma, steps)
+
+    upper = float(dp_accounting.calibrate_dp_mechanism(
+        rdp.RdpAccountant, event, target_epsilon, delta, bracket_interval=dp_accounting.ExplicitBracketInterval(0.1, 500.0)))
+    return float(dp_accounting.calibrate_dp_mechanism(
+        pld.PLDAccountant, event, target_epsilon, delta,
+        bracket_interval=dp_accounting.ExplicitBracketInterval(0.5 * upper, upper * 1.001), tol=0.005 * upper))
+
+
+@dataclass(frozen=True)
+class DpSgdBudget:
+    """A silo's DP-SGD settings and the epsilon it may spend over the whole run."""
+
+    sampling_rate: float
+    noise_multiplier: float
+    delta: float
+    epsilon_budget: float
+
+    def spent(self, steps: int) -> float:
+        return dp_sgd_epsilon(self.sampling_rate, self.noise_multiplier, steps, self.delta)
+
+    def allows(self, steps: int) -> bool:
+        """Whether ``steps`` DP-SGD steps in total stay within the budget."""
+        return self.spent(steps) <= self.epsilon_budget + 1e-9
+
+    def steps_within(self, done: int, wanted: int) -> int:
+        """How many of ``wanted`` further steps (after ``done``) keep the total within the budget.
+
+        Epsilon grows with the steps, so a binary search finds the last allowed step: a silo
+        trains that many and stops before the step that would exceed its budget.
+        """
+        lo, hi = 0, wanted
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.allows(done + mid):
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo

@@ -130,9 +130,18 @@ def answer_ids(tokenizer: PreTrainedTokenizerBase, prompt: str | None = None) ->
     return ids[0], ids[1]
 
 
+def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DeepSpeed engine (``.module``) or an Opacus GradSampleModule (``._module``)."""
+    while True:
+        inner = getattr(model, "_module", None) or getattr(model, "module", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
 def context_limit(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> int:
     """The longest prompt, in tokens, that the model and its tokenizer take."""
-    config = getattr(model, "module", model).config
+    config = unwrapped(model).config
     limits = [getattr(config, key, None) for key in ("max_position_embeddings", "n_positions")]
     limits.append(tokenizer.model_max_length)
     return int(min(n for n in limits if isinstance(n, int) and n > 0))
@@ -178,7 +187,12 @@ def last_token_logits(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase
 
 def answer_loss(logits: torch.Tensor, labels: torch.Tensor, yes: int, no: int) -> torch.Tensor:
     """Cross-entropy of the right answer between the two answer tokens (what the score uses)."""
-    return torch.nn.functional.cross_entropy(logits[:, [yes, no]].float(), 1 - labels.long().to(logits.device))
+    return answer_losses(logits, labels, yes, no).mean()
+
+
+def answer_losses(logits: torch.Tensor, labels: torch.Tensor, yes: int, no: int) -> torch.Tensor:
+    """Per-record cross-entropy of the right answer between the two answer tokens."""
+    return torch.nn.functional.cross_entropy(logits[:, [yes, no]].float(), 1 - labels.long().to(logits.device), reduction="none")
 
 
 @torch.no_grad()

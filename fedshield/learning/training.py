@@ -12,7 +12,8 @@ import torch
 
 from ..config import TrainingSpec
 from ..workloads.recommendation import Example
-from .model import answer_ids, answer_loss, last_token_logits
+from .dp_sgd import DpSgd, dp_sgd_step, sample_records, secure_generator, unit_ids
+from .model import answer_ids, answer_loss, answer_losses, last_token_logits
 
 
 def _free_port() -> int:
@@ -35,27 +36,38 @@ def init_single_process() -> None:
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
 
 
-def deepspeed_config(spec: TrainingSpec) -> dict:
+def deepspeed_config(spec: TrainingSpec, dp: bool = False) -> dict:
+    """The engine's config; under DP-SGD the engine clips nothing itself (per-unit clipping is the DP step's)."""
     return {
         "train_micro_batch_size_per_gpu": spec.batch_size,
         "gradient_accumulation_steps": 1,
         "zero_optimization": {"stage": spec.zero_stage},
         "bf16": {"enabled": spec.precision == "bf16"},
         "fp16": {"enabled": spec.precision == "fp16"},
-        "gradient_clipping": 1.0,
+        "gradient_clipping": 0.0 if dp else 1.0,
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
 
 
-def create_engine(model: torch.nn.Module, spec: TrainingSpec):
-    """``deepspeed.initialize`` with AdamW over the trainable (LoRA) parameters."""
+def create_engine(model: torch.nn.Module, spec: TrainingSpec, dp: bool = False):
+    """``deepspeed.initialize`` with AdamW over the trainable (LoRA) parameters.
+
+    With ``dp`` the model is wrapped in Opacus' ``GradSampleModule`` first (per-record gradients
+    for DP-SGD); that needs ZeRO stage 0, where each parameter's gradient stays whole.
+    """
     import deepspeed
 
+    if dp:
+        from opacus import GradSampleModule
+
+        if spec.zero_stage != 0:
+            raise ValueError(f"DP-SGD needs ZeRO stage 0 (per-record gradients of whole parameters), got stage {spec.zero_stage}")
+        model = GradSampleModule(model, batch_first=True, loss_reduction="sum")
     init_single_process()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=spec.learning_rate, weight_decay=0.0)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(spec))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(spec, dp))
     return engine
 
 
@@ -85,6 +97,35 @@ def train_local_stats(engine, tokenizer, examples: Sequence[Example], steps: int
         engine.step()
         losses.append(float(loss.detach()))
     return LocalTraining(float(np.mean(losses)), tokens)
+
+
+def train_local_dp(engine, tokenizer, examples: Sequence[Example], steps: int, dp: DpSgd, seed: int,
+                   generator: torch.Generator | None = None, micro_batch: int = 16) -> LocalTraining:
+    """``steps`` DP-SGD steps (``fedshield.learning.dp_sgd``) on Poisson batches of records or users.
+
+    ``engine`` comes from ``create_engine(..., dp=True)``. The batch sampling is seeded (it is
+    not secret: what protects a record is the noise); the noise comes from ``generator``, OS
+    entropy unless a test passes one.
+    """
+    yes, no = answer_ids(tokenizer, examples[0].prompt if examples else None)
+    units = unit_ids([e.user for e in examples], dp.unit)
+    n_units = max(units, default=-1) + 1
+    trainable = [p for p in engine.module.parameters() if p.requires_grad]
+    rng, generator = random.Random(seed), generator or secure_generator()
+    engine.train()
+
+    def per_record_loss(idx: Sequence[int]) -> torch.Tensor:
+        logits = last_token_logits(engine, tokenizer, [examples[i].prompt for i in idx])
+        return answer_losses(logits.float(), torch.tensor([examples[i].label for i in idx]), yes, no)
+
+    losses, tokens = [], 0
+    for _ in range(steps):
+        records = sample_records(units, n_units, dp.sampling_rate, rng)
+        tokens += sum(len(ids) for ids in tokenizer([examples[r].prompt for r in records])["input_ids"]) if records else 0
+        step = dp_sgd_step(engine, trainable, per_record_loss, records, units, n_units, dp, generator, micro_batch)
+        if step.records:
+            losses.append(step.loss)
+    return LocalTraining(float(np.mean(losses)) if losses else float("nan"), tokens)
 
 
 def train_local(engine, tokenizer, examples: Sequence[Example], steps: int, batch_size: int, seed: int) -> float:
