@@ -1,0 +1,19 @@
+"""Workloads by name: what a federation config (``workload: instruction``) will choose from.
+
+A new workload is one class implementing ``workloads.base.Workload`` and one entry here.
+"""
+
+from __future__ import annotations
+
+from ..workloads.base import Workload
+from .instruction import InstructionWorkload
+from .recommendation import RecommendationWorkload
+
+WORKLOADS: dict[str, type[Workload]] = {w.name: w for w in (RecommendationWorkload, InstructionWorkload)}
+
+
+def get_workload(name: str, **options) -> Workload:
+    """The workload called ``name``, built with ``options`` (its dataclass fields)."""
+    if name not in WORKLOADS:
+        raise KeyError(f"unknown workload {name!r}; known: {', '.join(sorted(WORKLOADS))}")
+    return WORKLOADS[name](**options)

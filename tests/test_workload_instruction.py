@@ -1,0 +1,166 @@
+"""The instruction workload: the three JSONL layouts, bad data refused with file and line, the response-only
+label mask (tiny word-level tokenizer and SmolLM2's chat template), evaluation, and the workload registry."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from fedshield.learning.instruction import (
+    IGNORE, InstructionWorkload, check_examples, collate, encode, evaluate_instruction, greedy_replies, sft_loss,
+)
+from fedshield.learning.model import build_tiny_base, load_base
+from fedshield.learning.recommendation import RecommendationWorkload
+from fedshield.learning.workloads import WORKLOADS, get_workload
+from fedshield.workloads.base import DataError, Evaluation
+from fedshield.workloads.instruction import InstructionExample, Turn, load_split, normalise, read_jsonl, write_jsonl
+from fedshield.workloads.recommendation import Interaction, write_movielens
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TASK = [("what colour is the sky", "blue"), ("what colour is grass", "green"), ("what colour is snow", "white"),
+        ("what colour is coal", "black")]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    corpus = [f"{p} {r}" for p, r in TASK] + ["what is the answer to this question"]
+    return load_base(build_tiny_base(tmp_path_factory.mktemp("tiny") / "m", corpus))
+
+
+def _write(path, *lines) -> str:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return str(path)
+
+
+def test_the_three_layouts_read_as_examples(tmp_path):
+    path = _write(tmp_path / "d.jsonl",
+                  json.dumps({"prompt": "p1", "response": "r1", "system": "be brief"}),
+                  "",
+                  json.dumps({"instruction": "translate", "input": "hola", "output": "hello"}),
+                  json.dumps({"instruction": "say hi", "output": "hi"}),
+                  json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                                           {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]}))
+    a, b, c, d = read_jsonl(path)
+    assert (a.context, a.response, a.system, a.line, a.source) == ((Turn("system", "be brief"), Turn("user", "p1")), "r1", "be brief", 1, path)
+    assert (b.prompt, b.response, b.line) == ("translate\n\nhola", "hello", 3)
+    assert (c.prompt, c.response) == ("say hi", "hi")
+    assert d.context == (Turn("user", "a"), Turn("assistant", "b"), Turn("user", "c")) and d.response == "d" and d.line == 5
+    again = read_jsonl(write_jsonl([a, b, d], tmp_path / "again.jsonl"))
+    assert [(e.context, e.response) for e in again] == [(e.context, e.response) for e in (a, b, d)]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'{"prompt": "p", "response": "r"}\n{"prompt": "p"}\n', r"d\.jsonl:2: missing field 'response'"),
+    (b'{"instruction": "i", "input": "x"}\n', r"d\.jsonl:1: missing field 'output'"),
+    (b'{"question": "q", "answer": "a"}\n', r"d\.jsonl:1: missing field: expected 'prompt' \+ 'response'.*has answer, question"),
+    (b"", r"d\.jsonl: empty file: no examples"),
+    (b"\n  \n", r"d\.jsonl: empty file: no examples"),
+    (b'{"prompt": "p", "response": "r"}\n{"prompt": "caf\xe9", "response": "r"}\n', r"d\.jsonl:2: not UTF-8 text"),
+    (b'{"prompt": "p", "response": "r"}\n\n{"prompt": "p", "response": }\n', r"d\.jsonl:3: invalid JSON: Expecting value at column 29"),
+    (b'["p", "r"]\n', r"d\.jsonl:1: expected a JSON object, got list"),
+    (b'{"prompt": "p", "response": 3}\n', r"d\.jsonl:1: field 'response' must be a string, got int"),
+    (b'{"prompt": "p", "response": "  "}\n', r"d\.jsonl:1: field 'response' is empty"),
+    (b'{"messages": [{"role": "user", "content": "a"}]}\n', r"d\.jsonl:1: the last message must be the assistant's reply"),
+    (b'{"messages": [{"role": "bot", "content": "a"}]}\n', r"d\.jsonl:1: messages\[0\] must be"),
+    (b'{"messages": [{"role": "assistant", "content": "a"}]}\n', r"d\.jsonl:1: no user message before"),
+])
+def test_bad_data_is_refused_with_file_and_line(tmp_path, content, message):
+    (tmp_path / "d.jsonl").write_bytes(content)
+    with pytest.raises(DataError, match=message) as info:
+        read_jsonl(tmp_path / "d.jsonl")
+    assert info.value.path == tmp_path / "d.jsonl"
+
+
+def test_an_example_longer_than_the_context_is_refused_before_training(tiny, tmp_path):
+    model, tokenizer = tiny
+    path = _write(tmp_path / "long.jsonl", json.dumps({"prompt": "what colour is the sky", "response": "blue"}),
+                  json.dumps({"prompt": " ".join(["what"] * 300), "response": "blue"}))
+    split = InstructionWorkload(val_fraction=0.0).examples(path)
+    with pytest.raises(DataError, match=r"long\.jsonl:2: the example has 302 tokens \(prompt 300, response 2\); the model's context is 256"):
+        InstructionWorkload().check(model, tokenizer, split.train)
+    assert check_examples(model, tokenizer, split.train[:1]) == 7
+
+
+def test_validation_file_or_seeded_fraction(tmp_path):
+    _write(tmp_path / "train.jsonl", *(json.dumps({"prompt": f"p{i}", "response": "r"}) for i in range(10)))
+    split = load_split(tmp_path, val_fraction=0.2, seed=1)
+    assert len(split.train) == 8 and len(split.validation) == 2 and split == load_split(tmp_path, 0.2, seed=1)
+    assert not {e.prompt for e in split.train} & {e.prompt for e in split.validation}
+    _write(tmp_path / "validation.jsonl", json.dumps({"prompt": "v", "response": "r"}))
+    split = load_split(tmp_path)
+    assert len(split.train) == 10 and [e.prompt for e in split.validation] == ["v"]
+    with pytest.raises(FileNotFoundError, match="neither a JSONL file nor a directory"):
+        load_split(tmp_path / "nope")
+
+
+def test_the_label_mask_covers_the_response_only(tiny):
+    _, tokenizer = tiny
+    examples = [InstructionExample.of(p, r) for p, r in TASK[:2]] + [InstructionExample.of("what is the answer", "blue green")]
+    enc = [encode(tokenizer, e) for e in examples]
+    words = tokenizer.convert_ids_to_tokens(enc[0].input_ids)
+    assert words == ["what", "colour", "is", "the", "sky", "blue", "[eos]"]
+    assert enc[0].labels == [IGNORE] * 5 + tokenizer.convert_tokens_to_ids(["blue", "[eos]"])
+    batch = collate(tokenizer, enc)
+    width = max(len(e.input_ids) for e in enc)
+    for row, e in enumerate(enc):
+        n = len(e.input_ids)
+        assert batch["labels"][row].tolist() == e.labels + [IGNORE] * (width - n)  # padding is never learned
+        assert batch["attention_mask"][row].tolist() == [1] * n + [0] * (width - n)
+        assert batch["input_ids"][row, n:].eq(tokenizer.pad_token_id).all()
+
+
+def test_the_loss_is_the_mean_over_response_tokens_as_transformers_computes_it(tiny):
+    model, tokenizer = tiny
+    examples = [InstructionExample.of(p, r) for p, r in TASK]
+    batch = collate(tokenizer, [encode(tokenizer, e) for e in examples])
+    expected = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    assert torch.allclose(sft_loss(model, tokenizer, examples), expected, atol=1e-5)
+
+
+def test_evaluation_reports_exact_match_for_short_labels_and_perplexity(tiny):
+    model, tokenizer = tiny
+    model = type(model).from_pretrained(model.name_or_path) if model.name_or_path else model  # a copy to train
+    examples = [InstructionExample.of(p, r) for p, r in TASK]
+    before = evaluate_instruction(model, tokenizer, examples)
+    assert before.headline == "exact_match" and set(before.metrics) == {"loss", "perplexity", "exact_match"}
+    torch.manual_seed(0)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(40):
+        loss = sft_loss(model, tokenizer, examples)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    after = evaluate_instruction(model, tokenizer, examples)
+    assert after.metrics["exact_match"] == 1.0 and after.metrics["loss"] < before.metrics["loss"]
+    assert math.isclose(after.metrics["perplexity"], math.exp(after.metrics["loss"]))
+    assert greedy_replies(model, tokenizer, examples, 3) == ["blue", "green", "white", "black"]
+    long = evaluate_instruction(model, tokenizer, [InstructionExample.of("what is", " ".join(["blue"] * 9))])
+    assert long.headline == "perplexity" and not long.higher_is_better and "exact_match" not in long.metrics
+
+
+def test_normalised_exact_match():
+    assert normalise("  Cardiology.\n") == normalise("cardiology") == "cardiology"
+    assert normalise("Two  words!") == "two words" and normalise("ﬁne") == "fine"
+    with pytest.raises(ValueError, match="headline metric 'auc'"):
+        Evaluation({"loss": 1.0}, "auc")
+
+
+def test_workloads_by_name_share_one_interface(tiny, tmp_path):
+    assert set(WORKLOADS) == {"recommendation", "instruction"}
+    with pytest.raises(KeyError, match="unknown workload 'vision'"):
+        get_workload("vision")
+    model, tokenizer = tiny
+    rows = [Interaction(f"u{u}", t, 5.0 if (u + i) % 2 else 1.0, i)
+            for u in range(4) for i, t in enumerate(["what colour", "the sky", "grass", "snow", "coal"])]
+    workload = get_workload("recommendation", holdout=1)
+    assert isinstance(workload, RecommendationWorkload)
+    split = workload.examples(write_movielens(rows, tmp_path / "ml"))
+    assert len(split.validation) == 4 and len(split.train) == 12
+    workload.check(model, tokenizer, split.train)
+    loss = workload.loss(model, tokenizer, split.train[:4])
+    assert loss.requires_grad and loss.ndim == 0
+    result = workload.evaluate(model, tokenizer, split.validation)
+    assert result.headline == "auc" and set(result.metrics) == {"auc", "log_loss"}
+    assert [c.render(result.metrics) for c in workload.columns] == [format(result.metrics[k], ".3f") for k in ("auc", "log_loss")]
