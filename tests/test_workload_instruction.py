@@ -164,3 +164,33 @@ def test_workloads_by_name_share_one_interface(tiny, tmp_path):
     result = workload.evaluate(model, tokenizer, split.validation)
     assert result.headline == "auc" and set(result.metrics) == {"auc", "log_loss"}
     assert [c.render(result.metrics) for c in workload.columns] == [format(result.metrics[k], ".3f") for k in ("auc", "log_loss")]
+
+
+@pytest.fixture(scope="module")
+def smol(smollm2_dir):
+    return load_base(smollm2_dir)
+
+
+def test_smollm2s_chat_template_masks_all_but_the_assistants_reply(smol):
+    model, tokenizer = smol
+    example = InstructionExample((Turn("system", "Answer with one word."), Turn("user", "Say hi."), Turn("assistant", "hi"),
+                                  Turn("user", "Where is a chest pain patient sent?")), "cardiology")
+    enc = encode(tokenizer, example)
+    prompt = tokenizer.decode(enc.prompt_ids)
+    assert prompt.startswith("<|im_start|>system\nAnswer with one word.<|im_end|>") and prompt.endswith("<|im_start|>assistant\n")
+    assert "<|im_start|>assistant\nhi<|im_end|>" in prompt  # earlier replies are context, not learned
+    assert tokenizer.decode(enc.response_ids) == "cardiology<|im_end|>\n"
+    assert enc.labels == [IGNORE] * len(enc.prompt_ids) + enc.response_ids
+    full = tokenizer.apply_chat_template([{"role": t.role, "content": t.content} for t in example.context]
+                                         + [{"role": "assistant", "content": "cardiology"}], tokenize=False)
+    assert enc.input_ids == tokenizer(full, add_special_tokens=False)["input_ids"]  # the split does not change tokenisation
+
+
+def test_smollm2s_greedy_reply_is_matched_after_normalising(smol):
+    model, tokenizer = smol
+    examples = [InstructionExample.of("What is the capital of France?", "the capital of France is Paris"),
+                InstructionExample.of("What is the capital of France?", "Paris")]
+    result = evaluate_instruction(model, tokenizer, examples)
+    replies = greedy_replies(model, tokenizer, examples[:1], 8)
+    assert replies == ["The capital of France is Paris."]  # the end of turn stops it; special tokens are not in the text
+    assert result.metrics["exact_match"] == 0.5 and 1.0 < result.metrics["perplexity"] < 50
