@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fedshield.learning.instruction import (
-    IGNORE, InstructionWorkload, check_examples, collate, encode, evaluate_instruction, greedy_replies, sft_loss,
+    IGNORE, InstructionWorkload, check_examples, collate, encode, evaluate_instruction, greedy_replies, label_tokens, sft_loss,
 )
 from fedshield.learning.model import build_tiny_base, load_base
 from fedshield.learning.recommendation import RecommendationWorkload
@@ -16,6 +16,7 @@ from fedshield.learning.workloads import WORKLOADS, get_workload
 from fedshield.workloads.base import DataError, Evaluation
 from fedshield.workloads.instruction import InstructionExample, Turn, load_split, normalise, read_jsonl, write_jsonl
 from fedshield.workloads.recommendation import Interaction, write_movielens
+from fedshield.workloads.triage import DEPARTMENTS, DOMAINS, examples as triage_examples, write_silos
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -166,6 +167,29 @@ def test_workloads_by_name_share_one_interface(tiny, tmp_path):
     assert [c.render(result.metrics) for c in workload.columns] == [format(result.metrics[k], ".3f") for k in ("auc", "log_loss")]
 
 
+def test_triage_silos_are_seeded_and_differ_in_words_and_labels(tmp_path):
+    from collections import Counter
+
+    folders = write_silos(tmp_path, train=150, validation=50, seed=3)
+    assert set(folders) == set(DOMAINS) == {"emergency", "general-practice", "childrens-clinic"}
+    assert write_silos(tmp_path / "again", train=150, validation=50, seed=3) and all(
+        (tmp_path / "again" / d / f).read_bytes() == (folders[d] / f).read_bytes() for d in DOMAINS for f in ("train.jsonl", "validation.jsonl"))
+    assert triage_examples("emergency", 50, seed=4) != triage_examples("emergency", 50, seed=3)
+    splits = {d: load_split(folders[d]) for d in DOMAINS}
+    words, mixes = {}, {}
+    for d, split in splits.items():
+        assert len(split.train) == 150 and len(split.validation) == 50
+        assert {e.response for e in split.train + split.validation} <= set(DEPARTMENTS)
+        mixes[d] = Counter(e.response for e in split.train)
+        words[d] = {w for e in split.train for w in e.prompt.split("\n")[0].lower().split()}
+    assert mixes["emergency"].most_common(1)[0][0] == "cardiology" and mixes["childrens-clinic"].most_common(1)[0][0] == "pulmonology"
+    assert mixes["emergency"]["dermatology"] < mixes["general-practice"]["dermatology"] / 3
+    for a in DOMAINS:
+        for b in DOMAINS:
+            if a < b:
+                assert len(words[a] & words[b]) < 0.3 * min(len(words[a]), len(words[b])), (a, b)  # each its own vocabulary
+
+
 @pytest.fixture(scope="module")
 def smol(smollm2_dir):
     return load_base(smollm2_dir)
@@ -184,6 +208,9 @@ def test_smollm2s_chat_template_masks_all_but_the_assistants_reply(smol):
     full = tokenizer.apply_chat_template([{"role": t.role, "content": t.content} for t in example.context]
                                          + [{"role": "assistant", "content": "cardiology"}], tokenize=False)
     assert enc.input_ids == tokenizer(full, add_special_tokens=False)["input_ids"]  # the split does not change tokenisation
+    triage = [e for d in DOMAINS for e in triage_examples(d, 20)]
+    assert max(label_tokens(tokenizer, e) for e in triage) <= 8  # department names are short labels: exact match applies
+    assert check_examples(model, tokenizer, triage) < 200
 
 
 def test_smollm2s_greedy_reply_is_matched_after_normalising(smol):
