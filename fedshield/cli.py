@@ -255,6 +255,9 @@ def _data_split(args: argparse.Namespace) -> int:
     except (FileNotFoundError, FileExistsError, DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    empty = [silo for silo, counts in manifest["silos"].items() if not counts["users"]]
+    if empty:
+        print(f"warning: no users fell to {', '.join(empty)} (raise --alpha or use fewer silos)", file=sys.stderr)
     print(json.dumps(manifest, indent=2))
     return 0
 

@@ -92,11 +92,14 @@ def test_errors_name_the_problem(tmp_path, capsys):
     assert "users.dat:1: expected 5 fields" in capsys.readouterr().err
     assert main(["data", "split", str(latest), "--out", str(tmp_path / "o"), "--silos", "a,a"]) == 2
     assert "distinct" in capsys.readouterr().err
+    assert main(["data", "split", str(latest), "--out", str(tmp_path / "o"), "--silos", "a,../b"]) == 2
+    assert "folder names" in capsys.readouterr().err
     assert main(["data", "split", str(latest), "--out", str(tmp_path / "o")]) == 0
     capsys.readouterr()
     assert main(["data", "split", str(latest), "--out", str(tmp_path / "o")]) == 2
     assert "already holds a split" in capsys.readouterr().err
-    assert main(["data", "split", str(latest), "--out", str(tmp_path / "o"), "--force"]) == 0
+    assert main(["data", "split", str(latest), "--out", str(tmp_path / "o"), "--force", "--silos", "x,y"]) == 0
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["split.json", "x", "y"]  # the earlier silos are gone
 
 
 def test_the_command_runs_as_python_m_fedshield(tmp_path):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -30,6 +31,7 @@ from .movielens import USER_ATTRIBUTES, MovieLens
 
 METHODS = ("user", "genre", "attribute")
 MANIFEST = "split.json"
+SILO_FOLDER = re.compile(r"[A-Za-z0-9._-]+")
 
 
 def silo_names(silos: str | int | Sequence[str]) -> list[str]:
@@ -42,6 +44,9 @@ def silo_names(silos: str | int | Sequence[str]) -> list[str]:
     names = [s.strip() for s in (silos.split(",") if isinstance(silos, str) else silos) if s.strip()]
     if not names or len(set(names)) != len(names):
         raise ValueError(f"silo names must be given and distinct: {silos!r}")
+    bad = [n for n in names if not SILO_FOLDER.fullmatch(n) or n in (".", "..")]
+    if bad:
+        raise ValueError(f"silo names become folder names: letters, digits, '.', '_' and '-' only, got {bad[0]!r}")
     return names
 
 
@@ -114,6 +119,10 @@ def split_dataset(source: str | Path, out: str | Path, method: str, silos: str |
     if (out / MANIFEST).exists() and not force:
         raise FileExistsError(f"{out} already holds a split ({MANIFEST}); pass force to replace it")
     data = movielens.load(source)
+    if (out / MANIFEST).exists():  # force: the earlier split's folders go, so none is left over
+        for silo in json.loads((out / MANIFEST).read_text(encoding="utf-8")).get("silos", {}):
+            if SILO_FOLDER.fullmatch(silo) and silo not in (".", ".."):
+                shutil.rmtree(out / silo, ignore_errors=True)
     if not data.ratings:
         raise ValueError(f"{source} holds no ratings")
     names = silo_names(silos) if method != "attribute" else []
