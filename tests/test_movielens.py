@@ -83,7 +83,7 @@ def test_latest_csv_errors_name_the_file(tmp_path):
     with pytest.raises(DataError, match=r"ratings\.csv:1: header lacks rating"):
         movielens.load(path)
     (path / "ratings.csv").write_bytes(b"userId,movieId,rating,timestamp\n1,1,5,1\n2,\xff,5,1\n")
-    with pytest.raises(DataError, match=r"ratings\.csv:3: not utf-8 text"):
+    with pytest.raises(DataError, match=r"ratings\.csv:3: not UTF-8 text"):
         movielens.load(path)
     (path / "ratings.csv").write_text("")
     with pytest.raises(DataError, match=r"ratings\.csv: empty file"):

@@ -76,7 +76,7 @@ def _lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
             try:
                 line = raw.decode(encoding).rstrip("\r\n")
             except UnicodeDecodeError as exc:
-                raise DataError(path, number, f"not {encoding} text ({exc.reason} at byte {exc.start})") from None
+                raise DataError(path, number, f"not {encoding.upper()} text ({exc.reason} at byte {exc.start} of the line)") from None
             if line.strip():
                 yield number, line
 
