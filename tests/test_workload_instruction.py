@@ -12,7 +12,7 @@ from fedshield.learning.instruction import (
 )
 from fedshield.learning.model import build_tiny_base, load_base
 from fedshield.learning.recommendation import RecommendationWorkload
-from fedshield.learning.workloads import WORKLOADS, get_workload
+from fedshield.learning.workloads import WORKLOADS, get_workload, train_workload
 from fedshield.workloads.base import DataError, Evaluation
 from fedshield.workloads.instruction import InstructionExample, Turn, load_split, normalise, read_jsonl, write_jsonl
 from fedshield.workloads.recommendation import Interaction, write_movielens
@@ -188,6 +188,29 @@ def test_triage_silos_are_seeded_and_differ_in_words_and_labels(tmp_path):
         for b in DOMAINS:
             if a < b:
                 assert len(words[a] & words[b]) < 0.3 * min(len(words[a]), len(words[b])), (a, b)  # each its own vocabulary
+
+
+def test_the_instruction_loss_trains_lora_through_the_deepspeed_engine(tmp_path):
+    from fedshield.config import TrainingSpec
+    from fedshield.learning.model import with_lora
+    from fedshield.learning.training import create_engine
+    from fedshield.updates import VectorLayout, lora_parameters
+
+    folders = write_silos(tmp_path / "data", train=24, validation=8)
+    workload = get_workload("instruction")
+    split = workload.examples(folders["emergency"])
+    corpus = [e.prompt + " " + e.response for e in split.train + split.validation]
+    model, tokenizer = load_base(build_tiny_base(tmp_path / "tiny", corpus))
+    workload.check(model, tokenizer, split.train)
+    peft = with_lora(model, r=4, alpha=8, dropout=0.0, targets=["q_proj", "v_proj"], seed=0)
+    params = lora_parameters(peft)
+    layout = VectorLayout.from_tensors(params)
+    before = layout.flatten(params)
+    engine = create_engine(peft, TrainingSpec(local_steps=3, batch_size=4, learning_rate=5e-3))
+    losses = train_workload(engine, tokenizer, workload, split.train, steps=3, batch_size=4, seed=0)
+    assert len(losses) == 3 and all(x > 0 for x in losses) and (layout.flatten(params) != before).any()
+    result = workload.evaluate(engine, tokenizer, split.validation)
+    assert result.headline == "exact_match" and 0.0 <= result.score <= 1.0
 
 
 @pytest.fixture(scope="module")
