@@ -245,6 +245,23 @@ def _models_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_split(args: argparse.Namespace) -> int:
+    from .workloads.base import DataError
+    from .workloads.partition import split_dataset
+
+    try:
+        manifest = split_dataset(args.source, args.out, args.by, silos=args.silos, alpha=args.alpha, seed=args.seed,
+                                 attribute=args.attribute, force=args.force)
+    except (FileNotFoundError, FileExistsError, DataError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    empty = [silo for silo, counts in manifest["silos"].items() if not counts["users"]]
+    if empty:
+        print(f"warning: no users fell to {', '.join(empty)} (raise --alpha or use fewer silos)", file=sys.stderr)
+    print(json.dumps(manifest, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedshield", description="Federated LoRA fine-tuning under CKKS.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -280,6 +297,19 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--force", action="store_true", help="replace a directory that holds something else")
     imp.set_defaults(func=_models_import)
     models.add_parser("list", help="the models that ship inside Python packages").set_defaults(func=_models_list)
+
+    data = sub.add_parser("data", help="datasets on local disk").add_subparsers(dest="data_command", required=True)
+    split = data.add_parser("split", help="partition one MovieLens dataset (100K, 1M or latest) into per-silo folders")
+    split.add_argument("source", help="directory holding the dataset's files (u.data..., ratings.dat..., or ratings.csv...)")
+    split.add_argument("--out", required=True, help="writes <out>/<silo>/ratings.csv, movies.csv (and users.csv), split.json")
+    split.add_argument("--by", choices=("user", "genre", "attribute"), default="user",
+                       help="user: hash of the user id; genre: Dirichlet over users' dominant genres; attribute: one silo per value")
+    split.add_argument("--silos", default="3", help="a count (silo-1..silo-N) or comma-separated names (not for --by attribute)")
+    split.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration for --by genre (small: more skewed)")
+    split.add_argument("--seed", type=int, default=0)
+    split.add_argument("--attribute", choices=("gender", "age", "occupation"), default="gender", help="for --by attribute")
+    split.add_argument("--force", action="store_true", help="replace an earlier split in --out")
+    split.set_defaults(func=_data_split)
 
     demo = sub.add_parser("demo", help="a whole federation on this machine: aggregator + 3 silos, tiny model, CPU")
     demo.add_argument("--out", default="fedshield-demo", help="directory for report.json, auc.png, logs and adapters")

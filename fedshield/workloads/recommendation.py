@@ -17,6 +17,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from . import movielens
+
 ANSWER_YES, ANSWER_NO = "yes", "no"
 
 
@@ -115,30 +117,35 @@ def synthetic_silos(
 
 
 def load_movielens(path: str | Path) -> list[Interaction]:
-    """Read ``u.data`` + ``u.item`` (MovieLens 100K) or ``ratings.csv`` + ``movies.csv`` (later releases)."""
-    path = Path(path)
-    if (path / "u.data").exists() and (path / "u.item").exists():
-        titles = {}
-        with open(path / "u.item", encoding="latin-1") as fh:
-            for line in fh:
-                fields = line.rstrip("\n").split("|")
-                if len(fields) >= 2:
-                    titles[fields[0]] = fields[1]
-        out = []
-        with open(path / "u.data", encoding="latin-1") as fh:
-            for line in fh:
-                user, item, rating, ts = line.split("\t")[:4]
-                out.append(Interaction(user, titles.get(item, item).lower(), float(rating), int(ts)))
-        return out
-    if (path / "ratings.csv").exists() and (path / "movies.csv").exists():
-        with open(path / "movies.csv", newline="", encoding="utf-8") as fh:
-            titles = {row["movieId"]: row["title"] for row in csv.DictReader(fh)}
-        with open(path / "ratings.csv", newline="", encoding="utf-8") as fh:
-            return [
-                Interaction(row["userId"], titles.get(row["movieId"], row["movieId"]).lower(), float(row["rating"]), int(row["timestamp"]))
-                for row in csv.DictReader(fh)
-            ]
-    raise FileNotFoundError(f"{path} holds neither u.data + u.item nor ratings.csv + movies.csv")
+    """Interactions from a MovieLens directory: 100K (``u.data`` + ``u.item``), 1M (``ratings.dat`` + ``movies.dat``)
+    or the latest layout (``ratings.csv`` + ``movies.csv``); see ``workloads.movielens``."""
+    data = movielens.load(path)
+    return [Interaction(r.user, data.title(r.movie).lower(), r.rating, r.time) for r in data.ratings]
+
+
+def temporal_examples(
+    interactions: Iterable[Interaction], holdout: int = 1, history: int = 5, like_threshold: float = 4.0
+) -> tuple[list[Example], list[Example]]:
+    """Train and validation examples by time: each user's last ``holdout`` interactions are the validation targets.
+
+    Training examples have targets and histories from a user's earlier interactions only;
+    a validation example's history is what came before its target. A user with ``holdout``
+    interactions or fewer is all training.
+    """
+    by_user: dict[str, list[Interaction]] = defaultdict(list)
+    for it in interactions:
+        by_user[it.user].append(it)
+    train, val = [], []
+    for user in sorted(by_user):
+        seq = sorted(by_user[user], key=lambda it: (it.time, it.item))
+        cut = len(seq) - holdout if len(seq) > holdout else len(seq)
+        train.extend(build_examples(seq[:cut], history, like_threshold))
+        for t in range(max(cut, 1), len(seq)):
+            past = seq[max(0, t - history) : t]
+            liked = [it.item for it in past if it.rating >= like_threshold]
+            disliked = [it.item for it in past if it.rating < like_threshold]
+            val.append(Example(prompt_for(liked, disliked, seq[t].item), int(seq[t].rating >= like_threshold), user))
+    return train, val
 
 
 def write_movielens(interactions: Sequence[Interaction], directory: str | Path) -> Path:

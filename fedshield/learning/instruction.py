@@ -1,0 +1,198 @@
+"""The model side of the instruction workload: encoding, the loss on response tokens only, evaluation.
+
+An example is encoded as its prompt (the tokenizer's chat template up to where the assistant's
+reply begins, when the model has one; else the plain prompt and a newline) followed by its
+response (the rest of the rendered conversation, i.e. the reply and the template's end of turn;
+else the reply and the end-of-text token). Prompt and response are tokenised separately, so
+the label mask is exact: -100 on every prompt token and on padding, the token ids on the
+response. Evaluation reports the mean response-token loss, its perplexity, and exact match
+(greedy decoding, normalised strings) when every reference response is a short label.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar, Sequence
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from ..workloads.base import Column, DataError, Evaluation, Split, Workload
+from ..workloads.instruction import InstructionExample, load_split, normalise
+from .model import context_limit
+
+IGNORE = -100  # the label of a position that is not learned
+PLAIN_SEPARATOR = "\n"  # between prompt and response for a model without a chat template
+
+
+@dataclass(frozen=True)
+class Encoded:
+    prompt_ids: list[int]
+    response_ids: list[int]
+
+    @property
+    def input_ids(self) -> list[int]:
+        return self.prompt_ids + self.response_ids
+
+    @property
+    def labels(self) -> list[int]:
+        return [IGNORE] * len(self.prompt_ids) + self.response_ids
+
+
+def _messages(example: InstructionExample) -> list[dict[str, str]]:
+    return [{"role": t.role, "content": t.content} for t in example.context]
+
+
+def prompt_text(tokenizer: PreTrainedTokenizerBase, example: InstructionExample) -> str:
+    """What the model reads before its reply."""
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template(_messages(example), tokenize=False, add_generation_prompt=True)
+    return example.prompt + PLAIN_SEPARATOR
+
+
+def encode(tokenizer: PreTrainedTokenizerBase, example: InstructionExample) -> Encoded:
+    """Prompt and response token ids (the response ends with the end of turn or end of text)."""
+    prompt = prompt_text(tokenizer, example)
+    if tokenizer.chat_template:
+        full = tokenizer.apply_chat_template(_messages(example) + [{"role": "assistant", "content": example.response}],
+                                             tokenize=False)
+        if not full.startswith(prompt):
+            raise DataError(example.source or "<examples>", example.line or None,
+                            "the chat template renders the conversation differently from its prompt; cannot mask it")
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        response_ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+    else:
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no end-of-text token to end a response with")
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        response_ids = tokenizer(example.response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return Encoded(list(prompt_ids), list(response_ids))
+
+
+def label_tokens(tokenizer: PreTrainedTokenizerBase, example: InstructionExample) -> int:
+    """How many tokens the response's text alone takes (what exact match has to generate)."""
+    return len(tokenizer(example.response, add_special_tokens=False)["input_ids"])
+
+
+def check_examples(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, examples: Sequence[InstructionExample]) -> int:
+    """The longest encoded example in tokens; an example longer than the context is a ``DataError`` naming its file and line."""
+    limit = context_limit(model, tokenizer)
+    longest = 0
+    for e in examples:
+        enc = encode(tokenizer, e)
+        n = len(enc.input_ids)
+        if n > limit:
+            raise DataError(e.source or "<examples>", e.line or None,
+                            f"the example has {n} tokens (prompt {len(enc.prompt_ids)}, response {len(enc.response_ids)}); "
+                            f"the model's context is {limit}")
+        longest = max(longest, n)
+    return longest
+
+
+def collate(tokenizer: PreTrainedTokenizerBase, encoded: Sequence[Encoded]) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (-100 on prompt and padding)."""
+    width = max(len(e.input_ids) for e in encoded)
+    pad = tokenizer.pad_token_id
+    ids = [e.input_ids + [pad] * (width - len(e.input_ids)) for e in encoded]
+    mask = [[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in encoded]
+    labels = [e.labels + [IGNORE] * (width - len(e.labels)) for e in encoded]
+    return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask), "labels": torch.tensor(labels)}
+
+
+def token_losses(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """(sum of the next-token cross-entropy over response tokens, how many there are)."""
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    target = batch["labels"][:, 1:]
+    total = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                              ignore_index=IGNORE, reduction="sum")
+    return total, int((target != IGNORE).sum())
+
+
+def sft_loss(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, examples: Sequence[InstructionExample]) -> torch.Tensor:
+    """Mean cross-entropy over the batch's response tokens (prompt tokens are context only)."""
+    total, count = token_losses(model, collate(tokenizer, [encode(tokenizer, e) for e in examples]))
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def greedy_replies(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, examples: Sequence[InstructionExample],
+                   max_new_tokens: int) -> list[str]:
+    """Each example's greedy reply of at most ``max_new_tokens`` tokens, up to the first special token."""
+    device = next(model.parameters()).device
+    prompts = [encode(tokenizer, e).prompt_ids for e in examples]
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    stop = torch.tensor(sorted(set(tokenizer.all_special_ids)), device=device)
+    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    out: list[list[int]] = [[] for _ in prompts]
+    for _ in range(max_new_tokens):
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        nxt = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1].argmax(dim=-1)
+        done |= torch.isin(nxt, stop)
+        for i in torch.nonzero(~done).flatten().tolist():
+            out[i].append(int(nxt[i]))
+        if bool(done.all()):
+            break
+        ids = torch.cat([ids, nxt[:, None]], dim=1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+    return [tokenizer.decode(o, skip_special_tokens=True) for o in out]
+
+
+@torch.no_grad()
+def evaluate_instruction(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, examples: Sequence[InstructionExample],
+                         max_label_tokens: int = 8, batch_size: int = 16) -> Evaluation:
+    """Mean response-token loss and perplexity; exact match when every response is at most ``max_label_tokens`` tokens."""
+    if not examples:
+        raise ValueError("no examples to evaluate")
+    was_training = model.training
+    model.eval()
+    try:
+        total, count = 0.0, 0
+        for i in range(0, len(examples), batch_size):
+            chunk = examples[i:i + batch_size]
+            s, n = token_losses(model, collate(tokenizer, [encode(tokenizer, e) for e in chunk]))
+            total, count = total + float(s), count + n
+        loss = total / max(count, 1)
+        metrics = {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+        longest = max(label_tokens(tokenizer, e) for e in examples)
+        if longest <= max_label_tokens:
+            hits = 0
+            for i in range(0, len(examples), batch_size):
+                chunk = examples[i:i + batch_size]
+                replies = greedy_replies(model, tokenizer, chunk, longest + 2)
+                hits += sum(normalise(r) == normalise(e.response) for r, e in zip(replies, chunk))
+            metrics["exact_match"] = hits / len(examples)
+            return Evaluation(metrics, "exact_match")
+        return Evaluation(metrics, "perplexity", higher_is_better=False)
+    finally:
+        model.train(was_training)
+
+
+@dataclass
+class InstructionWorkload(Workload[InstructionExample]):
+    """Supervised fine-tuning on a silo's own JSONL files (see ``workloads.instruction`` for the layouts)."""
+
+    name: ClassVar[str] = "instruction"
+    columns: ClassVar[tuple[Column, ...]] = (
+        Column("loss", "loss"), Column("perplexity", "ppl", ".2f"), Column("exact_match", "EM", ".3f"),
+    )
+    val_fraction: float = 0.1
+    seed: int = 0
+    max_label_tokens: int = 8
+    eval_batch_size: int = 16
+
+    def examples(self, path) -> Split[InstructionExample]:
+        return load_split(path, self.val_fraction, self.seed)
+
+    def check(self, model, tokenizer, examples) -> None:
+        check_examples(model, tokenizer, examples)
+
+    def loss(self, model, tokenizer, batch) -> torch.Tensor:
+        return sft_loss(model, tokenizer, batch)
+
+    def evaluate(self, model, tokenizer, examples) -> Evaluation:
+        return evaluate_instruction(model, tokenizer, examples, self.max_label_tokens, self.eval_batch_size)

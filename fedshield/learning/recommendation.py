@@ -1,0 +1,56 @@
+"""The model side of the recommendation workload: TALLRec yes/no prompts scored by P(yes) (AUC, LogLoss).
+
+The same loss and scores the silo agent uses today (``learning.training.train_local_stats``,
+``learning.model.yes_probabilities``), behind the ``Workload`` interface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from ..workloads.base import Column, Evaluation, Split, Workload
+from ..workloads.recommendation import Example, build_examples, load_movielens, split_examples, temporal_examples
+from ..workloads.scoring import auc, log_loss
+from .model import answer_ids, answer_loss, check_context, last_token_logits, yes_probabilities
+
+
+@dataclass
+class RecommendationWorkload(Workload[Example]):
+    """Will the user like the target item, given the items they liked and disliked before?
+
+    ``holdout`` set: each user's last ``holdout`` interactions are the validation targets (a
+    temporal split); unset: a seeded random ``val_fraction`` of the examples.
+    """
+
+    name: ClassVar[str] = "recommendation"
+    columns: ClassVar[tuple[Column, ...]] = (Column("auc", "AUC", ".3f"), Column("log_loss", "LogLoss", ".3f"))
+    history: int = 5
+    like_threshold: float = 4.0
+    val_fraction: float = 0.2
+    seed: int = 0
+    holdout: int | None = None
+
+    def examples(self, path) -> Split[Example]:
+        interactions = load_movielens(path)
+        if self.holdout:
+            train, val = temporal_examples(interactions, self.holdout, self.history, self.like_threshold)
+        else:
+            train, val = split_examples(build_examples(interactions, self.history, self.like_threshold), self.val_fraction, self.seed)
+        return Split(train, val)
+
+    def check(self, model, tokenizer, examples) -> None:
+        check_context(model, tokenizer, [e.prompt for e in examples])
+
+    def loss(self, model, tokenizer, batch) -> torch.Tensor:
+        yes, no = answer_ids(tokenizer, batch[0].prompt)
+        logits = last_token_logits(model, tokenizer, [e.prompt for e in batch])
+        return answer_loss(logits.float(), torch.tensor([e.label for e in batch]), yes, no)
+
+    def evaluate(self, model, tokenizer, examples) -> Evaluation:
+        probs = yes_probabilities(model, tokenizer, [e.prompt for e in examples])
+        labels = np.array([e.label for e in examples])
+        return Evaluation({"auc": auc(labels, probs), "log_loss": log_loss(labels, probs)}, "auc")

@@ -1,0 +1,31 @@
+"""Workloads by name: what a federation config (``workload: instruction``) will choose from.
+
+A new workload is one class implementing ``workloads.base.Workload`` and one entry here.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+from ..workloads.base import Workload
+from .instruction import InstructionWorkload
+from .recommendation import RecommendationWorkload
+from .training import train_steps
+
+WORKLOADS: dict[str, type[Workload]] = {w.name: w for w in (RecommendationWorkload, InstructionWorkload)}
+
+
+def get_workload(name: str, **options) -> Workload:
+    """The workload called ``name``, built with ``options`` (its dataclass fields)."""
+    if name not in WORKLOADS:
+        raise KeyError(f"unknown workload {name!r}; known: {', '.join(sorted(WORKLOADS))}")
+    return WORKLOADS[name](**options)
+
+
+def train_workload(engine, tokenizer, workload: Workload, examples: Sequence, steps: int, batch_size: int, seed: int) -> list[float]:
+    """``steps`` optimiser steps of ``engine`` (the DeepSpeed engine around the PEFT model) on ``workload``'s loss,
+    seeded random batches as ``training.train_local`` draws them; returns the losses."""
+    rng = random.Random(seed)
+    pool = list(examples)
+    return train_steps(engine, steps, lambda _: workload.loss(engine, tokenizer, rng.sample(pool, min(batch_size, len(pool)))))
