@@ -136,3 +136,50 @@ def test_folded_adapter_round_trips_through_the_layout_and_equals_the_student(ba
     same = fold_into_adapter(half, LORA.alpha / LORA.r, zero, spec.lora_alpha / spec.rank, layout)
     unchanged, _ = current_model(base_path, LORA, same.tensors(layout))
     assert torch.allclose(answer_logits(unchanged, tokenizer, prompts), current, atol=1e-5)
+
+
+def test_the_rank_preserving_student_needs_no_fold_and_its_adapter_is_the_trained_network(base_path, adapter, split):
+    """E2URec's default student trains the federation's own A and B: fold error 0, and the uploaded
+    adapter, loaded as a silo would load it, answers exactly as the trained student did."""
+    from fedshield.unlearning import unlearn
+
+    layout = VectorLayout.from_tensors(adapter, PRIVATE)
+    spec = UnlearningSpec(steps=8, augment_steps=4, batch_size=8, rank=4, lora_alpha=8, learning_rate=3e-3, augment_learning_rate=1e-2)
+    result = unlearn(base_path, LORA, adapter, layout, split.forget, split.retain, spec, TRAINING, keep_model=True)
+    assert result.stats["student"] == "adapter" and result.stats["fold_error_max"] == 0.0
+    assert result.stats["trainable_parameters"] == sum(t.numel() for t in adapter.values())
+    tensors = result.adapter.tensors(layout)
+    assert set(tensors) == set(adapter) and all(tensors[n].shape == adapter[n].shape for n in adapter)
+    assert any(not torch.equal(tensors[n], adapter[n]) for n in adapter)  # it trained
+    model, tokenizer = current_model(base_path, LORA, tensors)
+    reloaded = answer_logits(model, tokenizer, split.forget)
+    trained = answer_logits(result.model, tokenizer, split.forget)
+    assert torch.allclose(reloaded, trained, atol=1e-5)
+
+
+def test_the_new_lora_student_is_still_available_and_reports_its_fold_error(base_path, adapter, split):
+    from fedshield.unlearning import unlearn
+
+    layout = VectorLayout.from_tensors(adapter, PRIVATE)
+    spec = UnlearningSpec(steps=4, augment_steps=2, batch_size=8, rank=4, lora_alpha=8)
+    result = unlearn(base_path, LORA, adapter, layout, split.forget, split.retain, spec, TRAINING, student="new_lora")
+    assert result.stats["student"] == "new_lora" and result.stats["fold_error_max"] > 0  # rank r + r' truncated to r
+    assert result.stats["trainable_parameters"] < sum(t.numel() for t in adapter.values()) * 2
+
+
+def test_the_authors_neggrad_forgets_while_it_keeps_the_retained_data(base_path, adapter, split):
+    """CE(D_r) - 0.5 CE(D_f): against the same steps on CE(D_r) alone, the forget-set loss ends higher
+    while the retained-set loss stays close."""
+    layout = VectorLayout.from_tensors(adapter, PRIVATE)
+    spec = UnlearningSpec(steps=8, batch_size=8, rank=4, lora_alpha=8, learning_rate=5e-3)
+    runs = {w: neg_grad(base_path, LORA, adapter, layout, split.forget, spec, TRAINING, retain=split.retain, forget_weight=w)
+            for w in (0.0, 0.5)}
+    assert runs[0.5].method == "neggrad_paper" and runs[0.5].stats["retain_records"] == len(split.retain)
+
+    def ce(result, examples):
+        model, tokenizer = current_model(base_path, LORA, result.adapter.tensors(layout))
+        return answer_cross_entropy(answer_logits(model, tokenizer, examples), torch.tensor([e.label for e in examples])).item()
+
+    forget_gain = ce(runs[0.5], split.forget) - ce(runs[0.0], split.forget)
+    retain_cost = ce(runs[0.5], split.retain) - ce(runs[0.0], split.retain)
+    assert forget_gain > 0.02 and forget_gain > retain_cost

@@ -37,6 +37,24 @@ def current_model(base_path: str | Path, lora: LoraSpec, adapter: Mapping[str, t
     return model.to(accelerator_device()), tokenizer
 
 
+def adapter_student(base_path: str | Path, lora: LoraSpec, adapter: Mapping[str, torch.Tensor]) -> tuple[PeftModel, object]:
+    """Base + the current adapter *unmerged*, its LoRA tensors trainable: the rank-preserving student.
+
+    Training it changes the federation's own A and B (same rank, same layout), so its result
+    needs no fold and loses nothing to truncation. Returns ``(model, tokenizer)``.
+    """
+    base, tokenizer = load_base(base_path)
+    model = with_lora(base, lora.r, lora.alpha, 0.0, lora.target_modules, seed=0)
+    params = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    if set(params) != set(adapter):
+        missing, extra = sorted(set(params) - set(adapter)), sorted(set(adapter) - set(params))
+        raise ValueError(f"adapter does not match the LoRA config (missing {missing[:3]}, unexpected {extra[:3]})")
+    with torch.no_grad():
+        for name, tensor in adapter.items():
+            params[name].copy_(tensor.to(params[name].dtype))
+    return model.to(accelerator_device()), tokenizer
+
+
 def add_lora(model: torch.nn.Module, spec: UnlearningSpec, lora: LoraSpec, seed: int) -> PeftModel:
     """A new LoRA (B = 0, so it starts as the current model) on the targets the federation's adapter has."""
     targets = spec.target_modules or lora.target_modules

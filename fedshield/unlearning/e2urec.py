@@ -1,10 +1,15 @@
-"""E2URec at one silo: augmented model, two teachers, a student LoRA, folded into the global adapter."""
+"""E2URec at one silo: augmented model, two teachers, and a LoRA student.
+
+The student is, by default, the federation's own adapter trained further (rank-preserving: same
+rank and layout, no fold, no truncation). ``student="new_lora"`` trains a fresh LoRA on the merged
+current model and folds it in by truncated SVD (``fold.py``), as before; its fold error is reported.
+"""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Literal, Mapping, Sequence
 
 import torch
 
@@ -12,13 +17,15 @@ from ..config import LoraSpec, TrainingSpec
 from ..updates import VectorLayout, lora_parameters
 from ..workloads.recommendation import Example
 from .augment import augmented_logits
-from .current import add_lora, answer_logits, current_model
+from .current import adapter_student, add_lora, answer_logits, current_model
 from .engine import unlearning_engine
-from .fold import fold_into_adapter
+from .fold import fold_into_adapter, unfolded_adapter
 from .result import UnlearningResult
 from .spec import UnlearningSpec
 from .student import train_student
 from .teacher import forgetting_teacher
+
+StudentKind = Literal["adapter", "new_lora"]  # the federation's adapter trained further, or a new LoRA folded in
 
 
 def check_sets(forget: Sequence[Example], retain: Sequence[Example] | None = None) -> None:
@@ -31,7 +38,7 @@ def check_sets(forget: Sequence[Example], retain: Sequence[Example] | None = Non
 def unlearn(
     base_path: str | Path, lora: LoraSpec, adapter: Mapping[str, torch.Tensor], layout: VectorLayout,
     forget: Sequence[Example], retain: Sequence[Example], spec: UnlearningSpec = UnlearningSpec(),
-    training: TrainingSpec = TrainingSpec(), keep_model: bool = False,
+    training: TrainingSpec = TrainingSpec(), keep_model: bool = False, student: StudentKind = "adapter",
 ) -> UnlearningResult:
     """Forget D_f (``forget``) from the model ``base_path`` + ``adapter`` (every LoRA tensor by PEFT name).
 
@@ -45,15 +52,23 @@ def unlearn(
     v_retain = answer_logits(model, tokenizer, retain)
     v_aug, augment_loss = augmented_logits(model, tokenizer, forget, spec, lora, training)
     teacher = forgetting_teacher(v_forget, v_aug, spec.alpha)
-    student = add_lora(model, spec, lora, seed=spec.seed)
-    engine = unlearning_engine(student, training, spec.learning_rate, spec.batch_size)
+    if student == "adapter":
+        del model  # the student holds its own copy of the base, with the adapter unmerged
+        net, tokenizer = adapter_student(base_path, lora, adapter)
+    else:
+        net = add_lora(model, spec, lora, seed=spec.seed)
+    engine = unlearning_engine(net, training, spec.learning_rate, spec.batch_size)
     losses, forget_only = train_student(engine, tokenizer, forget, retain, teacher, v_retain, spec)
     del engine
-    folded = fold_into_adapter(adapter, lora.alpha / lora.r, lora_parameters(student), spec.lora_alpha / spec.rank, layout)
+    if student == "adapter":
+        folded = unfolded_adapter(lora_parameters(net), layout)
+    else:
+        folded = fold_into_adapter(adapter, lora.alpha / lora.r, lora_parameters(net), spec.lora_alpha / spec.rank, layout)
     stats = {
         "forget_records": len(forget), "retain_records": len(retain), "augment_loss": augment_loss,
         "forget_only_steps": forget_only, "fold_error_max": max(folded.errors.values(), default=0.0),
         "cpu_seconds": time.process_time() - cpu,
+        "student": student, "trainable_parameters": sum(p.numel() for p in net.parameters() if p.requires_grad),
         "teacher_yes_shift": float((torch.softmax(teacher, -1)[:, 0] - torch.softmax(v_forget, -1)[:, 0]).mean()),
     }
-    return UnlearningResult("e2urec", folded, losses, time.perf_counter() - start, stats, student if keep_model else None)
+    return UnlearningResult("e2urec", folded, losses, time.perf_counter() - start, stats, net if keep_model else None)

@@ -68,6 +68,14 @@ class FoldedAdapter:
         return layout.unflatten(self.shared) | dict(self.private)
 
 
+def unfolded_adapter(tensors: Mapping[str, torch.Tensor], layout: VectorLayout) -> FoldedAdapter:
+    """A rank-preserving student's own tensors as the replacement adapter: nothing to fold, nothing dropped."""
+    out = {name: t.detach().cpu().clone() for name, t in tensors.items()}
+    shared = set(layout.names)
+    return FoldedAdapter(layout.flatten(out), {n: t for n, t in out.items() if n not in shared},
+                         {module: 0.0 for module in lora_pairs(out)})
+
+
 def fold_into_adapter(adapter: Mapping[str, torch.Tensor], scale: float, new: Mapping[str, torch.Tensor], scale_new: float,
                       layout: VectorLayout) -> FoldedAdapter:
     """Fold the new LoRA (``new``, by the same PEFT names) into ``adapter``; split the result by ``layout``."""
