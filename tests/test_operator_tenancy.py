@@ -11,7 +11,7 @@ import pytest
 
 from fedshield.operator.manifests import Owner, plan_name
 
-from kube_emulator import CONFIGMAPS, CR, DEPLOYMENTS, JOBS, NETWORKPOLICIES, UNLEARNING_CR, writes_in
+from kube_emulator import CONFIGMAPS, CR, DEPLOYMENTS, JOBS, MERGE, NETWORKPOLICIES, UNLEARNING_CR, writes_in
 import test_operator_kopf
 from test_operator_kopf import EXAMPLE, NAME, NS, OWNER, SILO_NS, UID, alive, consent, create_cr, eventually, job, raw, status
 
@@ -167,7 +167,7 @@ async def test_deleting_an_unlearning_whose_status_names_a_foreign_job_deletes_n
     await eventually(lambda: raw(k8s, (UNLEARNING_CR, NS, "forget-1")).get("status", {}).get("phase") == "Failed", what="refused")
     forged = {"status": {"jobName": "nightly-backup", "jobNamespace": "payments",
                          "applyJobs": [{"silo": "x", "namespace": "payments", "jobName": "nightly-backup", "phase": "Running"}]}}
-    assert (await k8s.patch(f"{path}/forget-1/status", json=forged)).status == 200
+    assert (await k8s.patch(f"{path}/forget-1/status", json=forged, headers=MERGE)).status == 200
     assert (await k8s.delete(f"{path}/forget-1")).status == 200
     await eventually(lambda: k8s.objects[UNLEARNING_CR, NS, "forget-1"].deleted, what="unlearning deleted")
     assert alive(k8s, (JOBS, "payments", "nightly-backup"))
