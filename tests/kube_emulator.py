@@ -1,16 +1,27 @@
-"""kmock's KubernetesEmulator with the API-server behaviour kopf relies on, and the kinds we use.
+"""kmock's KubernetesEmulator with the API-server behaviour kopf and our client rely on, and the kinds we use.
 
 Stock kmock 0.8 stores bodies verbatim and its watch snapshot races with its event bus.
 This subclass (1) stamps uid, namespace, creationTimestamp and a resourceVersion that
 changes on every write, answering a failed JSON-patch ``test`` with 422 as the API server
 does; (2) subscribes to the event bus atomically with the watch's snapshot and replays
 only objects newer than the LIST the client started from; (3) honours equality-based
-``labelSelector`` terms (``k=v,k2=v2``) on LIST, which kmock ignores; (4) honours the optimistic
-concurrency the operator relies on for "touch only what it owns": a merge patch carrying
-``metadata.resourceVersion`` fails with 409 when the object has changed since, and a DELETE's
-``preconditions`` (uid, resourceVersion) fail with 409 when they do not match (as the API server
-does); (5) answers 403 for built-in kinds in the namespaces listed in ``forbidden`` (a namespace
-without the operator's RoleBinding). Not modelled otherwise: RBAC, admission, server-side apply, garbage collection of owner references.
+``labelSelector`` terms (``k=v,k2=v2``) on LIST, which kmock ignores; (4) honours optimistic
+concurrency: a patch (merge or apply) carrying ``metadata.resourceVersion`` fails with 409
+when the object has changed since, and a DELETE's ``preconditions`` (uid, resourceVersion)
+fail with 409 when they do not match; (5) answers 403 for built-in kinds in the namespaces
+listed in ``forbidden`` (a namespace without the operator's RoleBinding); (6) refuses patch
+content types it does not know (415: JSON patch, merge patch and apply only; strategic merge
+is not modelled), an apply without ``fieldManager`` or naming another object (400), and
+``force`` on a non-apply patch (400); (7) implements server-side apply with managed fields
+per (manager, operation) kept beside the object (``managed_fields``): an apply changing a
+field another manager holds is refused with 409 and ``FieldManagerConflict`` causes unless
+forced, a field its only applier stops applying is removed, an apply that changes nothing
+writes nothing, an apply to an absent object creates it, and any other write gives its
+manager (``fieldManager``, else the User-Agent's product) the fields it changed; (8) for
+kinds in ``with_status``, ignores ``status`` on the main endpoint and everything else on
+``/status``. Not modelled: list merge keys (lists are atomic), managedFields inside the
+objects served, generation bumps, defaulting, field immutability, RBAC, admission,
+garbage collection of owner references.
 """
 
 from __future__ import annotations
