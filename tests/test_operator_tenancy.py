@@ -156,6 +156,25 @@ async def test_two_crs_of_the_same_name_in_two_namespaces_do_not_collide(k8s, op
         assert k8s.objects[JOBS, ns, job(silo, other)].deleted and alive(k8s, (JOBS, ns, job(silo)))
 
 
+async def test_a_field_another_manager_set_is_reported_and_never_forced(k8s, operator):
+    """Server-side apply: someone scales the aggregator by hand; the suspend that would set replicas conflicts with
+    that manager, so the operator reports it and leaves their value (field ownership is the API server's)."""
+    await consent(k8s)
+    await create_cr(k8s)
+    deployment = f"/apis/apps/v1/namespaces/{NS}/deployments/{NAME}-aggregator"
+    await eventually(lambda: alive(k8s, (DEPLOYMENTS, NS, f"{NAME}-aggregator")), what="aggregator Deployment")
+    scaled = await k8s.patch(deployment, json={"spec": {"replicas": 2}}, headers=MERGE, params={"fieldManager": "kubectl-edit"})
+    assert scaled.status == 200
+    response = await k8s.patch(f"/apis/fedshield.io/v1alpha1/namespaces/{NS}/federatedfinetunes/{NAME}",
+                               json={"spec": {"suspend": True}, "metadata": {"generation": 2}}, headers=MERGE)
+    assert response.status == 200
+    message = await refused(k8s, "FieldConflict")
+    assert 'conflict with "kubectl-edit"' in message and ".spec.replicas" in message
+    assert raw(k8s, (DEPLOYMENTS, NS, f"{NAME}-aggregator"))["spec"]["replicas"] == 2
+    assert not [r for r in k8s if r.params.get("force") and r.params.get("fieldManager") != "fedshield-operator"]
+    assert not [r for r in k8s if r.params.get("force") and "/deployments/" in str(r.url)]  # never forced over kubectl-edit
+
+
 async def test_deleting_an_unlearning_whose_status_names_a_foreign_job_deletes_nothing_foreign(k8s, operator):
     backup = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "nightly-backup", "namespace": "payments"},
               "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "b", "image": "backup:1"}]}}}}
