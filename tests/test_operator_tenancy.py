@@ -145,7 +145,7 @@ async def test_two_crs_of_the_same_name_in_two_namespaces_do_not_collide(k8s, op
     await create_cr(k8s, namespace=other.namespace, uid=other.uid)
     both = [(ns, job(s, o)) for o in (OWNER, other) for s, ns in SILO_NS.items()]
     assert len(set(both)) == 6
-    await eventually(lambda: all(alive(k8s, (JOBS, ns, name)) for ns, name in both), what="both federations' Jobs")
+    await eventually(lambda: all(alive(k8s, (JOBS, ns, name)) for ns, name in both), timeout=30, what="both federations' Jobs")  # 2 CRs: slow on a loaded machine
     for silo, ns in SILO_NS.items():
         assert alive(k8s, (CONFIGMAPS, ns, plan_name(OWNER))) and alive(k8s, (CONFIGMAPS, ns, plan_name(other)))
         assert raw(k8s, (JOBS, ns, job(silo, other)))["metadata"]["labels"]["fedshield.io/owner-uid"] == other.uid
