@@ -183,37 +183,57 @@ class RefusalLandsFirst(Emulator):
         return await super()._handle(request)
 
 
-async def test_a_stale_status_tick_never_overwrites_a_newer_refusal():
-    async with RefusalLandsFirst() as k8s, kmock.Server(k8s):
+ADMITTED = {"phase": "Pending", "observedGeneration": 1, "conditions": [
+    {"type": "Admitted", "status": "True", "reason": "Admitted", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z",
+     "observedGeneration": 1}]}
+REFUSAL = {"phase": "Failed", "observedGeneration": 2, "conditions": [
+    {"type": "Failed", "status": "True", "reason": "ImmutableFieldChanged", "message": "spec.lora cannot change after creation",
+     "lastTransitionTime": "2026-01-01T00:00:01Z", "observedGeneration": 2}]}
+
+
+async def _tick_racing(change) -> tuple[RefusalLandsFirst, dict]:
+    """One status tick of an admitted generation-1 CR, with ``change(k8s)`` landing just before its status write
+    (and kopf's own write of whatever the handler left in its patch, as kopf does after a handler returns)."""
+    k8s = RefusalLandsFirst()
+    async with k8s, kmock.Server(k8s):
         declare_resources(k8s)
         kube = Kube.for_url(str(k8s.url).rstrip("/"))
         body = {"apiVersion": "fedshield.io/v1alpha1", "kind": "FederatedFinetune",
                 "metadata": {"name": NAME, "namespace": NS, "uid": UID}, "spec": EXAMPLE["spec"]}
         assert (await k8s.post(CR_PATH, json=body)).status == 200
-        admitted = {"phase": "Pending", "observedGeneration": 1, "conditions": [
-            {"type": "Admitted", "status": "True", "reason": "Admitted", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z",
-             "observedGeneration": 1}]}
-        assert (await k8s.patch(f"{CR_PATH}/{NAME}/status", json={"status": admitted}, headers=MERGE)).status == 200
+        assert (await k8s.patch(f"{CR_PATH}/{NAME}/status", json={"status": ADMITTED}, headers=MERGE)).status == 200
         tick = copy.deepcopy(k8s.objects[CR, NS, NAME].last.raw)  # what the timer's tick sees: generation 1, admitted
-        refusal = {"phase": "Failed", "observedGeneration": 2, "conditions": [
-            {"type": "Failed", "status": "True", "reason": "ImmutableFieldChanged", "message": "spec.lora cannot change after creation",
-             "lastTransitionTime": "2026-01-01T00:00:01Z", "observedGeneration": 2}]}
-
-        async def reconcile_refuses_generation_2():
-            changed = {"spec": {"lora": {"r": 64}}, "metadata": {"generation": 2}}
-            assert (await k8s.patch(f"{CR_PATH}/{NAME}", json=changed, headers=MERGE)).status == 200
-            assert (await k8s.patch(f"{CR_PATH}/{NAME}/status", json={"status": refusal}, headers=MERGE)).status == 200
-
-        k8s.refuse = reconcile_refuses_generation_2
+        k8s.refuse = lambda: change(k8s)
         patch = kopf.Patch()
         memo = kopf.Memo(kube=kube, aggregator_status=FakeAggregator())
         await handlers.watch_progress(body=tick, meta=tick["metadata"], spec=tick["spec"], status=tick["status"], patch=patch, memo=memo)
         if patch.get("status"):  # what kopf writes after the handler returns (a merge patch, unconditional)
             assert (await k8s.patch(f"{CR_PATH}/{NAME}/status", json={"status": dict(patch["status"])}, headers=MERGE)).status == 200
-        assert k8s.refuse is None, "the tick wrote no status at all: the race was not exercised"
-        final = k8s.objects[CR, NS, NAME].last.raw["status"]
-        assert final["observedGeneration"] == 2 and final["conditions"][0]["reason"] == "ImmutableFieldChanged", final
         await kube.close()
+        assert k8s.refuse is None, "the tick wrote no status at all: the race was not exercised"
+        return k8s, k8s.objects[CR, NS, NAME].last.raw["status"]
+
+
+async def test_a_stale_status_tick_never_overwrites_a_newer_refusal():
+    async def reconcile_refuses_generation_2(k8s):
+        changed = {"spec": {"lora": {"r": 64}}, "metadata": {"generation": 2}}
+        assert (await k8s.patch(f"{CR_PATH}/{NAME}", json=changed, headers=MERGE)).status == 200
+        assert (await k8s.patch(f"{CR_PATH}/{NAME}/status", json={"status": REFUSAL}, headers=MERGE)).status == 200
+
+    _, final = await _tick_racing(reconcile_refuses_generation_2)
+    assert final["observedGeneration"] == 2 and final["conditions"][0]["reason"] == "ImmutableFieldChanged", final
+
+
+async def test_a_status_tick_that_met_an_unrelated_write_decides_again_and_writes():
+    async def kopf_annotates(k8s):
+        note = {"metadata": {"annotations": {"fedshield.io/last-handled-configuration": "{}"}}}
+        assert (await k8s.patch(f"{CR_PATH}/{NAME}", json=note, headers=MERGE)).status == 200
+
+    k8s, final = await _tick_racing(kopf_annotates)
+    status_writes = [r for r in k8s if r.subresource == "status" and getattr(r.method, "value", r.method) == "PATCH"
+                     and not r.headers.get("User-Agent", "").startswith("kmock/")]  # the operator's, not the test's
+    assert len(status_writes) == 2  # the first met 409, the second was decided on the fresh object
+    assert final["observedGeneration"] == 1 and {c["type"] for c in final["conditions"]} >= {"Admitted", "Ready"}, final
 
 
 # --- a rotated service-account token -------------------------------------------------------------
