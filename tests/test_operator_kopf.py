@@ -17,7 +17,7 @@ from fedshield.operator import handlers  # noqa: F401  (registers the handlers i
 from fedshield.operator.kube import Kube
 from fedshield.operator.manifests import Owner, plan_name, silo_job_name
 
-from kube_emulator import CONFIGMAPS, CR, DEPLOYMENTS, JOBS, NETWORKPOLICIES, PVCS, SERVICES, Emulator, declare_resources
+from kube_emulator import CONFIGMAPS, CR, DEPLOYMENTS, JOBS, MERGE, NETWORKPOLICIES, PVCS, SERVICES, Emulator, declare_resources
 
 EXAMPLE = yaml.safe_load((Path(__file__).resolve().parents[1] / "examples" / "federatedfinetune.yaml").read_text())
 NS, NAME = EXAMPLE["metadata"]["namespace"], EXAMPLE["metadata"]["name"]
@@ -104,7 +104,7 @@ async def operator(k8s):
     yield kube, aggregator
     stop.set()
     await asyncio.wait_for(runner, timeout=30)  # a loaded machine stops kopf slowly
-    await kube.http.aclose()
+    await kube.close()
 
 
 async def eventually(check, timeout: float = 10.0, what: str = "condition") -> None:
@@ -140,7 +140,7 @@ async def create_cr(k8s, spec: dict | None = None, namespace: str = NS, uid: str
 
 
 async def set_job_status(k8s, silo: str, **job_status) -> None:
-    response = await k8s.patch(f"/apis/batch/v1/namespaces/{SILO_NS[silo]}/jobs/{job(silo)}/status", json={"status": job_status})
+    response = await k8s.patch(f"/apis/batch/v1/namespaces/{SILO_NS[silo]}/jobs/{job(silo)}/status", json={"status": job_status}, headers=MERGE)
     assert response.status == 200, await response.text()
 
 
@@ -216,7 +216,7 @@ async def test_suspend_and_delete_clean_up(k8s, operator):
     await consent(k8s)
     await create_cr(k8s)
     await eventually(lambda: all(alive(k8s, (JOBS, ns, job(s))) for s, ns in SILO_NS.items()))
-    response = await k8s.patch(f"{CR_PATH}/{NAME}", json={"spec": {"suspend": True}, "metadata": {"generation": 2}})
+    response = await k8s.patch(f"{CR_PATH}/{NAME}", json={"spec": {"suspend": True}, "metadata": {"generation": 2}}, headers=MERGE)
     assert response.status == 200
     await eventually(lambda: raw(k8s, (DEPLOYMENTS, NS, f"{NAME}-aggregator"))["spec"]["replicas"] == 0, what="scaled to zero")
     await eventually(lambda: all(raw(k8s, (JOBS, ns, job(s)))["spec"]["suspend"] for s, ns in SILO_NS.items()))
@@ -246,7 +246,7 @@ async def test_change_to_an_immutable_field_is_refused(k8s, operator):
     await consent(k8s)
     await create_cr(k8s)
     await eventually(lambda: all(alive(k8s, (JOBS, ns, job(s))) for s, ns in SILO_NS.items()))
-    response = await k8s.patch(f"{CR_PATH}/{NAME}", json={"spec": {"lora": {"r": 64}}, "metadata": {"generation": 2}})
+    response = await k8s.patch(f"{CR_PATH}/{NAME}", json={"spec": {"lora": {"r": 64}}, "metadata": {"generation": 2}}, headers=MERGE)
     assert response.status == 200  # a real API server refuses this already (CEL self == oldSelf); kmock does not
     await eventually(lambda: status(k8s).get("phase") == "Failed", what="refused")
     condition = status(k8s)["conditions"][0]

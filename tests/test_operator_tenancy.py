@@ -11,7 +11,7 @@ import pytest
 
 from fedshield.operator.manifests import Owner, plan_name
 
-from kube_emulator import CONFIGMAPS, CR, DEPLOYMENTS, JOBS, NETWORKPOLICIES, UNLEARNING_CR, writes_in
+from kube_emulator import CONFIGMAPS, CR, DEPLOYMENTS, JOBS, MERGE, NETWORKPOLICIES, UNLEARNING_CR, writes_in
 import test_operator_kopf
 from test_operator_kopf import EXAMPLE, NAME, NS, OWNER, SILO_NS, UID, alive, consent, create_cr, eventually, job, raw, status
 
@@ -145,7 +145,7 @@ async def test_two_crs_of_the_same_name_in_two_namespaces_do_not_collide(k8s, op
     await create_cr(k8s, namespace=other.namespace, uid=other.uid)
     both = [(ns, job(s, o)) for o in (OWNER, other) for s, ns in SILO_NS.items()]
     assert len(set(both)) == 6
-    await eventually(lambda: all(alive(k8s, (JOBS, ns, name)) for ns, name in both), what="both federations' Jobs")
+    await eventually(lambda: all(alive(k8s, (JOBS, ns, name)) for ns, name in both), timeout=30, what="both federations' Jobs")  # 2 CRs: slow on a loaded machine
     for silo, ns in SILO_NS.items():
         assert alive(k8s, (CONFIGMAPS, ns, plan_name(OWNER))) and alive(k8s, (CONFIGMAPS, ns, plan_name(other)))
         assert raw(k8s, (JOBS, ns, job(silo, other)))["metadata"]["labels"]["fedshield.io/owner-uid"] == other.uid
@@ -154,6 +154,25 @@ async def test_two_crs_of_the_same_name_in_two_namespaces_do_not_collide(k8s, op
     await eventually(lambda: k8s.objects[CR, "team-b", NAME].deleted, what="team-b's CR deleted")
     for silo, ns in SILO_NS.items():
         assert k8s.objects[JOBS, ns, job(silo, other)].deleted and alive(k8s, (JOBS, ns, job(silo)))
+
+
+async def test_a_field_another_manager_set_is_reported_and_never_forced(k8s, operator):
+    """Server-side apply: someone scales the aggregator by hand; the suspend that would set replicas conflicts with
+    that manager, so the operator reports it and leaves their value (field ownership is the API server's)."""
+    await consent(k8s)
+    await create_cr(k8s)
+    deployment = f"/apis/apps/v1/namespaces/{NS}/deployments/{NAME}-aggregator"
+    await eventually(lambda: alive(k8s, (DEPLOYMENTS, NS, f"{NAME}-aggregator")), what="aggregator Deployment")
+    scaled = await k8s.patch(deployment, json={"spec": {"replicas": 2}}, headers=MERGE, params={"fieldManager": "kubectl-edit"})
+    assert scaled.status == 200
+    response = await k8s.patch(f"/apis/fedshield.io/v1alpha1/namespaces/{NS}/federatedfinetunes/{NAME}",
+                               json={"spec": {"suspend": True}, "metadata": {"generation": 2}}, headers=MERGE)
+    assert response.status == 200
+    message = await refused(k8s, "FieldConflict")
+    assert 'conflict with "kubectl-edit"' in message and ".spec.replicas" in message
+    assert raw(k8s, (DEPLOYMENTS, NS, f"{NAME}-aggregator"))["spec"]["replicas"] == 2
+    assert not [r for r in k8s if r.params.get("force") and r.params.get("fieldManager") != "fedshield-operator"]
+    assert not [r for r in k8s if r.params.get("force") and "/deployments/" in str(r.url)]  # never forced over kubectl-edit
 
 
 async def test_deleting_an_unlearning_whose_status_names_a_foreign_job_deletes_nothing_foreign(k8s, operator):
@@ -167,7 +186,7 @@ async def test_deleting_an_unlearning_whose_status_names_a_foreign_job_deletes_n
     await eventually(lambda: raw(k8s, (UNLEARNING_CR, NS, "forget-1")).get("status", {}).get("phase") == "Failed", what="refused")
     forged = {"status": {"jobName": "nightly-backup", "jobNamespace": "payments",
                          "applyJobs": [{"silo": "x", "namespace": "payments", "jobName": "nightly-backup", "phase": "Running"}]}}
-    assert (await k8s.patch(f"{path}/forget-1/status", json=forged)).status == 200
+    assert (await k8s.patch(f"{path}/forget-1/status", json=forged, headers=MERGE)).status == 200
     assert (await k8s.delete(f"{path}/forget-1")).status == 200
     await eventually(lambda: k8s.objects[UNLEARNING_CR, NS, "forget-1"].deleted, what="unlearning deleted")
     assert alive(k8s, (JOBS, "payments", "nightly-backup"))

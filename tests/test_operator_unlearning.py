@@ -32,7 +32,7 @@ from fedshield.wire.unlearning import UnlearningAudit, UnlearningRecord
 
 from aggregator_harness import RunningAggregator
 from crd_schema import to_jsonschema
-from kube_emulator import CONFIGMAPS, CR, JOBS, UNLEARNING_CR, Emulator, declare_resources, writes_in
+from kube_emulator import CONFIGMAPS, CR, JOBS, MERGE, UNLEARNING_CR, Emulator, declare_resources, writes_in
 from test_operator_kopf import _NotKopfTasks, _url, alive, consent, eventually, kmock_server, raw
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -350,7 +350,7 @@ async def operator(k8s):
     yield aggregator
     stop.set()
     await asyncio.wait_for(runner, timeout=30)  # a loaded machine stops kopf slowly
-    await kube.http.aclose()
+    await kube.close()
 
 
 def fu_status(k8s) -> dict:
@@ -372,7 +372,7 @@ async def create(k8s, kind: str, body: dict) -> None:
 
 
 async def set_job_status(k8s, namespace: str, name: str, **job_status) -> None:
-    response = await k8s.patch(f"/apis/batch/v1/namespaces/{namespace}/jobs/{name}/status", json={"status": job_status})
+    response = await k8s.patch(f"/apis/batch/v1/namespaces/{namespace}/jobs/{name}/status", json={"status": job_status}, headers=MERGE)
     assert response.status == 200, await response.text()
 
 

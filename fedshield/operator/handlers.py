@@ -20,7 +20,7 @@ from .. import metrics
 from ..api.models import GROUP, IMMUTABLE, KIND, PLURAL, VERSION, FederatedFinetuneSpec
 from . import consent, telemetry, unlearning
 from .aggregator_http import get_json
-from .kube import Kube
+from .kube import Conflict, FieldConflict, Kube
 from .manifests import (
     FEDERATION_LABEL, NAMESPACE_LABEL, OWNER_UID_LABEL, SILO_LABEL, Owner, owned_by, Site, aggregator_url, desired_children, plan_configmap, silo_job,
 )
@@ -117,7 +117,7 @@ def immutable_changes(old: dict | None, new: dict) -> list[str]:
 
 
 REFUSALS = ("InvalidSpec", "ImmutableFieldChanged")
-NOT_ADMITTED = ("ConsentMissing", "NameConflict", "RoleMissing")  # retried by the timer: an admin may consent, an owner may remove a clash
+NOT_ADMITTED = ("ConsentMissing", "NameConflict", "RoleMissing", "FieldConflict")  # retried by the timer: an admin may consent, an owner may remove a clash
 
 
 def _refuse(patch, meta, reason: str, message: str) -> kopf.PermanentError:
@@ -176,6 +176,9 @@ async def admit_and_apply(memo, owner: Owner, parsed: FederatedFinetuneSpec, met
                 elif result != "unchanged":
                     metrics.OPERATOR_CHILDREN_APPLIED.labels(child["kind"]).inc()
                     log.info("%s %s %s/%s", result, child["kind"], child["metadata"]["namespace"], child["metadata"]["name"])
+    except FieldConflict as exc:  # server-side apply: another field manager holds a field we set; never forced
+        _not_admitted(patch, meta, status, "FieldConflict", f"{exc}; left as it is (remove that manager's change, or its fields)")
+        return False
     except httpx.HTTPStatusError as exc:
         if exc.response.status_code != 403:
             raise
@@ -205,6 +208,10 @@ def _not_admitted(patch, meta, status, reason: str, message: str) -> None:
 @kopf.timer(*RESOURCE, interval=STATUS_INTERVAL_S, initial_delay=STATUS_INTERVAL_S)
 async def watch_progress(body, meta, spec, status, patch, memo, **_) -> None:
     """Follow silo Jobs and aggregator rounds into status (not over a refusal of this generation)."""
+    await decide_and_write_status(memo, KIND, meta, spec, status, lambda m, s, st, p: _progress(m, s, st, p, memo))
+
+
+async def _progress(meta, spec, status, patch, memo) -> None:
     refused = [c for c in (status or {}).get("conditions", []) if c.get("reason") in REFUSALS]
     if refused and (status or {}).get("observedGeneration") == meta.get("generation"):
         return
@@ -215,21 +222,32 @@ async def watch_progress(body, meta, spec, status, patch, memo, **_) -> None:
     # Only a status that says so counts as admitted: an empty or older one means check consent and ownership now.
     admitted = any(c.get("type") == "Admitted" and c.get("status") == "True" for c in (status or {}).get("conditions", []))
     if admitted or await admit_and_apply(memo, owner_of(meta), parsed, meta, status, patch):
-        await refresh_status(body, meta, status, patch, memo, parsed)
-    if patch and await _changed_since(memo.kube, meta, checked_admission=not admitted):
-        patch.clear()  # this tick saw an older object: writing would undo a newer refusal or generation
+        await refresh_status(None, meta, status, patch, memo, parsed)
 
 
-async def _changed_since(kube: Kube, meta, checked_admission: bool = False) -> bool:
-    """Whether the CR moved on while a timer tick worked (timers run beside the change handlers): a newer generation,
-    a refusal of this one, or (unless this tick checked admission itself) a newer "not admitted"."""
-    fresh = await unlearning.get_finetune(kube, meta["namespace"], meta["name"])
-    if fresh is None or fresh["metadata"].get("generation") != meta.get("generation"):
-        return True
-    current = fresh.get("status") or {}
-    reasons = REFUSALS if checked_admission else REFUSALS + NOT_ADMITTED
-    refused = any(c.get("reason") in reasons for c in current.get("conditions", []))
-    return refused and current.get("observedGeneration") == meta.get("generation")
+async def decide_and_write_status(memo, kind: str, meta, spec, status, decide, attempts: int = 3) -> None:
+    """A timer's status write, conditional on the resourceVersion it was decided on.
+
+    Timers run beside the change handlers: ``decide(meta, spec, status, patch)`` fills a fresh patch, which is written
+    only if the object has not moved on since; on 409 the object is read again and the decision made again, so a newer
+    generation or refusal is never overwritten (kopf's own patch is left empty)."""
+    current = {"metadata": dict(meta), "spec": dict(spec or {}), "status": dict(status or {})}
+    for _ in range(attempts):
+        decided = kopf.Patch()
+        await decide(current["metadata"], current.get("spec") or {}, current.get("status") or {}, decided)
+        new = dict(decided.get("status") or {})
+        if not new:
+            return
+        m = current["metadata"]
+        try:
+            await memo.kube.patch_status(f"{GROUP}/{VERSION}", kind, m["namespace"], m["name"], new, m.get("resourceVersion"))
+            return
+        except Conflict:
+            fresh = await memo.kube.read(f"{GROUP}/{VERSION}", kind, m["namespace"], m["name"])
+            if fresh is None:
+                return
+            current = fresh
+    log.info("%s %s/%s kept changing during a status tick: the next tick decides", kind, meta["namespace"], meta["name"])
 
 
 @kopf.on.delete(*RESOURCE)
@@ -301,12 +319,15 @@ async def refuse_unlearning_change(meta, patch, old, new, **_) -> None:
 @kopf.timer(*UNLEARNING, interval=STATUS_INTERVAL_S, initial_delay=STATUS_INTERVAL_S)
 async def follow_unlearning(meta, spec, status, patch, memo, **_) -> None:
     """Wait for the finetune, then follow the unlearning and apply Jobs into status until done."""
-    if (status or {}).get("phase") in unlearning.TERMINAL:
-        return
-    try:
-        await _unlearning_step(meta, spec, status, patch, memo)
-    except kopf.PermanentError:
-        pass  # reported in status by _unlearning_step; a timer has no one to raise to
+    async def decide(m, s, st, p) -> None:
+        if (st or {}).get("phase") in unlearning.TERMINAL:
+            return
+        try:
+            await _unlearning_step(m, s, st, p, memo)
+        except kopf.PermanentError:
+            pass  # reported in status by _unlearning_step; a timer has no one to raise to
+
+    await decide_and_write_status(memo, unlearning_api.KIND, meta, spec, status, decide)
 
 
 @kopf.on.delete(*UNLEARNING)

@@ -1,22 +1,38 @@
-"""A small async Kubernetes REST client for the few kinds the operator touches (httpx).
+"""The operator's Kubernetes client: the official ``kubernetes`` package, run off the event loop.
 
-The operator never touches Secrets: there is no path for them here, and its RBAC
-grants no verb on them. It writes only what it owns: ``apply`` and ``delete`` read the
-live object first and leave one that the given owner uid did not create untouched
-(``owned_by``); the write itself is conditional on what was read (the patch carries the
-live resourceVersion, the delete preconditions on uid and resourceVersion), so an object
-replaced in between is not written either.
+Only the sync client is installed (no ``kubernetes_asyncio``), so each call goes through
+``asyncio.to_thread``; the generated ``ApiClient`` does the HTTP, TLS, auth and token refresh
+(in-cluster: ``InClusterConfigLoader`` re-reads the service-account token file once a
+minute through ``Configuration.refresh_api_key_hook``; kubeconfig: exec/OIDC plugins).
+
+The operator never touches Secrets: there is no path for them here, and its RBAC grants no
+verb on them. It writes only what it owns:
+
+- children are created with POST (never adopting an object created meanwhile: 409) and kept
+  in line with **server-side apply** under the field manager ``fedshield-operator``; the
+  apply carries the live ``resourceVersion`` that the ownership check read, and is forced
+  only where every conflicting manager is ourselves (the fields our own create recorded);
+  a conflict with another manager is raised as :class:`FieldConflict`, never forced;
+- status writes (:meth:`Kube.patch_status`) carry the ``resourceVersion`` they were decided
+  on: a newer object answers 409 (:class:`Conflict`) and the caller re-reads and re-decides;
+- deletes are preconditioned on the uid and resourceVersion that the ownership check read.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 from dataclasses import dataclass
 
 import httpx
+from kubernetes import client, config
 
 from .manifests import owned_by
 
+FIELD_MANAGER = "fedshield-operator"
+APPLY = "application/apply-patch+yaml"
+MERGE = "application/merge-patch+json"
 PLURALS = {
     ("v1", "ConfigMap"): "configmaps",
     ("v1", "PersistentVolumeClaim"): "persistentvolumeclaims",
@@ -27,10 +43,14 @@ PLURALS = {
     ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
 }
 READ_ONLY = {("fedshield.io/v1alpha1", "FederationMembership"): "federationmemberships"}  # read, never written
+STATUS_ONLY = {  # our own custom resources: read, and their status written (kopf watches and patches the rest)
+    ("fedshield.io/v1alpha1", "FederatedFinetune"): "federatedfinetunes",
+    ("fedshield.io/v1alpha1", "FederatedUnlearning"): "federatedunlearnings",
+}
 
 
 def collection_path(api_version: str, kind: str, namespace: str) -> str:
-    plural = PLURALS.get((api_version, kind)) or READ_ONLY.get((api_version, kind))
+    plural = PLURALS.get((api_version, kind)) or READ_ONLY.get((api_version, kind)) or STATUS_ONLY.get((api_version, kind))
     if plural is None:
         raise ValueError(f"the operator does not manage {api_version} {kind}")
     prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
@@ -67,71 +87,171 @@ def _contains(live, wanted) -> bool:
     return live == wanted
 
 
+class ApiError(httpx.HTTPStatusError):
+    """A refusal by the API server. An ``httpx.HTTPStatusError`` (``.response.status_code``, ``.request.url.path``) so
+    that callers written for the earlier httpx client keep working; ``status`` and ``body`` (the Status object) too."""
+
+    def __init__(self, method: str, path: str, status: int, data: bytes):
+        request = httpx.Request(method, f"https://kubernetes{path}")
+        response = httpx.Response(status, content=data, request=request)
+        try:
+            self.body = json.loads(data) if data else {}
+        except ValueError:
+            self.body = {"message": data.decode(errors="replace")}
+        self.status = status
+        super().__init__(f"{method} {path}: {status} {self.body.get('message', '')}", request=request, response=response)
+
+
+class Conflict(ApiError):
+    """409: the object changed since the resourceVersion we wrote against (or a name is taken, or fields conflict)."""
+
+
+class FieldConflict(Exception):
+    """Server-side apply refused: fields we apply are managed by another field manager (nothing was written)."""
+
+    def __init__(self, what: str, causes: list[dict]):
+        self.what, self.causes = what, causes
+        fields = ", ".join(f"{c.get('field')} ({c.get('message')})" for c in causes)
+        super().__init__(f"{what}: fields managed by another field manager: {fields}")
+
+
+def _field_conflicts(error: Conflict) -> list[dict]:
+    return [c for c in (error.body.get("details") or {}).get("causes") or [] if c.get("reason") == "FieldManagerConflict"]
+
+
+def _only_ours(causes: list[dict]) -> bool:
+    """Whether every conflict is with our own manager (the Update entry our POST recorded), e.g. 'conflict with "x"'."""
+    return all(c.get("message", "").startswith(f'conflict with "{FIELD_MANAGER}"') for c in causes)
+
+
+def in_cluster_configuration(token_file: str = config.incluster_config.SERVICE_TOKEN_FILENAME,
+                             ca_file: str = config.incluster_config.SERVICE_CERT_FILENAME,
+                             environ=os.environ) -> client.Configuration:
+    """The pod's service account, the token re-read from ``token_file`` as the library does (once a minute)."""
+    cfg = client.Configuration()
+    config.incluster_config.InClusterConfigLoader(token_file, ca_file, try_refresh_token=True, environ=environ).load_and_set(cfg)
+    return cfg
+
+
 @dataclass
 class Kube:
-    http: httpx.AsyncClient
+    api: client.ApiClient
     calls: int = 0
 
     @classmethod
-    def from_environment(cls) -> "Kube":
-        """In-cluster service account, else the local kubeconfig (via the kubernetes package)."""
-        from kubernetes import client, config
+    def from_configuration(cls, cfg: client.Configuration) -> "Kube":
+        return cls(client.ApiClient(cfg))
 
+    @classmethod
+    def from_environment(cls) -> "Kube":
+        """In-cluster service account (token refreshed on rotation), else the local kubeconfig."""
         try:
-            config.load_incluster_config()
+            cfg = in_cluster_configuration()
         except config.ConfigException:
-            config.load_kube_config()
-        cfg = client.Configuration.get_default_copy()
-        # Note: a rotated service-account token is picked up at the next operator restart.
-        headers = {"Authorization": cfg.api_key["authorization"]} if "authorization" in cfg.api_key else {}
-        verify = cfg.ssl_ca_cert if cfg.verify_ssl and cfg.ssl_ca_cert else cfg.verify_ssl
-        cert = (cfg.cert_file, cfg.key_file) if cfg.cert_file else None
-        return cls(httpx.AsyncClient(base_url=cfg.host, headers=headers, verify=verify, cert=cert, timeout=30))
+            cfg = client.Configuration()
+            config.load_kube_config(client_configuration=cfg)
+        return cls.from_configuration(cfg)
 
     @classmethod
     def for_url(cls, url: str, token: str | None = None) -> "Kube":
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return cls(httpx.AsyncClient(base_url=url, headers=headers, timeout=30, verify=os.environ.get("FEDSHIELD_KUBE_CA", True)))
+        cfg = client.Configuration(host=url)
+        if token:
+            cfg.api_key["BearerToken"], cfg.api_key_prefix["BearerToken"] = token, "Bearer"
+        ca = os.environ.get("FEDSHIELD_KUBE_CA")
+        if ca:
+            cfg.ssl_ca_cert = ca
+        return cls.from_configuration(cfg)
 
-    async def _request(self, method: str, path: str, **kw) -> httpx.Response:
+    async def close(self) -> None:
+        await asyncio.to_thread(self.api.close)
+
+    # --- the one I/O edge ------------------------------------------------------------------
+
+    def _call_sync(self, method: str, path: str, query: list, body, content_type: str | None) -> tuple[int, bytes]:
+        headers = {"Accept": "application/json", "Content-Type": content_type or "application/json"}
+        _, url, headers, body, _ = self.api.param_serialize(method, path, query_params=query, header_params=headers, body=body,
+                                                          auth_settings=["BearerToken"])
+        response = self.api.call_api(method, url, header_params=headers, body=body, _request_timeout=30)
+        return response.status, response.read() or b""
+
+    async def _call(self, method: str, path: str, *, query: list | None = None, body=None, content_type: str | None = None,
+                    missing_ok: bool = False) -> dict | None:
+        """The response's JSON; None for a 404 when ``missing_ok``; otherwise :class:`ApiError` (:class:`Conflict` on 409)."""
         self.calls += 1
-        return await self.http.request(method, path, **kw)
+        status, data = await asyncio.to_thread(self._call_sync, method, path, list(query or []), body, content_type)
+        if status == 404 and missing_ok:
+            return None
+        if not 200 <= status < 300:
+            raise (Conflict if status == 409 else ApiError)(method, path, status, data)
+        return json.loads(data) if data else {}
+
+    async def _request(self, method: str, path: str, **_) -> httpx.Response:
+        """Compatibility for callers not yet moved to :meth:`read`: a GET answered as an ``httpx.Response``."""
+        try:
+            found = await self._call(method, path, missing_ok=True)
+        except ApiError as exc:
+            return exc.response
+        request = httpx.Request(method, f"https://kubernetes{path}")
+        return httpx.Response(404, request=request) if found is None else httpx.Response(200, json=found, request=request)
+
+    # --- reads -----------------------------------------------------------------------------
+
+    async def read(self, api_version: str, kind: str, namespace: str, name: str) -> dict | None:
+        return await self._call("GET", f"{collection_path(api_version, kind, namespace)}/{name}", missing_ok=True)
 
     async def get(self, obj: dict) -> dict | None:
-        response = await self._request("GET", object_path(obj))
-        if response.status_code == 404:
-            return None
-        response.raise_for_status()
-        return response.json()
+        meta = obj["metadata"]
+        return await self.read(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
 
     async def list(self, api_version: str, kind: str, namespace: str, selector: str | None = None) -> list[dict]:
-        params = {"labelSelector": selector} if selector else {}
-        response = await self._request("GET", collection_path(api_version, kind, namespace), params=params)
-        response.raise_for_status()
-        return response.json().get("items", [])
+        query = [("labelSelector", selector)] if selector else []
+        return (await self._call("GET", collection_path(api_version, kind, namespace), query=query)).get("items", [])
+
+    # --- writes ----------------------------------------------------------------------------
 
     async def apply(self, desired: dict, owner_uid: str) -> str:
-        """Create the child, or bring its mutable part in line: 'created', 'patched', 'unchanged', or 'conflict' (an
-        object of that name exists that ``owner_uid`` did not create: nothing is written)."""
+        """Create the child, or bring its mutable part in line by server-side apply: 'created', 'patched', 'unchanged',
+        'conflict' (an object of that name exists that ``owner_uid`` did not create: nothing is written) or 'retry' (it
+        changed, or was created, since our read). Raises :class:`FieldConflict` when another manager owns a field."""
         live = await self.get(desired)
         if live is not None and not owned_by(live, owner_uid):
             return "conflict"
+        what = f"{desired['kind']} {desired['metadata']['namespace']}/{desired['metadata']['name']}"
         if live is None:
             meta = desired["metadata"]
-            response = await self._request("POST", collection_path(desired["apiVersion"], desired["kind"], meta["namespace"]), json=desired)
-            if response.status_code != 409:  # 409: created meanwhile; the next reconcile compares it
-                response.raise_for_status()
+            try:
+                await self._call("POST", collection_path(desired["apiVersion"], desired["kind"], meta["namespace"]), body=desired,
+                                 query=[("fieldManager", FIELD_MANAGER)])
+            except Conflict:
+                return "retry"  # created meanwhile, by us or not: the next attempt reads it
             return "created"
         wanted = mutable_part(desired)
         if _contains(live, wanted):
-            return "unchanged"
-        wanted["metadata"]["resourceVersion"] = live["metadata"].get("resourceVersion")  # 409 if it changed since the read
-        response = await self._request("PATCH", object_path(desired), json=wanted,
-                                       headers={"Content-Type": "application/merge-patch+json"})
-        if response.status_code == 409:
-            return "retry"
-        response.raise_for_status()
-        return "patched"
+            return "unchanged"  # no request at all
+        meta = desired["metadata"]
+        body = {"apiVersion": desired["apiVersion"], "kind": desired["kind"], **wanted,
+                "metadata": {**wanted["metadata"], "name": meta["name"], "namespace": meta["namespace"],
+                             "resourceVersion": live["metadata"].get("resourceVersion")}}  # 409 if it changed since the read
+        query = [("fieldManager", FIELD_MANAGER)]
+        for force in (False, True):
+            try:
+                await self._call("PATCH", object_path(desired), body=body, content_type=APPLY,
+                                 query=query + ([("force", "true")] if force else []))
+                return "patched"
+            except Conflict as exc:
+                causes = _field_conflicts(exc)
+                if not causes:
+                    return "retry"  # resourceVersion moved on
+                if force or not _only_ours(causes):
+                    raise FieldConflict(what, causes) from None
+        raise AssertionError("unreachable")
+
+    async def patch_status(self, api_version: str, kind: str, namespace: str, name: str, status: dict,
+                           resource_version: str | None) -> dict:
+        """Merge ``status`` into the status subresource, only if the object is still at ``resource_version``
+        (:class:`Conflict` otherwise: re-read, re-decide). Returns the object written."""
+        body = {"metadata": {"resourceVersion": resource_version}, "status": status}
+        return await self._call("PATCH", f"{collection_path(api_version, kind, namespace)}/{name}/status", body=body, content_type=MERGE)
 
     async def delete(self, obj: dict, owner_uid: str) -> str:
         """Delete the object if ``owner_uid`` created it: 'deleted', 'absent', or 'not-owned' (left untouched)."""
@@ -142,8 +262,9 @@ class Kube:
             return "not-owned"
         meta = live["metadata"]
         preconditions = {k: meta[k] for k in ("uid", "resourceVersion") if meta.get(k)}
-        response = await self._request("DELETE", object_path(obj), json={"propagationPolicy": "Background", "preconditions": preconditions})
-        if response.status_code in (404, 409):  # gone, or replaced since the read: not ours to delete
-            return "absent" if response.status_code == 404 else "not-owned"
-        response.raise_for_status()
-        return "deleted"
+        try:
+            found = await self._call("DELETE", object_path(obj), body={"propagationPolicy": "Background", "preconditions": preconditions},
+                                     missing_ok=True)
+        except Conflict:
+            return "not-owned"  # replaced since the read: not ours to delete
+        return "absent" if found is None else "deleted"
