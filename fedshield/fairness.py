@@ -8,7 +8,9 @@ validation loss. Two rules, both documented in docs/fairness.md:
   count more in the global update (q = 0 is FedAvg);
 - learning-rate scales, PPLR's learning-speed idea turned around for one global model:
   a lagging silo (loss above the mean) trains faster locally,
-  ``s_i = clip((L_i / mean L)^gamma, lo, hi)``.
+  ``s_i = clip((L_i / mean L)^gamma, lo, hi)``;
+- PPLR's own learning-speed rule, in the paper's direction (``warmup_weights``): a struggling
+  silo mixes little of the others into its own parameters early (``personalised_mix``).
 """
 
 from __future__ import annotations
@@ -93,6 +95,37 @@ def lr_scales(losses: Mapping[str, float | None], names: list[str], gamma: float
         log_ratio = gamma * (math.log(known.get(name, mean)) - math.log(mean))
         out[name] = float(np.clip(math.exp(min(max(log_ratio, math.log(lo)), math.log(hi))), lo, hi))
     return out
+
+
+def warmup_weights(losses: Mapping[str, float | None], round: int, alpha: float = 0.7, beta: float = 1.0,
+                   temperature: float = 0.05) -> dict[str, float]:
+    """PPLR's learning-speed ("warm-up") weights: ``w_i = tanh(alpha / l_i^((t+1)/beta))`` with
+    ``l = softmax(loss / temperature)`` over the silos' last losses.
+
+    A struggling silo (high loss, large ``l_i``) gets a small ``w_i`` early and learns mostly
+    from itself; every ``w_i`` tends to 1 as rounds pass (``l_i < 1``). Silos without a loss get
+    the mean loss. Plaintext losses only, so a silo can apply it to its own mix under encryption.
+    """
+    known = _clean_losses(losses)
+    if not known:
+        return {}
+    fallback = float(np.mean(list(known.values())))
+    names = sorted(losses)
+    z = np.array([known.get(n, fallback) for n in names]) / temperature
+    soft = np.exp(z - z.max())
+    soft /= soft.sum()
+    power = (round + 1) / beta
+    return {n: float(np.tanh(alpha / max(float(l_i), 1e-300) ** power)) for n, l_i in zip(names, soft, strict=True)}
+
+
+def personalised_mix(own: np.ndarray, global_mean: np.ndarray, weight: float, silos: int) -> np.ndarray:
+    """PPLR's personalised aggregate at one silo, with every similarity 1 (HE hides the others' parameters):
+    ``theta_i <- (theta_i + w_i * sum_{j != i} theta_j) / (1 + w_i (n - 1))``, the others' sum taken from the
+    global mean as ``n * mean - theta_i``. ``weight`` 1 gives the global mean; 0 keeps the silo's own."""
+    if silos < 1:
+        raise ValueError("a federation has at least one silo")
+    others = silos * global_mean - own
+    return (own + weight * others) / (1.0 + weight * (silos - 1))
 
 
 def jain_index(values: list[float]) -> float:
