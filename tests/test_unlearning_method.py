@@ -2,6 +2,8 @@
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -106,3 +108,59 @@ def test_epoch_batches_cover_every_record_once_per_epoch():
     again = epoch_batches(10, 4, seed=0)
     assert [next(again) for _ in range(3)] == epoch  # seeded
     assert sorted(sum((next(batches) for _ in range(3)), [])) == list(range(10))  # the next epoch too
+
+
+def test_task_metrics_are_auc_accuracy_and_logloss():
+    from sklearn.metrics import log_loss as sk_log_loss
+    from sklearn.metrics import roc_auc_score
+
+    from fedshield.unlearning.evaluate import task_metrics
+
+    labels = np.array([1, 0, 1, 1, 0, 0])
+    yes = np.array([0.9, 0.2, 0.4, 0.7, 0.6, 0.1])
+    m = task_metrics(labels, yes)
+    assert m["auc"] == pytest.approx(roc_auc_score(labels, yes))
+    assert m["acc"] == pytest.approx(4 / 6)
+    assert m["logloss"] == pytest.approx(sk_log_loss(labels, yes), rel=1e-6)
+
+
+def test_symmetric_kl_and_output_l2_of_full_distributions():
+    import torch
+
+    from fedshield.unlearning.evaluate import output_l2, symmetric_kl
+
+    p = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], dtype=torch.float64)
+    q = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]], dtype=torch.float64)
+    by_hand = float(sum((p[0] - q[0]) * torch.log(p[0] / q[0]))) / 2  # row 2 is identical
+    assert symmetric_kl(p, q) == pytest.approx(by_hand) and symmetric_kl(p, q) == pytest.approx(symmetric_kl(q, p))
+    assert symmetric_kl(p, p) == 0.0
+    assert output_l2(p, q) == pytest.approx(float(torch.linalg.vector_norm(p[0] - q[0])) / 2)
+
+
+def test_delta_weight_l2_measures_the_weight_change_not_the_factors():
+    import torch
+
+    from fedshield.unlearning.evaluate import delta_weight_l2
+
+    gen = torch.Generator().manual_seed(0)
+    a_mat, b_mat = torch.randn(2, 5, generator=gen), torch.randn(4, 2, generator=gen)
+    name = "base_model.model.layers.0.q_proj.lora_{}.default.weight"
+    one = {name.format("A"): a_mat, name.format("B"): b_mat}
+    rescaled = {name.format("A"): 2 * a_mat, name.format("B"): b_mat / 2}  # the same B @ A, other factors
+    assert delta_weight_l2(one, rescaled, scale=2.0) == pytest.approx(0.0, abs=1e-9)
+    zero = {name.format("A"): a_mat, name.format("B"): torch.zeros_like(b_mat)}
+    assert delta_weight_l2(one, zero, scale=2.0) == pytest.approx(float(torch.linalg.matrix_norm(2.0 * b_mat @ a_mat)))
+
+
+def test_membership_advantage_is_the_best_threshold_tpr_minus_fpr():
+    from fedshield.unlearning.evaluate import membership_advantage, record_losses
+
+    assert membership_advantage(np.array([0.1, 0.2]), np.array([0.5, 0.9])) == 1.0
+    assert membership_advantage(np.array([0.5, 0.9]), np.array([0.1, 0.2])) == 0.0
+    rng = np.random.default_rng(0)
+    same = membership_advantage(rng.exponential(size=4000), rng.exponential(size=4000))
+    assert same < 0.05
+    members, others = np.array([0.1, 0.3, 0.6]), np.array([0.2, 0.5, 0.7, 0.8])
+    # threshold 0.3: TPR 2/3, FPR 1/4; threshold 0.6: TPR 1, FPR 1/2 -> best 1/2... and 0.1: 1/3 - 0
+    assert membership_advantage(members, others) == pytest.approx(max(2 / 3 - 1 / 4, 1 - 2 / 4, 1 / 3))
+    assert np.allclose(record_losses(np.array([1, 0]), np.array([0.8, 0.8])), [-np.log(0.8), -np.log(0.2)])
