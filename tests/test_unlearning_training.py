@@ -183,3 +183,19 @@ def test_the_authors_neggrad_forgets_while_it_keeps_the_retained_data(base_path,
     forget_gain = ce(runs[0.5], split.forget) - ce(runs[0.0], split.forget)
     retain_cost = ce(runs[0.5], split.retain) - ce(runs[0.0], split.retain)
     assert forget_gain > 0.02 and forget_gain > retain_cost
+
+
+def test_bad_teacher_pushes_the_forget_set_toward_an_undecided_answer(base_path, adapter, split):
+    from fedshield.unlearning import bad_teacher
+
+    layout = VectorLayout.from_tensors(adapter, PRIVATE)
+    spec = UnlearningSpec(steps=10, batch_size=8, rank=4, lora_alpha=8, learning_rate=5e-3)
+    result = bad_teacher(base_path, LORA, adapter, layout, split.forget, split.retain, spec, TRAINING)
+    assert result.method == "bad_teacher" and result.stats["fold_error_max"] == 0.0
+
+    def distance_from_undecided(tensors):
+        model, tokenizer = current_model(base_path, LORA, tensors)
+        yes = torch.softmax(answer_logits(model, tokenizer, split.forget), -1)[:, 0]
+        return float((yes - 0.5).abs().mean())
+
+    assert distance_from_undecided(result.adapter.tensors(layout)) < 0.7 * distance_from_undecided(adapter)

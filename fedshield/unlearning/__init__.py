@@ -6,7 +6,7 @@ gets back the replacement shared vector (to encrypt and upload as a special roun
 the silo's new private tensors.
 """
 
-from .e2urec import unlearn
+from .e2urec import bad_teacher, unlearn
 from .evaluate import jensen_shannon, score_adapter, yes_distribution
 from .fold import FoldedAdapter, fold_into_adapter, fold_module
 from .losses import answer_cross_entropy, answer_kl, student_loss
@@ -17,7 +17,7 @@ from .split import ForgetSplit, forget_split
 from .teacher import forgetting_teacher
 
 __all__ = [
-    "FoldedAdapter", "ForgetSplit", "UnlearningResult", "UnlearningSpec", "answer_cross_entropy", "answer_kl",
+    "FoldedAdapter", "ForgetSplit", "UnlearningResult", "UnlearningSpec", "answer_cross_entropy", "answer_kl", "bad_teacher",
     "fold_into_adapter", "fold_module", "forget_split", "forgetting_teacher", "jensen_shannon", "neg_grad",
     "score_adapter", "student_loss", "unlearn", "yes_distribution",
 ]
