@@ -1,17 +1,30 @@
-"""Federated unlearning: E2URec against NegGrad and Retrain on the synthetic recommendation federation.
+"""Federated unlearning measured as E2URec's paper measures it: E2URec against Retrain, NegGrad, Bad-T and the untouched model.
 
-Setting: 3 silos (synthetic, non-IID), a federated run of the local federation
-(``fedshield.local.demo.run_local``, CKKS and pruning on); each user's last 2 interactions are
-held out as the test set (never trained on). Then silo-a forgets 20% of its users: D_f is
-every training record of those users at silo-a, D_r the rest of silo-a's training records.
+Setting (per seed): 3 silos (synthetic, non-IID); at the forgetting silo a share of users is
+never trained on at all (the *unseen* users, for membership inference); every other user's
+last 2 interactions are held out as the test set. A federated run of the local federation
+(``fedshield.local.demo.run_local``: processes, CKKS, pruning) gives the original model. Then
+the forgetting silo forgets 20% of its trained users: D_f is every training record of those
+users there, D_r the rest of its training records.
 
-- retrain: the same federated run, from the same base model, without those users' data;
-- neggrad: gradient ascent on D_f (a new LoRA, the silo's DeepSpeed engine, E2URec's student step count);
+Methods (all LoRA-only, the rank-preserving student, the same step budget):
+- retrain: the same federated run without D_f's users; a second retrain with another seed is
+  the *noise floor* (how far two equally valid answers lie apart);
+- untouched: the original model;
+- neggrad: the E2URec authors' NegGrad, ``CE(D_r) - 0.5 CE(D_f)``;
+- bad_teacher: Bad-T (an incompetent teacher on D_f, the current model on D_r);
 - e2urec: ``fedshield.unlearning.unlearn``.
-Each unlearned adapter is folded back into the federation's layout and scored as deployed.
 
-Prints one JSON object to stdout; writes it to benchmarks/results/unlearning.json (full
-mode only). ``--quick``: 2 short rounds, few steps (a smoke test; numbers mean little).
+Metrics: AUC, ACC, LogLoss on D_f, D_r and the test set; distance to Retrain on D_f as the
+symmetric KL of the full next-token distributions (the authors' measure), their L2 distance,
+the L2 distance of the weight changes, and our Bernoulli JSD; the loss-threshold membership
+advantage of D_f against unseen users (forgotten users should look unseen; the untouched
+model's advantage shows whether there was anything to forget); trainable parameters and time.
+
+Prints one JSON object (means and 95% t-intervals over seeds, per-seed rows, targets).
+``--log`` appends each finished seed as a JSON line; ``--from-log`` summarises a log without
+running. ``--model DIR``: a Hugging Face model directory (e.g. from ``fedshield models
+import``); default: the tiny demo model. ``--quick``: 2 short rounds (a smoke test).
 """
 
 from __future__ import annotations
@@ -20,11 +33,15 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import sys
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+
+import numpy as np
+from scipy import stats as scipy_stats
 
 with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed announces its accelerator on stdout at import
     import deepspeed  # noqa: F401
@@ -32,16 +49,23 @@ with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed announces its accelera
 from fedshield.config import AggregationSpec, FederationConfig, ModelSpec, PrivacySpec, SiloSpec, TrainingSpec
 from fedshield.learning.data import silo_examples
 from fedshield.learning.model import build_tiny_base
-from fedshield.updates import VectorLayout
 from fedshield.local.retrain import run_federation
-from fedshield.unlearning import UnlearningSpec, forget_split, jensen_shannon, neg_grad, score_adapter, unlearn
+from fedshield.unlearning import UnlearningSpec, bad_teacher, forget_split, jensen_shannon, neg_grad, unlearn
+from fedshield.unlearning.current import current_model
+from fedshield.unlearning.evaluate import (
+    delta_weight_l2, membership_advantage, next_token_distributions, output_l2, record_losses, symmetric_kl, task_metrics,
+    yes_distribution,
+)
+from fedshield.updates import VectorLayout
 from fedshield.workloads.recommendation import Example, Interaction, build_examples, catalog, prompt_for, synthetic_silos
 
 SILOS = ("silo-a", "silo-b", "silo-c")
 FORGETTER = "silo-a"
 FORGET_FRACTION = 0.2
-USERS = (150, 100, 70)  # larger than the demo's (52, 36, 26): a test set of 640 records instead of 228
+UNSEEN_FRACTION = 0.15  # of the forgetting silo's users, never trained on by anyone
+USERS = (150, 100, 70)
 TEST_PER_USER = 2
+METHODS = ("untouched", "neggrad", "bad_teacher", "e2urec")
 RESULT = Path(__file__).parent / "results" / "unlearning.json"
 
 
@@ -54,107 +78,182 @@ def temporal_holdout(interactions: list[Interaction], last: int) -> tuple[list[I
     for user in sorted(by_user):
         seq = sorted(by_user[user], key=lambda it: (it.time, it.item))
         kept += seq[:-last]
-        test += build_examples(seq)[-last:]  # one example per interaction after the first, in time order
+        test += build_examples(seq)[-last:]
     return kept, test
 
 
-def settings(quick: bool, seed: int) -> tuple[FederationConfig, UnlearningSpec]:
+def split_data(seed: int, quick: bool) -> tuple[dict[str, list[Interaction]], list[Example], list[Example]]:
+    """(training interactions per silo, test examples, every example of the unseen users)."""
+    data, test, unseen = {}, [], []
+    for silo, records in synthetic_silos(SILOS, seed=seed, users=None if quick else USERS).items():
+        if silo == FORGETTER:
+            users = sorted({it.user for it in records})
+            hidden = set(random.Random(seed).sample(users, max(2, round(UNSEEN_FRACTION * len(users)))))
+            unseen = build_examples([it for it in records if it.user in hidden])
+            records = [it for it in records if it.user not in hidden]
+        data[silo], held_out = temporal_holdout(records, TEST_PER_USER)
+        test += held_out
+    return data, test, unseen
+
+
+def settings(quick: bool, seed: int, model: str) -> tuple[FederationConfig, UnlearningSpec]:
     config = FederationConfig(
         name="unlearning-bench", rounds=2 if quick else 5, seed=seed, silos=tuple(SiloSpec(name=s) for s in SILOS),
         training=TrainingSpec(local_steps=5 if quick else 30, batch_size=16), aggregation=AggregationSpec(min_silos=len(SILOS)),
-        privacy=PrivacySpec(pruning=0.5),
+        privacy=PrivacySpec(pruning=0.5), model=ModelSpec(path=model),
     )
     spec = UnlearningSpec(steps=6, augment_steps=4, seed=seed) if quick else UnlearningSpec(seed=seed)
     return config, spec
 
 
-def method_row(scores: dict, reference: dict | None, seconds: float, cpu_seconds: float) -> dict:
-    row = {"test_auc": round(scores["test_auc"], 4), "forget_auc": round(scores["forget_auc"], 4)}
-    if reference is not None:
-        row["jsd_to_retrain"] = round(jensen_shannon(scores["forget_yes"], reference["forget_yes"]), 5)
-    row["mean_p_yes_on_forget"] = round(float(scores["forget_yes"].mean()), 4)
-    return row | {"seconds": round(seconds, 2), "cpu_seconds": round(cpu_seconds, 2)}
+def evaluate(base: str, config: FederationConfig, tensors: dict, sets: dict[str, list[Example]]) -> dict:
+    """Yes probabilities on every set and the full next-token distributions on D_f, for one adapter."""
+    model, tokenizer = current_model(base, config.lora, tensors)
+    out = {name: yes_distribution(model, tokenizer, examples) for name, examples in sets.items()}
+    out["forget_dist"] = next_token_distributions(model, tokenizer, sets["forget"])
+    return out
 
 
-def main(quick: bool, seed: int, work: Path) -> dict:
-    config, spec = settings(quick, seed)
-    data, test = {}, []
-    for silo, records in synthetic_silos(SILOS, seed=seed, users=USERS[: len(SILOS)] if not quick else None).items():
-        data[silo], held_out = temporal_holdout(records, TEST_PER_USER)
-        test += held_out
-    base = build_tiny_base(work / "base", catalog(seed=seed) + [prompt_for(["x"], ["y"], "z")], seed=seed)
-    config = config.model_copy(update={"model": ModelSpec(path=str(base))})
+def row(ev: dict, ref: dict | None, sets: dict[str, list[Example]], tensors: dict, ref_tensors: dict | None, scale: float) -> dict:
+    labels = {name: np.array([e.label for e in examples]) for name, examples in sets.items()}
+    out: dict = {name: task_metrics(labels[name], ev[name]) for name in ("forget", "retain", "test")}
+    forget_losses = record_losses(labels["forget"], ev["forget"])
+    out["membership_advantage"] = membership_advantage(forget_losses, record_losses(labels["unseen"], ev["unseen"]))
+    if ref is not None and ref_tensors is not None:
+        out["to_retrain"] = {
+            "symmetric_kl": symmetric_kl(ev["forget_dist"], ref["forget_dist"]),
+            "output_l2": output_l2(ev["forget_dist"], ref["forget_dist"]),
+            "weight_l2": delta_weight_l2(tensors, ref_tensors, scale),
+            "bernoulli_jsd": jensen_shannon(ev["forget"], ref["forget"]),
+        }
+    return out
 
+
+def one_seed(quick: bool, seed: int, model: str | None, work: Path) -> dict:
+    data, test, unseen = split_data(seed, quick)
+    base = model or str(build_tiny_base(work / "base", catalog(seed=seed) + [prompt_for(["x"], ["y"], "z")], seed=seed))
+    config, spec = settings(quick, seed, base)
     original = run_federation(config, data, work / "original")
     train, _ = silo_examples(original.config, FORGETTER)  # exactly what the silo trained on
     split = forget_split(train, fraction=FORGET_FRACTION, seed=seed)
     adapter = original.adapters[FORGETTER]
     layout = VectorLayout.from_tensors(adapter, config.privacy.private_modules)
     common = dict(base_path=base, lora=config.lora, adapter=adapter, layout=layout, spec=spec, training=config.training)
-
-    e2urec = unlearn(forget=split.forget, retain=split.retain, **common)
-    neggrad = neg_grad(forget=split.forget, **common)
+    results = {"e2urec": unlearn(forget=split.forget, retain=split.retain, **common),
+               "neggrad": neg_grad(forget=split.forget, retain=split.retain, **common),
+               "bad_teacher": bad_teacher(forget=split.forget, retain=split.retain, **common)}
     retrain = run_federation(config, data, work / "retrain", exclude_users=split.users)
+    floor_config = config.model_copy(update={"seed": seed + 1000})
+    retrain2 = run_federation(floor_config, data, work / "retrain2", exclude_users=split.users)
 
     forgotten = set(split.users)
-    test = [e for e in test if e.user not in forgotten]
-    score = lambda adapter_tensors: score_adapter(base, config.lora, adapter_tensors, test, split.forget)  # noqa: E731
-    s_retrain = score(retrain.adapters[FORGETTER])
-    s_original = score(adapter)
-    s_e2urec = score(e2urec.adapter.tensors(layout))
-    s_neggrad = score(neggrad.adapter.tensors(layout))
-
-    out = {
-        "retrain": method_row(s_retrain, None, retrain.seconds, retrain.cpu_seconds),
-        "neggrad": method_row(s_neggrad, s_retrain, neggrad.seconds, neggrad.stats["cpu_seconds"]),
-        "e2urec": method_row(s_e2urec, s_retrain, e2urec.seconds, e2urec.stats["cpu_seconds"]),
-        "original": method_row(s_original, s_retrain, original.seconds, original.cpu_seconds)
-        | {"note": "the federated model before unlearning (reference); seconds: its federated run"},
-    }
-    out["e2urec"] |= {"fold_error_max": round(e2urec.stats["fold_error_max"], 5), "forget_only_steps": e2urec.stats["forget_only_steps"]}
-    out["neggrad"] |= {"fold_error_max": round(neggrad.stats["fold_error_max"], 5), "final_forget_ce": round(neggrad.losses[-1], 4)}
-    e, n, r = out["e2urec"], out["neggrad"], out["retrain"]
-    out["met"] = {
-        "jsd_below_neggrad": e["jsd_to_retrain"] < n["jsd_to_retrain"],
-        "test_auc_within_0.01_of_retrain": abs(e["test_auc"] - r["test_auc"]) <= 0.01,
-        "time_at_most_20pct_of_retrain": e["seconds"] <= 0.2 * r["seconds"],
-    }
-    out["ratios"] = {"e2urec_over_retrain_seconds": round(e["seconds"] / r["seconds"], 4),
-                     "e2urec_over_retrain_cpu_seconds": round(e["cpu_seconds"] / r["cpu_seconds"], 4)}
-    out["targets"] = {"jsd_to_retrain": "e2urec < neggrad", "test_auc": "|e2urec - retrain| <= 0.01", "seconds": "e2urec <= 0.2 * retrain"}
-    out["context"] = {
-        "quick": quick, "seed": seed, "silos": list(SILOS), "forgetting_silo": FORGETTER, "forget_fraction": FORGET_FRACTION,
-        "users_per_silo": {s: len({it.user for it in data[s]}) for s in SILOS}, "forgotten_users": len(split.users),
-        "forget_users_sha256": split.users_digest, "forget_records": len(split.forget), "retain_records": len(split.retain),
-        "test_records": len(test), "rounds": config.rounds, "local_steps": config.training.local_steps,
-        "pruning": config.privacy.pruning, "lora_r": config.lora.r, "unlearning": spec.model_dump(mode="json"),
-        "jsd": "mean over D_f of JSD between Bernoulli(P(yes)) of the method and of retrain, nats (max ln 2)",
-        "seconds": "wall time; retrain: the whole local federation run (processes, training, CKKS); e2urec/neggrad: "
-                   "in-process, from loading the current model to the folded adapter. cpu_seconds: user+system CPU time "
-                   "of those processes (less sensitive to other load on a shared machine)",
-        "cpu_count": os.cpu_count(),
-    }
+    sets = {"forget": split.forget, "retain": split.retain, "test": [e for e in test if e.user not in forgotten], "unseen": unseen}
+    tensors = {"untouched": adapter, **{m: r.adapter.tensors(layout) for m, r in results.items()}}
+    ref_tensors = retrain.adapters[FORGETTER]
+    ref = evaluate(base, config, ref_tensors, sets)
+    scale = config.lora.alpha / config.lora.r
+    out: dict = {"seed": seed, "methods": {}}
+    out["methods"]["retrain"] = row(ref, None, sets, ref_tensors, None, scale) | {"seconds": retrain.seconds}
+    floor_tensors = retrain2.adapters[FORGETTER]
+    out["noise_floor"] = row(evaluate(base, config, floor_tensors, sets), ref, sets, floor_tensors, ref_tensors, scale)
+    for method in METHODS:
+        result = results.get(method)
+        out["methods"][method] = row(evaluate(base, config, tensors[method], sets), ref, sets, tensors[method], ref_tensors, scale) | (
+            {"seconds": result.seconds, "trainable_parameters": result.stats["trainable_parameters"]} if result else {})
+    out["context"] = {"forgotten_users": len(split.users), "forget_records": len(split.forget), "retain_records": len(split.retain),
+                      "test_records": len(sets["test"]), "unseen_records": len(unseen), "rounds": config.rounds,
+                      "local_steps": config.training.local_steps, "lora_r": config.lora.r,
+                      "model": model or "tiny (random-initialised demo model)"}
     return out
 
 
-if __name__ == "__main__":
+def flatten(d: dict, prefix: str = "") -> dict[str, float]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= flatten(v, f"{prefix}{k}.")
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = float(v)
+    return out
+
+
+def ci95(values: list[float]) -> list[float]:
+    if len(values) < 2:
+        return [values[0], values[0]] if values else [float("nan")] * 2
+    half = scipy_stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / np.sqrt(len(values))
+    return [float(np.mean(values) - half), float(np.mean(values) + half)]
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Means and 95% t-intervals over seeds of every number, the targets, and the per-seed rows."""
+    keys = ["noise_floor"] + [f"methods.{m}" for m in ("retrain", *METHODS)]
+    summary: dict = {}
+    for key in keys:
+        per_seed = [flatten(r[key.split(".")[0]] if key == "noise_floor" else r["methods"][key.split(".")[1]]) for r in rows]
+        names = sorted(set().union(*per_seed))
+        summary[key.replace("methods.", "")] = {
+            n: {"mean": round(float(np.mean([p[n] for p in per_seed if n in p])), 5),
+                "ci95": [round(x, 5) for x in ci95([p[n] for p in per_seed if n in p])]} for n in names}
+    e, floor = summary["e2urec"], summary["noise_floor"]
+
+    def mean(arm: str, name: str) -> float:
+        return summary[arm][name]["mean"]
+
+    skl = "to_retrain.symmetric_kl"
+    test_aucs = [r["methods"]["e2urec"]["test"]["auc"] for r in rows]
+    spread = [min(r["methods"]["retrain"]["test"]["auc"], r["noise_floor"]["test"]["auc"]) for r in rows], \
+             [max(r["methods"]["retrain"]["test"]["auc"], r["noise_floor"]["test"]["auc"]) for r in rows]
+    targets = {
+        "e2urec_closer_to_retrain_than_untouched": mean("e2urec", skl) < mean("untouched", skl),
+        "e2urec_closer_than_neggrad": mean("e2urec", skl) < mean("neggrad", skl),
+        "e2urec_closer_than_bad_teacher": mean("e2urec", skl) < mean("bad_teacher", skl),
+        "beyond_noise_floor": e[skl]["ci95"][1] < summary["untouched"][skl]["ci95"][0] and mean("untouched", skl) > floor[skl]["ci95"][1],
+        "test_auc_within_retrain_spread": bool(np.all([lo - 1e-9 <= a <= hi + 1e-9 for a, lo, hi in zip(test_aucs, *spread)])),
+        "membership_advantage_at_most_unseen_plus_0.02": mean("e2urec", "membership_advantage") <= mean("retrain", "membership_advantage") + 0.02,
+        "time_at_most_20pct_of_retrain": mean("e2urec", "seconds") <= 0.2 * mean("retrain", "seconds"),
+        "untouched_model_memorises_forget_users": summary["untouched"]["membership_advantage"]["ci95"][0]
+        > summary["retrain"]["membership_advantage"]["ci95"][1],
+    }
+    return {"seeds": [r["seed"] for r in rows], "summary": summary, "targets": targets,
+            "notes": {"membership_advantage": "max over thresholds of TPR - FPR, D_f vs never-seen users' records; "
+                                              "retrain's value is the level of users it never saw",
+                      "to_retrain": "on D_f: symmetric KL and L2 of full next-token distributions, L2 of weight changes, "
+                                    "Bernoulli JSD of P(yes)", "noise_floor": "a second retrain (seed + 1000) against the first"},
+            "per_seed": rows, "context": rows[0]["context"] | {"cpu_count": os.cpu_count()}}
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke test: 2 short rounds, few unlearning steps")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--model", help="a Hugging Face model directory (default: the tiny demo model)")
     parser.add_argument("--workdir", help="keep the runs' files here (default: a temporary directory)")
+    parser.add_argument("--log", help="append each finished seed's row here (JSON lines)")
+    parser.add_argument("--from-log", help="summarise this log without running")
     args = parser.parse_args()
+    if args.from_log:
+        rows = [json.loads(line) for line in Path(args.from_log).read_text().splitlines() if line.strip()]
+        print(json.dumps(summarise(rows)))
+        return
     stdout = os.dup(1)
     os.dup2(2, 1)  # everything but the JSON goes to stderr, including prints from native code
+    rows, start = [], time.perf_counter()
     try:
-        start = time.perf_counter()
-        with tempfile.TemporaryDirectory() as tmp:
-            result = main(args.quick, args.seed, Path(args.workdir or tmp))
-        result["context"]["benchmark_s"] = round(time.perf_counter() - start, 1)
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            with tempfile.TemporaryDirectory() as tmp:
+                rows.append(one_seed(args.quick, seed, args.model, Path(args.workdir or tmp) / f"seed{seed}"))
+            if args.log:
+                with open(args.log, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(rows[-1]) + "\n")
     finally:
         sys.stdout.flush()
         os.dup2(stdout, 1)
-    text = json.dumps(result)
-    print(text)
+    result = summarise(rows) | {"wall_s": round(time.perf_counter() - start, 1), "quick": args.quick}
+    print(json.dumps(result))
     if not args.quick:
-        RESULT.write_text(text + "\n")
-    sys.exit(0)
+        RESULT.write_text(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
