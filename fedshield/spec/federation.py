@@ -245,6 +245,17 @@ class FederationConfig(FederationSettings):
             self.privacy.encryption.check(params)
 
 
+# Settings of the config a FederatedFinetune does not take: the operator places them (YAML path -> where from).
+PLACED_BY_OPERATOR = {
+    "name": "metadata.name",
+    "aggregator_port": "8470",
+    "aggregator_metrics_port": "9090",
+    "model.path": "spec.baseModel.path",
+    "data.movielens_path": "/data (each silo's spec.silos[].datasetVolume)",
+    "silos[].metrics_port": "9090",
+}
+
+
 def load_config(path: str | Path) -> FederationConfig:
     """A YAML config (snake_case or camelCase keys, e.g. the operator's ConfigMap)."""
     with open(path, encoding="utf-8") as fh:
