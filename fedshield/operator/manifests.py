@@ -136,7 +136,7 @@ def federation_config(owner: Owner, spec: FederatedFinetuneSpec) -> FederationCo
 
 
 def plan_yaml(owner: Owner, spec: FederatedFinetuneSpec) -> str:
-    return config_yaml(federation_config(owner, spec))
+    return config_yaml(federation_config(owner, spec), by_alias=True)  # camelCase: the CR's sections as written
 
 
 def plan_configmap(owner: Owner, namespace: str, plan: str) -> dict:

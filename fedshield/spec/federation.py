@@ -262,6 +262,7 @@ def load_config(path: str | Path) -> FederationConfig:
         return FederationConfig.model_validate(yaml.safe_load(fh) or {})
 
 
-def config_yaml(config: FederationConfig) -> str:
-    """The config file every process loads: camelCase, the sections exactly as a FederatedFinetune writes them."""
-    return yaml.safe_dump(config.model_dump(mode="json", by_alias=True), sort_keys=False)
+def config_yaml(config: FederationConfig, by_alias: bool = False) -> str:
+    """The config file every process loads: snake_case (local runs), or camelCase (``by_alias``: the operator's
+    ConfigMap, each section exactly as the FederatedFinetune spells it). ``load_config`` reads both."""
+    return yaml.safe_dump(config.model_dump(mode="json", by_alias=by_alias), sort_keys=False)
