@@ -39,6 +39,8 @@ import yaml
 
 from fedshield.aggregator.store import Store
 from fedshield.config import FederationConfig, PrivacySpec, SiloSpec
+from fedshield.local.demo import PROGRAM
+from fedshield.spec.commands import ServerCredentials, aggregator_command
 from fedshield.crypto import EnvelopeReader, create_keys, encrypt_update, write_key_pair
 from fedshield.crypto.envelope import ENVELOPE_MAGIC
 from fedshield.crypto.framing import write_framed
@@ -91,9 +93,8 @@ def start_aggregator(root: Path, config: FederationConfig, keys, silos: list[str
     issued = issue_all(root / "certs", silos)
     log = open(root / "aggregator.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fedshield.cli", "aggregator", "--config", str(root / "config.yaml"),
-         "--public-key", str(root / "keys" / PUBLIC_FILE), "--state-dir", str(root / "state"),
-         "--tls-cert", issued["server_cert"], "--tls-key", issued["server_key"], "--client-ca", issued["ca"]],
+        aggregator_command(str(root / "config.yaml"), str(root / "keys" / PUBLIC_FILE), str(root / "state"),
+                           ServerCredentials(issued["server_cert"], issued["server_key"], client_ca=issued["ca"]), program=PROGRAM),
         stdout=log, stderr=subprocess.STDOUT)
     log.close()
     url = f"https://127.0.0.1:{config.aggregator_port}"

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from .crypto.keys import PUBLIC_FILE, SECRET_FILE, create_keys, load_keys, write_key_pair
 from .crypto.params import CkksParams
+from .spec.commands import add_spec_arguments
+from .spec.unlearning import UnlearningSpec
 
 
 def _keys_create(args: argparse.Namespace) -> int:
@@ -96,8 +98,12 @@ def _silo(args: argparse.Namespace) -> int:
     if (args.cert or args.key or args.token_file) and not args.aggregator.startswith("https://"):
         print("error: credentials are only sent to an https:// aggregator", file=sys.stderr)
         return 2
-    agent = SiloAgent(config, args.name, load_keys(args.secret_key), args.workdir, args.aggregator, model_cache=args.model_cache,
-                      security=_client_security(args))
+    try:
+        agent = SiloAgent(config, args.name, load_keys(args.secret_key), args.workdir, args.aggregator, model_cache=args.model_cache,
+                          security=_client_security(args))
+    except ValueError as exc:  # e.g. a key set other than privacy.encryption names
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     agent.run()
     if spec.metrics_port is not None and args.metrics_linger > 0:
         time.sleep(args.metrics_linger)  # let Prometheus scrape the final values before the process ends
@@ -165,10 +171,11 @@ def _forget_request(args: argparse.Namespace):
 
 
 def _unlearn(args: argparse.Namespace) -> int:
-    from .unlearning import UnlearningSpec
+    from .spec.commands import spec_from_args
+    from .spec.unlearning import UnlearningSpec
 
     request = _forget_request(args)
-    spec = UnlearningSpec(alpha=args.alpha, beta=args.beta, steps=args.steps)
+    spec = spec_from_args(args, UnlearningSpec)
     if args.run_dir:
         from .local.unlearning import unlearn_local
 
@@ -331,9 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     forget.add_argument("--fraction", type=float, default=None, help="forget a seeded random share of the silo's users (demos)")
     forget.add_argument("--requested-by", required=True, help="who asked (kept in the audit record)")
     forget.add_argument("--reason", default="", help="why (kept in the audit record)")
-    forget.add_argument("--alpha", type=float, default=2.0, help="forgetting teacher: v - alpha * ReLU(v_aug - v)")
-    forget.add_argument("--beta", type=float, default=0.4, help="weight of the forget-set KL")
-    forget.add_argument("--steps", type=int, default=30, help="student optimiser steps")
+    add_spec_arguments(forget, UnlearningSpec)  # --alpha, --beta, --steps, ...: names, defaults and help from the spec
     for flag, help_ in (("--config", "federation config (silo mode)"), ("--secret-key", "the silo's secret context (silo mode)"),
                         ("--workdir", "the silo's work directory (silo mode)"), ("--aggregator", "aggregator base URL (silo mode)"),
                         ("--model-cache", "where the tiny demo model is cached"), ("--ca", "CA of the aggregator's certificate"),
@@ -361,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     agg.add_argument("--public-key", required=True)
     agg.add_argument("--state-dir", required=True)
     agg.add_argument("--host", default="127.0.0.1")
-    agg.add_argument("--port", type=int, default=None)
+    agg.add_argument("--port", type=int, default=None, help="default: the config's aggregator_port")
     agg.add_argument("--tls-cert", default=None, help="the aggregator's certificate (PEM)")
     agg.add_argument("--tls-key", default=None, help="its private key (PEM)")
     agg.add_argument("--client-ca", default=None, help="CA of silo client certificates: mutual TLS, identity = certificate CN")

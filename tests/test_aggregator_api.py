@@ -20,7 +20,7 @@ SAMPLES = {"bank-a": 300, "bank-b": 100, "bank-c": 100}
 def config(silos: tuple[str, ...] = SILOS, **kw) -> FederationConfig:
     """The test federation; its spec declares each silo's samples (weights come from there, not from claims)."""
     return FederationConfig(silos=tuple(SiloSpec(name=n, samples=SAMPLES[n]) for n in silos), rounds=2,
-                            aggregation=AggregationSpec(min_silos=2, round_deadline_s=kw.pop("deadline", 600)), **kw)
+                            aggregation=AggregationSpec(min_silos=2, round_deadline_seconds=kw.pop("deadline", 600)), **kw)
 
 
 def join_all(url: str, silos: tuple[str, ...] = SILOS) -> dict:

@@ -39,7 +39,7 @@ FAST = LimitsSpec(silo_requests_per_s=1e6, silo_request_burst=10**6, silo_upload
 
 
 def config(silos=("bank-a", "bank-b"), samples=None, rounds=2, limits=FAST, **aggregation) -> FederationConfig:
-    aggregation = {"min_silos": 2, "round_deadline_s": 600, **aggregation}
+    aggregation = {"min_silos": 2, "round_deadline_seconds": 600, **aggregation}
     return FederationConfig(silos=tuple(SiloSpec(name=n, samples=(samples or {}).get(n)) for n in silos), rounds=rounds,
                             aggregation=AggregationSpec(**aggregation), limits=limits)
 
@@ -177,7 +177,7 @@ def test_the_spec_refuses_min_silos_below_2():
 
 
 def test_a_round_short_of_2_uploads_at_its_deadline_is_extended_not_published(public_keys, keys, tmp_path):
-    with RunningAggregator(config(round_deadline_s=0.3), public_keys, tmp_path / "s") as agg:
+    with RunningAggregator(config(round_deadline_seconds=0.3), public_keys, tmp_path / "s") as agg:
         plan = join_all(agg.url)
         ups = {silo: envelope(keys, plan, silo, seed=i) for i, silo in enumerate(("bank-a", "bank-b"))}
         assert put(agg.url, 0, "bank-a", ups["bank-a"].data).status_code == 200

@@ -86,12 +86,12 @@ INVALID = [
     ("aggregation.strategy", "median", "strategy", True),
     ("aggregation.minSilos", 0, "minSilos", True),
     ("aggregation.minSilos", 5, "minSilos", False),  # CEL rule in the CRD
-    ("aggregation.roundDeadlineSeconds", 1, "roundDeadlineSeconds", True),
+    ("aggregation.roundDeadlineSeconds", 0, "roundDeadlineSeconds", True),
     ("privacy.pruning", 1.0, "pruning", True),
     ("privacy.encryption", {"polyModulusDegree": 4096}, "polyModulusDegree", True),
-    ("privacy.differentialPrivacy", {"enabled": True}, "differentialPrivacy", False),  # CEL rule
-    ("privacy.differentialPrivacy", {"enabled": True, "noiseMultiplier": 1.0, "targetEpsilon": 8.0}, "differentialPrivacy", False),
-    ("privacy.differentialPrivacy", {"delta": 2}, "delta", True),
+    ("privacy.dp", {"enabled": True}, "privacy.dp", False),  # CEL rule
+    ("privacy.dp", {"enabled": True, "noiseMultiplier": 1.0, "targetEpsilon": 8.0}, "privacy.dp", False),
+    ("privacy.dp", {"delta": 2}, "delta", True),
     ("silos", [], "silos", True),
     ("silos.0.name", "Hospital_A", "name", True),
     ("silos.0.namespace", "-bad", "namespace", True),

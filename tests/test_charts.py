@@ -22,7 +22,8 @@ import yaml
 
 from fedshield.api.crd import membership_crd
 from fedshield.api.membership import FederationMembershipSpec
-from fedshield.api.models import FederatedFinetuneSpec, SiloSpec
+from fedshield.api.models import FederatedFinetuneSpec
+from fedshield.api.models import SiloPlacement as SiloSpec
 from fedshield.api.unlearning import FederatedUnlearningSpec
 from fedshield.cli import main as fedshield_main
 from fedshield.operator import consent

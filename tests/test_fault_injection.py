@@ -27,7 +27,7 @@ CONFIG = FederationConfig(
     rounds=3, silos=(SiloSpec(name="bank-a"), SiloSpec(name="bank-b")),
     lora=LoraSpec(r=4, alpha=8, target_modules=["q_proj", "v_proj", "lm_head"]),
     training=TrainingSpec(local_steps=4, batch_size=8), privacy=PrivacySpec(pruning=0.5),
-    aggregation=AggregationSpec(min_silos=2, round_deadline_s=3600, upload_retention_rounds=KEEP_UPLOADS.upload_retention_rounds),
+    aggregation=AggregationSpec(min_silos=2, round_deadline_seconds=3600, upload_retention_rounds=KEEP_UPLOADS.upload_retention_rounds),
 )
 # CKKS noise (~1e-7 per aggregate) is the only difference between runs; training carries it on a little.
 SAME = 1e-4
@@ -116,7 +116,7 @@ def test_silo_down_past_the_deadline_rejoins_from_the_global_state(tmp_path):
     """A round closes at its deadline without the dead silo (two others uploaded); restarted, it applies what it missed."""
     silos = (*CONFIG.silos, SiloSpec(name="bank-c"))
     config = with_local_ports(CONFIG.model_copy(update={
-        "rounds": 4, "silos": silos, "aggregation": CONFIG.aggregation.model_copy(update={"round_deadline_s": 15})}))
+        "rounds": 4, "silos": silos, "aggregation": CONFIG.aggregation.model_copy(update={"round_deadline_seconds": 15})}))
     federation = Federation(config, tmp_path)
     try:
         federation.start()

@@ -60,7 +60,7 @@ class World:
         self.cert["foreign"] = silo_files(root / "foreign", "bank-a")
         self.cert["expired"] = silo_files(self.certs, "bank-a-expired")
         config = FederationConfig(silos=tuple(SiloSpec(name=n) for n in SILOS), rounds=2, limits=LIMITS,
-                                  aggregation=AggregationSpec(min_silos=2, round_deadline_s=3600))
+                                  aggregation=AggregationSpec(min_silos=2, round_deadline_seconds=3600))
         tls = ServerTLS(self.certs / "aggregator.crt", self.certs / "aggregator.key", self.certs / "ca.crt")
         self.agg = RunningAggregator(config, public_keys, root / "state", tls=tls, auth=Authenticator(mutual_tls=True)).__enter__()
         self.http = {s: self.agg.client(self.cert[s].cert, self.cert[s].key, timeout=10) for s in SILOS}

@@ -100,6 +100,7 @@ class Coordinator:
     def __init__(self, config: FederationConfig, public_keys: Keys, store: Store):
         if public_keys.has_secret_key:
             raise ValueError("the aggregator must be given the public context only (it holds a secret key)")
+        config.check_keys(public_keys.params)  # privacy.encryption, when set, names the key set's parameters
         check_noise_budget(public_keys.params.scale_bits, config.packing().max_silos)  # before touching any state
         self.config, self.keys, self.store = config, public_keys, store
         self._lock = threading.RLock()
@@ -218,7 +219,7 @@ class Coordinator:
         self.store.open_round(round)
         self.current = round
         self._weights, self._lr_scales = weights, scales
-        self._deadline_at = self.store.round_row(round)["opened_at"] + self.config.aggregation.round_deadline_s
+        self._deadline_at = self.store.round_row(round)["opened_at"] + self.config.aggregation.round_deadline_seconds
         self._sum = self._new_sum()
         log.info("round %d open", round)
         self._publish()
@@ -247,7 +248,7 @@ class Coordinator:
     def _fix_plan(self, opened_at: float | None) -> None:
         """Weights, learning-rate scales and deadline of the round: they depend only on closed rounds."""
         self._weights, self._lr_scales = self._next_plan()
-        self._deadline_at = None if opened_at is None else opened_at + self.config.aggregation.round_deadline_s
+        self._deadline_at = None if opened_at is None else opened_at + self.config.aggregation.round_deadline_seconds
 
     def _summarise_closed(self, round: int, contributors: list[str]) -> None:
         """Fold a closed round into the running summary (losses for the next plan, status numbers)."""
@@ -670,7 +671,7 @@ class Coordinator:
         else:
             self.current = round + 1
             self._weights, self._lr_scales = next_plan
-            self._deadline_at = self.store.round_row(round + 1)["opened_at"] + self.config.aggregation.round_deadline_s
+            self._deadline_at = self.store.round_row(round + 1)["opened_at"] + self.config.aggregation.round_deadline_seconds
             self._sum = self._new_sum()
             log.info("round %d open", self.current)
         try:

@@ -14,9 +14,9 @@ from typing import Annotated
 
 from pydantic import Field, StringConstraints
 
+from ..spec.base import SiloName
 from .models import DNS_LABEL, DNS_SUBDOMAIN, EXTENDED_RESOURCE, QUANTITY, Model, Toleration
 
-Label = Annotated[str, StringConstraints(pattern=DNS_LABEL)]
 Name = Annotated[str, StringConstraints(pattern=DNS_SUBDOMAIN)]
 Resource = Annotated[str, StringConstraints(pattern=EXTENDED_RESOURCE)]
 Prefix = Annotated[str, StringConstraints(min_length=1, max_length=512)]
@@ -43,7 +43,7 @@ class FederationMembershipSpec(Model):
     """Which federations may run a silo in this namespace, and with what."""
 
     federations: list[FederationRef] = Field(min_length=1, max_length=256, description="The FederatedFinetunes allowed to place a silo here.")
-    silos: list[Label] = Field([], max_length=64, description="Silo names they may use here (empty: any).")
+    silos: list[SiloName] = Field([], max_length=64, description="Silo names they may use here (empty: any).")
     image_prefixes: list[Prefix] = Field(min_length=1, max_length=32,
                                       description="A silo's image must start with one of these (e.g. 'example.org/fedshield/fedshield:').")
     secrets: list[Name] = Field([], max_length=64, description="Secrets a silo may mount (its keySecret and tls.secretName).")

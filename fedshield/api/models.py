@@ -1,6 +1,8 @@
 """Spec and status of `FederatedFinetune` (fedshield.io/v1alpha1).
 
-Field names are camelCase on the wire (Kubernetes convention) and snake_case in
+The spec embeds the federation's settings (`fedshield/spec`: lora, training, aggregation,
+privacy, data, ...) unchanged; this module adds only Kubernetes placement: images,
+namespaces, Secrets, volumes, GPUs, resources, scheduling, TLS. Field names are camelCase on the wire (Kubernetes convention) and snake_case in
 Python. Every field has a description: it becomes `kubectl explain` text. Rules
 that span fields are written twice on purpose: as pydantic validators (the operator
 checks every spec it reconciles) and as CEL `x-kubernetes-validations` in the
@@ -12,71 +14,29 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, StringConstraints, model_validator
 
 from ..crypto.noise import max_summable
+from ..spec.base import DNS_LABEL, FinetunePhase, SiloPhase, Spec
+from ..spec.federation import EncryptionSpec, FederationSettings, SiloSpec, check_silos
 
 GROUP, VERSION, KIND, PLURAL, SINGULAR, SHORT_NAME = "fedshield.io", "v1alpha1", "FederatedFinetune", "federatedfinetunes", "federatedfinetune", "fft"
-DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$"
 CIDR = r"^[0-9a-fA-F:.]+/[0-9]{1,3}$"
 Cidr = Annotated[str, StringConstraints(pattern=CIDR)]
 EXTENDED_RESOURCE = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 # Fields the CRD marks immutable (x-kubernetes-validations: self == oldSelf).
-IMMUTABLE = ("baseModel", "lora", "rounds", "training", "privacy", "silos")
+IMMUTABLE = ("baseModel", "lora", "rounds", "seed", "training", "privacy", "data", "silos")
 
 
-class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True)
+Model = Spec  # every API model: frozen, extra fields refused, camelCase aliases
 
 
 class BaseModelSpec(Model):
-    path: str = Field(description="Directory of the base causal LM inside the pod (loaded with from_pretrained, never from a hub).", min_length=1)
+    path: str = Field(description="Directory of the base causal LM inside the pod (loaded with from_pretrained, never from a hub); "
+                                  "the pods' model.path.", min_length=1)
     volume_claim: str | None = Field(None, description="PersistentVolumeClaim (in each silo's namespace) holding the model, mounted read-only at /models.", pattern=DNS_SUBDOMAIN)
-
-
-class LoraSpec(Model):
-    r: int = Field(8, ge=1, le=256, description="LoRA rank.")
-    alpha: int = Field(16, ge=1, le=4096, description="LoRA scaling numerator (scale = alpha / r).")
-    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
-    target_modules: list[str] = Field(["q_proj", "v_proj"], min_length=1, max_length=64, description="Names of the modules that get LoRA adapters.")
-
-
-class TrainingSpec(Model):
-    learning_rate: float = Field(2e-4, gt=0, le=1, description="Base learning rate; the round plan may scale it per silo.")
-    batch_size: int = Field(8, ge=1, le=4096, description="Micro-batch size per GPU.")
-    local_steps: int = Field(10, ge=1, le=100000, description="Optimizer steps per silo per round.")
-    zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage.")
-    precision: Literal["fp32", "bf16", "fp16"] = Field("bf16", description="Training precision.")
-
-
-class AggregationSpec(Model):
-    strategy: Literal["fedavg", "dynamicBalance"] = Field("fedavg", description="fedavg weighs silos by sample count; dynamicBalance by validation loss (PPLR).")
-    min_silos: int = Field(2, ge=2, le=1024, description="Uploads a round needs to close at its deadline (at least 2: one silo's update is never published; a round short of them is extended).")
-    round_deadline_seconds: int = Field(1800, ge=10, le=7 * 86400, description="A round closes at this age if minSilos have uploaded.")
-
-
-class EncryptionSpec(Model):
-    poly_modulus_degree: Literal[8192, 16384] = Field(8192, description="CKKS polynomial degree N (N/2 slots per ciphertext).")
-    scale_bits: int = Field(18, ge=18, le=30, description="log2 of the CKKS scale: 18 sums up to 57 silos exactly, each extra bit allows 4 times more (CKKS noise).")
-
-
-class DifferentialPrivacySpec(Model):
-    enabled: bool = Field(False, description="Clip each silo's update and add Gaussian noise (DP-LoRA).")
-    clip_norm: float = Field(1.0, gt=0, description="L2 bound C of a silo's update per round.")
-    noise_multiplier: float | None = Field(None, gt=0, description="sigma: noise std is sigma * C. Give this or targetEpsilon.")
-    target_epsilon: float | None = Field(None, gt=0, description="Total epsilon over all rounds; sigma is solved for it.")
-    delta: float = Field(1e-5, gt=0, lt=1, description="delta of (epsilon, delta)-DP.")
-    epsilon_budget: float | None = Field(None, gt=0, description="A silo stops contributing before its spend would exceed this (default: targetEpsilon).")
-
-
-class PrivacySpec(Model):
-    encryption: EncryptionSpec = Field(default_factory=EncryptionSpec, description="CKKS parameters of the key set.")
-    pruning: float = Field(0.9, ge=0, lt=1, description="Fraction of the shared update not sent each round.")
-    differential_privacy: DifferentialPrivacySpec = Field(default_factory=DifferentialPrivacySpec, description="DP-LoRA settings.")
-    private_modules: list[str] = Field([], max_length=256, description="fnmatch globs of LoRA parameters that never leave their silo (PPLR flexible storage).")
 
 
 class Toleration(Model):
@@ -96,12 +56,12 @@ class TlsSpec(Model):
     secret_name: str = Field(description="Secret with tls.crt, tls.key and ca.crt (the layout cert-manager writes). Mounted into the pod, never read by the operator.", pattern=DNS_SUBDOMAIN)
 
 
-class SiloSpec(Model):
-    name: str = Field(description="Silo name: a DNS label, unique in the federation.", pattern=DNS_LABEL)
+class SiloPlacement(SiloSpec):
+    """A silo's settings (fedshield/spec) and where its pods run."""
+
     namespace: str = Field(description="Namespace the silo's Job runs in (owned by that organisation).", pattern=DNS_LABEL)
     key_secret: str = Field(description="Secret (in the silo's namespace) whose key secret.ckks holds the CKKS secret context. Mounted, never read by the operator.", pattern=DNS_SUBDOMAIN)
     dataset_volume: DatasetVolume = Field(description="The silo's private data.")
-    samples: int | None = Field(None, ge=1, le=10**12, description="Training examples the federation agreed this silo holds: the silo's claim at join may not exceed it, and weights use it. Declare it for every silo or none (then weights are equal).")
     gpus: int = Field(1, ge=0, le=16, description="GPUs (of gpuResource) requested by the silo's pod.")
     gpu_resource: str = Field("nvidia.com/gpu", pattern=EXTENDED_RESOURCE, description="Extended resource name of the GPUs (nvidia.com/gpu, amd.com/gpu, a MIG profile, ...).")
     runtime_class_name: str | None = Field(None, pattern=DNS_SUBDOMAIN, description="RuntimeClass of the silo's pod (e.g. nvidia).")
@@ -128,17 +88,12 @@ class AggregatorSpec(Model):
     tls: TlsSpec | None = Field(None, description="Mutual TLS: the aggregator's server certificate (valid for <name>-aggregator.<namespace>.svc); ca.crt is the CA of the silos' client certificates. Every silo then needs tls.")
 
 
-class FederatedFinetuneSpec(Model):
-    """What to fine-tune, with whom, and under which privacy settings."""
+class FederatedFinetuneSpec(FederationSettings):
+    """What to fine-tune, with whom, and under which privacy settings: the federation's settings (fedshield/spec) and their placement."""
 
     image: str = Field("fedshield/fedshield:0.1.0", description="Default container image of the aggregator and silos.", min_length=1)
     base_model: BaseModelSpec = Field(description="The base LLM every silo loads.")
-    lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA adapter shape.")
-    rounds: int = Field(10, ge=1, le=100000, description="Federated rounds to run.")
-    training: TrainingSpec = Field(default_factory=TrainingSpec, description="Local training at each silo.")
-    aggregation: AggregationSpec = Field(default_factory=AggregationSpec, description="How rounds close and silos are weighted.")
-    privacy: PrivacySpec = Field(default_factory=PrivacySpec, description="Encryption, pruning, differential privacy, private modules.")
-    silos: list[SiloSpec] = Field(min_length=2, max_length=512, description="The participating organisations (at least 2).")
+    silos: list[SiloPlacement] = Field(min_length=2, max_length=512, description="The participating organisations (at least 2).")
     aggregator: AggregatorSpec = Field(description="The aggregator's settings.")
     suspend: bool = Field(False, description="Pause: silo Jobs are suspended and the aggregator scaled to zero; resume by setting false.")
     active_deadline_seconds: int | None = Field(None, ge=60, description="Fail the federation if it runs longer than this.")
@@ -147,14 +102,12 @@ class FederatedFinetuneSpec(Model):
 
     @model_validator(mode="after")
     def _cross_field(self) -> "FederatedFinetuneSpec":
-        names = [s.name for s in self.silos]
-        if len(set(names)) != len(names):
-            raise ValueError("silos: names must be unique")
-        if self.aggregation.min_silos > len(self.silos):
-            raise ValueError(f"aggregation.minSilos ({self.aggregation.min_silos}) exceeds the number of silos ({len(self.silos)})")
-        if len({s.samples is None for s in self.silos}) > 1:
-            raise ValueError("silos: declare samples for every silo or for none")
-        scale = self.privacy.encryption.scale_bits
+        check_silos(self, self.silos)
+        if self.data.movielens_path is not None:
+            raise ValueError(PLACED_DATA_MESSAGE)
+        if any(s.metrics_port is not None for s in self.silos):
+            raise ValueError(PLACED_PORT_MESSAGE)
+        scale = self.privacy.encryption.scale_bits if self.privacy.encryption else EncryptionSpec().scale_bits
         if max(16, len(self.silos)) > max_summable(scale):
             need = next(b for b in range(scale, 61) if max_summable(b) >= len(self.silos))
             raise ValueError(f"privacy.encryption.scaleBits: {len(self.silos)} silos need scaleBits >= {need} "
@@ -164,12 +117,11 @@ class FederatedFinetuneSpec(Model):
             raise ValueError("tls: set aggregator.tls and every silo's tls together (mutual TLS), or none of them")
         if self.aggregator.tls is None and not self.insecure:
             raise ValueError(INSECURE_MESSAGE)
-        dp = self.privacy.differential_privacy
-        if dp.enabled and (dp.noise_multiplier is None) == (dp.target_epsilon is None):
-            raise ValueError("privacy.differentialPrivacy: give exactly one of noiseMultiplier and targetEpsilon")
         return self
 
 
+PLACED_DATA_MESSAGE = "data.movielensPath: set by the operator (each silo's datasetVolume, mounted at /data); leave it out"
+PLACED_PORT_MESSAGE = "silos[].metricsPort: set by the operator (9090); leave it out"
 INSECURE_MESSAGE = ("tls: aggregator.tls and every silo's tls are required (mutual TLS); "
                     "set insecure: true to run without transport security")
 
@@ -178,10 +130,9 @@ SPEC_RULES = [
     {"rule": "self.silos.all(s, self.silos.exists_one(t, t.name == s.name))", "message": "silos: names must be unique"},
     {"rule": "!has(self.aggregation) || !has(self.aggregation.minSilos) || self.aggregation.minSilos <= size(self.silos)",
      "message": "aggregation.minSilos exceeds the number of silos"},
-    {"rule": "!has(self.privacy) || !has(self.privacy.differentialPrivacy) || !has(self.privacy.differentialPrivacy.enabled) "
-             "|| !self.privacy.differentialPrivacy.enabled "
-             "|| (has(self.privacy.differentialPrivacy.noiseMultiplier) != has(self.privacy.differentialPrivacy.targetEpsilon))",
-     "message": "privacy.differentialPrivacy: give exactly one of noiseMultiplier and targetEpsilon"},
+    {"rule": "!has(self.privacy) || !has(self.privacy.dp) || !has(self.privacy.dp.enabled) || !self.privacy.dp.enabled "
+             "|| (has(self.privacy.dp.noiseMultiplier) != has(self.privacy.dp.targetEpsilon))",
+     "message": "privacy.dp: give exactly one of noiseMultiplier and targetEpsilon"},
     {"rule": "size(self.silos) <= " + str([max_summable(b) for b in range(18, 31)]) + "[(has(self.privacy) && has(self.privacy.encryption) "
              "&& has(self.privacy.encryption.scaleBits) ? self.privacy.encryption.scaleBits : 18) - 18]",
      "message": "privacy.encryption.scaleBits is too small for this many silos (CKKS noise): 18 allows 57, each bit 4 times more"},
@@ -190,6 +141,12 @@ SPEC_RULES = [
     {"rule": "self.silos.all(s, has(s.tls) == has(self.aggregator.tls))",
      "message": "tls: set aggregator.tls and every silo's tls together (mutual TLS), or none of them"},
     {"rule": "has(self.aggregator.tls) || (has(self.insecure) && self.insecure)", "message": INSECURE_MESSAGE},
+    {"rule": "!has(self.privacy) || !has(self.privacy.unlearningApprovals) || self.privacy.unlearningApprovals < size(self.silos)",
+     "message": "privacy.unlearningApprovals exceeds the number of other silos"},
+    {"rule": "!has(self.aggregation) || !has(self.aggregation.maxWeight) || self.aggregation.maxWeight * double(size(self.silos)) >= 1.0",
+     "message": "aggregation.maxWeight is below 1/(number of silos): weights could not sum to 1"},
+    {"rule": "!has(self.data) || !has(self.data.movielensPath)", "message": PLACED_DATA_MESSAGE},
+    {"rule": "self.silos.all(s, !has(s.metricsPort))", "message": PLACED_PORT_MESSAGE},
 ]
 
 
@@ -204,7 +161,7 @@ class Condition(Model):
 
 class SiloStatus(Model):
     name: str = Field(description="Silo name.")
-    phase: Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"] = Field(description="Phase of the silo's Job.")
+    phase: SiloPhase = Field(description="Phase of the silo's Job.")
     last_round: int | None = Field(None, description="Last round this silo's upload was accepted in.")
     exit_code: int | None = Field(None, description="Exit code of the last failed container.")
     reason: str | None = Field(None, description="Why the last pod failed (OOMKilled, Error, ...).")
@@ -212,7 +169,7 @@ class SiloStatus(Model):
 
 
 class FederatedFinetuneStatus(Model):
-    phase: Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"] = Field("Pending", description="Overall phase.")
+    phase: FinetunePhase = Field(FinetunePhase.PENDING, description="Overall phase.")
     round: int = Field(0, description="Rounds completed (read from the aggregator).")
     rounds_total: int | None = Field(None, description="spec.rounds, for printer columns.")
     silos_ready: str = Field("0/0", description="Silos whose Job is running or done, out of all.")

@@ -7,17 +7,19 @@ whole spec immutable once created.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import Field, StringConstraints, model_validator
 
-from .models import DNS_LABEL, DNS_SUBDOMAIN, Condition, Model
+from ..spec.base import SiloName, UnlearningPhase
+from ..spec.unlearning import UnlearningSpec
+from .models import DNS_SUBDOMAIN, Condition, Model
 
 KIND, PLURAL, SINGULAR, SHORT_NAME = "FederatedUnlearning", "federatedunlearnings", "federatedunlearning", "fu"
 CONFIGMAP_KEY = r"^[-._a-zA-Z0-9]+$"
 RELATIVE_PATH = r"^[^/]+(/[^/]+)*$"  # relative, no empty segment; ".." is refused by the validator and the CEL rule
 UserId = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=r"^\S+$")]
-PHASES = ("Pending", "Running", "Succeeded", "Failed")
+PHASES = tuple(p.value for p in UnlearningPhase)
 
 
 class ConfigMapKeyRef(Model):
@@ -45,19 +47,15 @@ class ForgetSpec(Model):
         return self
 
 
-class FederatedUnlearningSpec(Model):
-    """Which users to forget, at which silo of which federation, with which E2URec settings."""
+class FederatedUnlearningSpec(UnlearningSpec):
+    """Which users to forget, at which silo of which federation, with which E2URec settings (fedshield/spec/unlearning.py)."""
 
     finetune: str = Field(description="Name of the FederatedFinetune (same namespace) whose global adapter is to forget the users.",
                           pattern=DNS_SUBDOMAIN)
-    silo: str = Field(description="The silo of that federation holding the users' records; the unlearning Job runs there only.",
-                      pattern=DNS_LABEL)
+    silo: SiloName = Field(description="The silo of that federation holding the users' records; the unlearning Job runs there only.")
     forget: ForgetSpec = Field(description="The users to forget.")
     requested_by: str = Field(min_length=1, max_length=200, description="Who asked (a person, ticket or system); kept in the audit record.")
     reason: str = Field("", max_length=500, description="Why, e.g. 'GDPR art. 17 request'; kept in the audit record.")
-    alpha: float = Field(2.0, ge=0, le=100, description="E2URec forgetting teacher: v_f = v - alpha * ReLU(v_aug - v).")
-    beta: float = Field(0.4, ge=0, le=1, description="Weight of the forget-set KL; 1 - beta weighs the retained-set terms.")
-    steps: int = Field(30, ge=1, le=100000, description="Optimiser steps of the E2URec student.")
 
 
 # CEL rules equivalent to ForgetSpec's validator, placed on the `forget` object of the CRD.
@@ -73,11 +71,11 @@ class ApplyJobStatus(Model):
     silo: str = Field(description="A silo of the federation other than the forgetting one.")
     namespace: str = Field(description="The silo's namespace.")
     job_name: str = Field(description="The Job that restarts the silo agent on its state to apply the published unlearning.")
-    phase: Literal["Pending", "Running", "Succeeded", "Failed"] = Field(description="Phase of that Job.")
+    phase: UnlearningPhase = Field(description="Phase of that Job.")
 
 
 class FederatedUnlearningStatus(Model):
-    phase: Literal["Pending", "Running", "Succeeded", "Failed"] = Field("Pending", description="Overall phase.")
+    phase: UnlearningPhase = Field(UnlearningPhase.PENDING, description="Overall phase.")
     message: str | None = Field(None, description="What is happening or what went wrong, in one line.")
     observed_generation: int | None = Field(None, description="The spec generation last reconciled.")
     conditions: list[Condition] = Field([], description="Standard conditions: Progressing, Forgotten, Applied, Failed.")

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
 
 # Largest total coefficient modulus (bits) for 128-bit classical security, per the
 # HomomorphicEncryption.org standard (the table SEAL enforces as sec_level 128).
@@ -74,9 +75,10 @@ class PackingParams(BaseModel):
     sum to at most 1), clips them to ``value_bound``, rounds them to multiples of
     ``step`` and packs ``digits_per_slot`` of them into one slot as signed base-``radix``
     digits. Digit sums over up to ``max_silos`` uploads never carry into the next digit.
+    camelCase aliases: it is also ``privacy.packing`` of a FederatedFinetune (fedshield/spec).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True)
 
     value_bound: float = Field(
         2.0**-4, gt=0, description="Largest |value| sent in one round; the excess stays in error feedback."
@@ -85,7 +87,7 @@ class PackingParams(BaseModel):
     rounding: Literal["nearest", "stochastic"] = Field(
         "nearest", description="Rounding to the quantisation step; stochastic is unbiased (error feedback carries the rest)."
     )
-    max_silos: int = Field(16, ge=1, le=1024, description="Most uploads one aggregate may sum.")
+    max_silos: int = Field(16, ge=1, le=1024, description="Most uploads one aggregate may sum (a federation raises it to its silo count).")
 
     def digit_bits(self, ckks: CkksParams) -> int:
         return ckks.payload_bits // self.digits_per_slot

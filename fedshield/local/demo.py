@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 
 import httpx
-import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..config import FederationConfig
+from ..spec.commands import ClientCredentials, ServerCredentials, aggregator_command, silo_command
+from ..spec.federation import FederationConfig, config_yaml
 from ..fairness import fairness_indices
 from ..crypto import create_keys, write_key_pair
 from ..crypto.keys import PUBLIC_FILE, SECRET_FILE
@@ -42,6 +42,7 @@ def with_local_ports(config: FederationConfig) -> FederationConfig:
 
 
 SECURITY = ("mtls", "token", "none")
+PROGRAM = (sys.executable, "-m", "fedshield.cli")  # this interpreter, whatever is on PATH
 
 
 class Federation:
@@ -65,27 +66,25 @@ class Federation:
         # Where silos connect: the aggregator, or a port in front of it (a fault-injecting proxy in tests).
         self.silo_url = f"{scheme}://127.0.0.1:{silo_port or config.aggregator_port}"
 
-    def _credentials(self, fresh: bool = True) -> tuple[list[str], dict[str, list[str]]]:
-        """Issue this run's certificates (and tokens): the aggregator's arguments and each silo's.
+    def _credentials(self, fresh: bool = True) -> tuple[ServerCredentials, dict[str, ClientCredentials]]:
+        """Issue this run's certificates (and tokens): the aggregator's credentials and each silo's.
 
         ``fresh=False`` (resuming a run) keeps the run's CA and tokens and reissues certificates under that CA.
         """
         if self.security == "none":
-            return [], {s: [] for s in self.config.silo_names}
+            return ServerCredentials(), {s: ClientCredentials() for s in self.config.silo_names}
         if fresh:
             shutil.rmtree(self.certs, ignore_errors=True)
         issued = issue_all(self.certs, self.config.silo_names)
-        server = ["--tls-cert", issued["server_cert"], "--tls-key", issued["server_key"]]
         if self.security == "mtls":
-            return server + ["--client-ca", issued["ca"]], {
-                s: ["--ca", issued["ca"], "--cert", f["cert"], "--key", f["key"]] for s, f in issued["silos"].items()}
+            return ServerCredentials(issued["server_cert"], issued["server_key"], client_ca=issued["ca"]), {
+                s: ClientCredentials(issued["ca"], f["cert"], f["key"]) for s, f in issued["silos"].items()}
         tokens = self.out / "tokens"
         if fresh or not (tokens / "tokens.json").exists():
             shutil.rmtree(tokens, ignore_errors=True)
             create_tokens(tokens, self.config.silo_names)
-        hashes = tokens / "tokens.json"
-        return server + ["--token-file", str(hashes)], {
-            s: ["--ca", issued["ca"], "--token-file", str(tokens / "silos" / f"{s}.token")] for s in self.config.silo_names}
+        return ServerCredentials(issued["server_cert"], issued["server_key"], token_file=str(tokens / "tokens.json")), {
+            s: ClientCredentials(issued["ca"], token_file=str(tokens / "silos" / f"{s}.token")) for s in self.config.silo_names}
 
     def http(self, **kw) -> httpx.Client:
         """An HTTP client for this run's aggregator that trusts its CA (no client identity)."""
@@ -97,8 +96,7 @@ class Federation:
         # Each process is its own one-rank torch.distributed world: never inherit this process's rendezvous.
         env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
         with open(self.logs / f"{name}.log", "ab") as log:
-            self.procs[name] = subprocess.Popen([sys.executable, "-m", "fedshield.cli", *args], stdout=log, stderr=subprocess.STDOUT,
-                                                env=env)
+            self.procs[name] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def kill(self, name: str) -> None:
         """SIGKILL one process (fault injection)."""
@@ -119,20 +117,20 @@ class Federation:
         if not (keys_dir / SECRET_FILE).exists():
             write_key_pair(create_keys(), keys_dir)
         config_path = self.out / "config.yaml"
-        config_path.write_text(yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
+        config_path.write_text(config_yaml(self.config))
         base_model_path(self.config, self.out / "model-cache")  # build the tiny model once, before the silos race for it
-        server_args, self._silo_args = self._credentials(fresh=not resume)
-        self._spawn("aggregator", ["aggregator", "--config", str(config_path), "--public-key", str(keys_dir / PUBLIC_FILE),
-                                   "--state-dir", str(self.out / "state"), *server_args])
+        server, self._silo_credentials = self._credentials(fresh=not resume)
+        self._spawn("aggregator", aggregator_command(str(config_path), str(keys_dir / PUBLIC_FILE), str(self.out / "state"), server,
+                                                     program=PROGRAM))
         self.wait_healthy()
         self.start_silos(self.config.silo_names if silos is None else silos)
 
     def start_silos(self, silos: tuple[str, ...]) -> None:
         """Start silo agents (after :meth:`start`): each resumes from its own work directory."""
         for silo in silos:
-            self._spawn(silo, ["silo", "--config", str(self.out / "config.yaml"), "--name", silo,
-                               "--secret-key", str(self.out / "keys" / SECRET_FILE), "--workdir", str(self.out / "silos" / silo),
-                               "--aggregator", self.silo_url, "--model-cache", str(self.out / "model-cache"), *self._silo_args[silo]])
+            self._spawn(silo, silo_command(str(self.out / "config.yaml"), silo, str(self.out / "keys" / SECRET_FILE),
+                                           str(self.out / "silos" / silo), self.silo_url, self._silo_credentials[silo],
+                                           model_cache=str(self.out / "model-cache"), program=PROGRAM))
 
     def wait_healthy(self, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s

@@ -11,14 +11,14 @@ from kubernetes.utils import parse_quantity
 from pydantic import ValidationError
 
 from ..api.membership import KIND, FederationMembershipSpec
-from ..api.models import FederatedFinetuneSpec, SiloSpec
+from ..api.models import FederatedFinetuneSpec, SiloPlacement
 
 
 def _quantity_over(value: str, cap: str | None) -> bool:
     return cap is not None and parse_quantity(value) > parse_quantity(cap)
 
 
-def silo_problems(federation: tuple[str, str], spec: FederatedFinetuneSpec, silo: SiloSpec, membership: FederationMembershipSpec) -> list[str]:
+def silo_problems(federation: tuple[str, str], spec: FederatedFinetuneSpec, silo: SiloPlacement, membership: FederationMembershipSpec) -> list[str]:
     """What ``silo`` asks for that ``membership`` does not allow (the federation is assumed to be named by it)."""
     out: list[str] = []
     if membership.silos and silo.name not in membership.silos:
@@ -53,7 +53,7 @@ def names(membership: FederationMembershipSpec, federation: tuple[str, str]) -> 
     return any((f.namespace, f.name) == federation for f in membership.federations)
 
 
-def check_silo(federation: tuple[str, str], spec: FederatedFinetuneSpec, silo: SiloSpec, memberships: list[dict]) -> str | None:
+def check_silo(federation: tuple[str, str], spec: FederatedFinetuneSpec, silo: SiloPlacement, memberships: list[dict]) -> str | None:
     """None when a membership in the silo's namespace admits the silo; else one sentence naming what consent is missing."""
     fed = f"FederatedFinetune {federation[0]}/{federation[1]}"
     candidates: list[tuple[str, FederationMembershipSpec]] = []
@@ -76,7 +76,7 @@ def check_silo(federation: tuple[str, str], spec: FederatedFinetuneSpec, silo: S
 
 
 def check(federation: tuple[str, str], spec: FederatedFinetuneSpec, memberships: dict[str, list[dict]],
-          silos: list[SiloSpec] | None = None) -> list[str]:
+          silos: list[SiloPlacement] | None = None) -> list[str]:
     """One sentence per silo (of ``silos``, default all) whose namespace did not consent; [] when every one did."""
     out = []
     for silo in spec.silos if silos is None else silos:

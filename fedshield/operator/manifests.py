@@ -15,12 +15,9 @@ import os
 from dataclasses import dataclass
 from typing import ClassVar
 
-import yaml
-
-from ..api.models import GROUP, KIND, VERSION, FederatedFinetuneSpec, SiloSpec
-from ..config import AggregationSpec, DataSpec, DPSpec, FederationConfig, LoraSpec, ModelSpec, PrivacySpec, TrainingSpec
-from ..config import SiloSpec as ConfigSilo
-from ..crypto.params import PackingParams
+from ..api.models import GROUP, KIND, VERSION, FederatedFinetuneSpec, SiloPlacement
+from ..spec.commands import ClientCredentials, ServerCredentials, aggregator_command, silo_command as spec_silo_command
+from ..spec.federation import FederationConfig, FederationSettings, ModelSpec, SiloSpec, config_yaml
 
 AGGREGATOR_PORT, METRICS_PORT = 8470, 9090
 CONFIG_DIR, KEYS_DIR, STATE_DIR, DATA_DIR, MODELS_DIR = "/etc/fedshield", "/var/run/fedshield/keys", "/state", "/data", "/models"
@@ -129,29 +126,17 @@ def plan_name(owner: Owner) -> str:
 
 
 def federation_config(owner: Owner, spec: FederatedFinetuneSpec) -> FederationConfig:
-    """The run plan every pod reads (the local federation's config, derived from the spec)."""
-    dp = spec.privacy.differential_privacy
-    return FederationConfig(
-        name=owner.name, rounds=spec.rounds, seed=0,
-        silos=tuple(ConfigSilo(name=s.name, samples=s.samples, metrics_port=METRICS_PORT) for s in spec.silos),
-        aggregator_port=AGGREGATOR_PORT, aggregator_metrics_port=METRICS_PORT,
-        model=ModelSpec(path=spec.base_model.path),
-        lora=LoraSpec(r=spec.lora.r, alpha=spec.lora.alpha, dropout=spec.lora.dropout, target_modules=tuple(spec.lora.target_modules)),
-        training=TrainingSpec(learning_rate=spec.training.learning_rate, batch_size=spec.training.batch_size,
-                              local_steps=spec.training.local_steps, zero_stage=spec.training.zero_stage, precision=spec.training.precision),
-        aggregation=AggregationSpec(
-            strategy="dynamic_balance" if spec.aggregation.strategy == "dynamicBalance" else "fedavg",
-            min_silos=spec.aggregation.min_silos, round_deadline_s=spec.aggregation.round_deadline_seconds),
-        privacy=PrivacySpec(pruning=spec.privacy.pruning, private_modules=tuple(spec.privacy.private_modules),
-                            packing=PackingParams(max_silos=max(16, len(spec.silos))),
-                            dp=DPSpec(enabled=dp.enabled, clip_norm=dp.clip_norm, noise_multiplier=dp.noise_multiplier,
-                                      target_epsilon=dp.target_epsilon, delta=dp.delta, epsilon_budget=dp.epsilon_budget)),
-        data=DataSpec(movielens_path=DATA_DIR),
-    )
+    """The config every pod loads: the CR's settings sections unchanged, plus what the operator places (name, ports, paths)."""
+    settings = {name: getattr(spec, name) for name in FederationSettings.model_fields}
+    settings["data"] = spec.data.model_copy(update={"movielens_path": DATA_DIR})
+    silos = tuple(SiloSpec.model_validate(s.model_dump(include=set(SiloSpec.model_fields)) | {"metrics_port": METRICS_PORT})
+                  for s in spec.silos)
+    return FederationConfig(**settings, name=owner.name, silos=silos, aggregator_port=AGGREGATOR_PORT,
+                            aggregator_metrics_port=METRICS_PORT, model=ModelSpec(path=spec.base_model.path))
 
 
 def plan_yaml(owner: Owner, spec: FederatedFinetuneSpec) -> str:
-    return yaml.safe_dump(federation_config(owner, spec).model_dump(mode="json"), sort_keys=False)
+    return config_yaml(federation_config(owner, spec), by_alias=True)  # camelCase: the CR's sections as written
 
 
 def plan_configmap(owner: Owner, namespace: str, plan: str) -> dict:
@@ -196,11 +181,10 @@ def aggregator_deployment(owner: Owner, spec: FederatedFinetuneSpec, site: Site 
     scheme = "HTTPS" if agg.tls else "HTTP"
     container = {
         "name": "aggregator", "image": agg.image or spec.image, "imagePullPolicy": "IfNotPresent",
-        "command": ["fedshield", "aggregator", "--config", f"{CONFIG_DIR}/config.yaml", "--public-key", f"{KEYS_DIR}/public.ckks",
-                    "--state-dir", STATE_DIR, "--host", "0.0.0.0", "--port", str(AGGREGATOR_PORT)] + (
-                    ["--tls-cert", f"{TLS_DIR}/tls.crt", "--tls-key", f"{TLS_DIR}/tls.key", "--client-ca", f"{TLS_DIR}/ca.crt",
-                     "--federation", f"{owner.namespace}/{owner.name}"] + (["--observer", site.observer_uri] if site.observer_uri else [])
-                    if agg.tls else []),
+        "command": aggregator_command(f"{CONFIG_DIR}/config.yaml", f"{KEYS_DIR}/public.ckks", STATE_DIR, ServerCredentials(
+            f"{TLS_DIR}/tls.crt", f"{TLS_DIR}/tls.key", f"{TLS_DIR}/ca.crt", federation=f"{owner.namespace}/{owner.name}",
+            observers=(site.observer_uri,) if site.observer_uri else ()) if agg.tls else ServerCredentials(),
+            host="0.0.0.0", port=AGGREGATOR_PORT),
         "ports": [{"name": "http", "containerPort": AGGREGATOR_PORT}, {"name": "metrics", "containerPort": METRICS_PORT}],
         "env": ENV,
         "resources": {"requests": {"cpu": agg.cpu, "memory": agg.memory}, "limits": {"memory": agg.memory}},
@@ -275,19 +259,18 @@ def aggregator_network_policy(owner: Owner, spec: FederatedFinetuneSpec, site: S
     }
 
 
-def silo_connection(owner: Owner, silo: SiloSpec) -> list[str]:
-    """How a silo reaches the aggregator: its URL and, under mutual TLS, the CA and the silo's certificate."""
-    tls = ["--ca", f"{TLS_DIR}/ca.crt", "--cert", f"{TLS_DIR}/tls.crt", "--key", f"{TLS_DIR}/tls.key"] if silo.tls else []
-    return ["--aggregator", aggregator_url(owner, tls=silo.tls is not None), *tls]
+def silo_credentials(silo: SiloPlacement) -> ClientCredentials:
+    """Under mutual TLS: the CA of the aggregator's certificate and the silo's own certificate, as mounted."""
+    return ClientCredentials(f"{TLS_DIR}/ca.crt", f"{TLS_DIR}/tls.crt", f"{TLS_DIR}/tls.key") if silo.tls else ClientCredentials()
 
 
-def silo_command(owner: Owner, silo: SiloSpec) -> list[str]:
+def silo_command(owner: Owner, silo: SiloPlacement) -> list[str]:
     """The silo agent's command line (also what an "apply" Job runs: a silo agent restarted on its state)."""
-    return ["fedshield", "silo", "--config", f"{CONFIG_DIR}/config.yaml", "--name", silo.name,
-            "--secret-key", f"{KEYS_DIR}/secret.ckks", "--workdir", STATE_DIR, *silo_connection(owner, silo)]
+    return spec_silo_command(f"{CONFIG_DIR}/config.yaml", silo.name, f"{KEYS_DIR}/secret.ckks", STATE_DIR,
+                             aggregator_url(owner, tls=silo.tls is not None), silo_credentials(silo))
 
 
-def silo_pod(owner: Owner, spec: FederatedFinetuneSpec, silo: SiloSpec, command: list[str]) -> dict:
+def silo_pod(owner: Owner, spec: FederatedFinetuneSpec, silo: SiloPlacement, command: list[str]) -> dict:
     """The pod spec of a silo's Jobs: image, key Secret, data, plan, state volume, GPUs, security context."""
     scratch, scratch_mounts = _scratch_volumes()
     data = {"name": "data", "mountPath": f"{DATA_DIR}/{silo.name}", "readOnly": True}
@@ -337,7 +320,7 @@ def silo_pod(owner: Owner, spec: FederatedFinetuneSpec, silo: SiloSpec, command:
     return pod
 
 
-def silo_job(owner: Owner, spec: FederatedFinetuneSpec, silo: SiloSpec) -> dict:
+def silo_job(owner: Owner, spec: FederatedFinetuneSpec, silo: SiloPlacement) -> dict:
     pod = silo_pod(owner, spec, silo, silo_command(owner, silo))
     job_spec = {
         "backoffLimit": SILO_JOB_BACKOFF_LIMIT,

@@ -23,7 +23,7 @@ from typing import Awaitable, Callable, ClassVar
 import httpx
 from pydantic import ValidationError
 
-from ..api.models import GROUP, VERSION, FederatedFinetuneSpec, SiloSpec
+from ..api.models import GROUP, VERSION, FederatedFinetuneSpec, SiloPlacement
 from ..api.models import PLURAL as FINETUNE_PLURAL
 from ..api.unlearning import KIND, FederatedUnlearningSpec
 from ..api.membership import KIND as MEMBERSHIP_KIND
@@ -32,8 +32,9 @@ from .aggregator_http import get_json
 from .kube import Kube
 from .manifests import (
     CONFIG_DIR, KEYS_DIR, OWNER_UID_LABEL, SILO_JOB_BACKOFF_LIMIT, SILO_LABEL, STATE_DIR, Owner, aggregator_url, child_name, owned_by,
-    silo_command, silo_connection, silo_pod,
+    silo_command, silo_credentials, silo_pod,
 )
+from ..spec import commands
 from .status import _condition, _last_termination, silo_phase
 
 UNLEARNING_LABEL, UNLEARNING_NS_LABEL = "fedshield.io/unlearning", "fedshield.io/unlearning-namespace"
@@ -92,7 +93,7 @@ def check_reference(spec: FederatedUnlearningSpec, finetune: dict | None, namesp
     return ft_spec
 
 
-def silo_of(ft_spec: FederatedFinetuneSpec, name: str) -> SiloSpec:
+def silo_of(ft_spec: FederatedFinetuneSpec, name: str) -> SiloPlacement:
     return next(s for s in ft_spec.silos if s.name == name)
 
 
@@ -142,11 +143,10 @@ def _forget_source(target: Target, spec: FederatedUnlearningSpec) -> tuple[str, 
     return f"{FORGET_DIR}/{FORGET_FILE}", {"name": "forget", "configMap": {"name": name, "items": [{"key": key, "path": FORGET_FILE}]}}
 
 
-def unlearn_command(finetune: Owner, silo: SiloSpec, spec: FederatedUnlearningSpec, users_file: str) -> list[str]:
-    return ["fedshield", "unlearn", "--config", f"{CONFIG_DIR}/config.yaml", "--silo", spec.silo,
-            "--secret-key", f"{KEYS_DIR}/secret.ckks", "--workdir", STATE_DIR, *silo_connection(finetune, silo),
-            "--users-file", users_file, "--requested-by", spec.requested_by, "--reason", spec.reason,
-            "--alpha", repr(spec.alpha), "--beta", repr(spec.beta), "--steps", str(spec.steps)]
+def unlearn_command(finetune: Owner, silo: SiloPlacement, spec: FederatedUnlearningSpec, users_file: str) -> list[str]:
+    return commands.unlearn_command(f"{CONFIG_DIR}/config.yaml", spec.silo, f"{KEYS_DIR}/secret.ckks", STATE_DIR,
+                                    aggregator_url(finetune, tls=silo.tls is not None), spec, users_file=users_file,
+                                    requested_by=spec.requested_by, reason=spec.reason, client=silo_credentials(silo))
 
 
 def _job(target: Target, name: str, namespace: str, component: str, silo: str, pod: dict, backoff_limit: int) -> dict:
@@ -172,7 +172,7 @@ def unlearning_job(target: Target, finetune: Owner, ft_spec: FederatedFinetuneSp
     return job
 
 
-def apply_job(target: Target, finetune: Owner, ft_spec: FederatedFinetuneSpec, silo: SiloSpec) -> dict:
+def apply_job(target: Target, finetune: Owner, ft_spec: FederatedFinetuneSpec, silo: SiloPlacement) -> dict:
     """A silo agent restarted on its state: it applies the published unlearning and exits (the training Job's pod)."""
     pod = silo_pod(finetune, ft_spec, silo, silo_command(finetune, silo))
     return _job(target, apply_job_name(target, silo.name), silo.namespace, "unlearning-apply", silo.name, pod, SILO_JOB_BACKOFF_LIMIT)
@@ -311,7 +311,7 @@ async def memberships(kube: Kube, namespaces: set[str]) -> dict[str, list[dict]]
     return out
 
 
-async def _admit(kube: Kube, owner: Owner, ft_spec: FederatedFinetuneSpec, silos: list[SiloSpec]) -> None:
+async def _admit(kube: Kube, owner: Owner, ft_spec: FederatedFinetuneSpec, silos: list[SiloPlacement]) -> None:
     """Refused("ConsentMissing") unless each silo's namespace still admits the finetune's silo."""
     problems = consent.check((owner.namespace, owner.name), ft_spec, await memberships(kube, {s.namespace for s in silos}), silos)
     if problems:

@@ -63,6 +63,7 @@ class SiloAgent:
             raise ValueError(f"silo {silo!r} is not in the federation's config")
         if not keys.has_secret_key:
             raise ValueError("a silo needs the secret context to decrypt aggregates")
+        config.check_keys(keys.params)  # privacy.encryption, when set, names the key set's parameters
         self.config, self.silo, self.keys = config, silo, keys
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
