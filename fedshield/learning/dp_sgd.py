@@ -25,6 +25,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from ..config import FederationConfig
+from ..privacy import DpSgdBudget, noise_for_dp_sgd
+
 Unit = Literal["record", "user"]
 
 
@@ -141,3 +144,26 @@ def sample_records(record_units: Sequence[int], n_units: int, rate: float, rng: 
     """The records of the Poisson-sampled units."""
     chosen = set(poisson_units(n_units, rate, rng))
     return [r for r, u in enumerate(record_units) if u in chosen]
+
+
+def silo_dp_sgd(config: FederationConfig, silo: str, users: Sequence[str]) -> tuple[DpSgd, DpSgdBudget] | None:
+    """One silo's DP-SGD run from the spec (None unless ``privacy.dp`` is on at record or user level).
+
+    ``users`` are the silo's training records' users. The sampling rate is the spec's or
+    ``batchSize / units``; sigma is the spec's or solved for ``targetEpsilon`` over every
+    planned step (``rounds * localSteps``) with the PLD accountant.
+    """
+    dp = config.privacy.dp
+    if not dp.enabled or dp.unit == "silo":
+        return None
+    if config.training.zero_stage != 0:
+        raise ValueError(f"privacy.dp.unit {dp.unit} (DP-SGD) needs training.zeroStage 0, got {config.training.zero_stage}")
+    unit: Unit = "user" if dp.unit == "user" else "record"
+    units = max(unit_ids(users, unit), default=-1) + 1
+    if units == 0:
+        raise ValueError(f"silo {silo!r} has no training records to protect")
+    rate = dp.sampling_rate or min(1.0, config.training.batch_size / units)
+    steps = config.rounds * config.training.local_steps
+    sigma = dp.noise_multiplier or noise_for_dp_sgd(float(dp.target_epsilon or 0.0), rate, steps, dp.delta)
+    return (DpSgd(clip_norm=dp.clip_norm, noise_multiplier=sigma, sampling_rate=rate, unit=unit),
+            DpSgdBudget(rate, sigma, dp.delta, config.epsilon_budget_of(silo)))

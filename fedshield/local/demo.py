@@ -195,7 +195,8 @@ def build_report(config: FederationConfig, records: list[dict], wall_s: float) -
             "round": r,
             "mean_auc": sum(x["auc"] for x in rows.values()) / len(rows),
             "silos": {s: {k: x.get(k) for k in ("val_loss", "auc", "train_loss", "upload_bytes", "download_bytes", "encrypt_s",
-                                                 "decrypt_s", "kept", "round_s", "weight", "lr_scale", "epsilon")}
+                                                 "decrypt_s", "kept", "round_s", "weight", "lr_scale", "epsilon",
+                                                 "epsilon_unit")}
                       | {"loss": x["val_loss"]} for s, x in sorted(rows.items())},
         })
     return {

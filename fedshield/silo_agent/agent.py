@@ -10,6 +10,7 @@ modules are trained but never read into the update vector.
 from __future__ import annotations
 
 import json
+import math
 import logging
 import time
 import zlib
@@ -30,7 +31,8 @@ from .bounds import check_unlearning
 from .checkpoint import PendingUpload, SiloState, forgotten_users, load_state, save_state
 from ..learning.data import silo_examples
 from ..learning.model import base_model_path, check_context, load_base, with_lora, yes_probabilities
-from ..learning.training import create_engine, set_learning_rate, train_local_stats
+from ..learning.dp_sgd import silo_dp_sgd
+from ..learning.training import create_engine, set_learning_rate, train_local_dp, train_local_stats
 
 log = logging.getLogger("fedshield.silo")
 
@@ -54,6 +56,7 @@ class RoundRecord:
     weight: float
     lr_scale: float
     epsilon: float | None
+    epsilon_unit: str | None = None  # what epsilon protects: silo, record or user (None without DP)
 
 
 class SiloAgent:
@@ -77,8 +80,10 @@ class SiloAgent:
         self.model = with_lora(base, lora.r, lora.alpha, lora.dropout, lora.target_modules, seed=config.seed)
         self.params = lora_parameters(self.model)
         self.layout = VectorLayout.from_tensors(self.params, config.privacy.private_modules)
-        self.engine = create_engine(self.model, config.training)
-        self.budget = config.dp_budget(silo)  # None without DP
+        # DP: silo level (noise once on each round's update) or DP-SGD at record / user level (noise at every step)
+        self.budget = config.dp_budget(silo)
+        self.dp_sgd = silo_dp_sgd(config, silo, [e.user for e in self.train])
+        self.engine = create_engine(self.model, config.training, dp=self.dp_sgd is not None)
         self.state = load_state(self.workdir) or SiloState(
             round_done=-1, global_shared=self.layout.flatten(self.params),
             lora=self._lora_snapshot(),
@@ -117,12 +122,12 @@ class SiloAgent:
         metrics.SILO_ROUND.labels(self.silo).set(self.state.round_done)
         self._count_history()
         log.info("%s joined: %d training examples, %d shared values", self.silo, len(self.train), self.layout.size)
-        budget = self.budget
+        budget = self.budget or (self.dp_sgd[1] if self.dp_sgd else None)
         while self.state.round_done + 1 < plan.rounds_total:
             contributions = self.state.round_done + 2  # every round so far, and the next one
-            if budget is not None and not budget.allows(contributions):
-                reason = (f"privacy budget spent: a further round would reach epsilon {budget.spent(contributions):.3f} "
-                          f"> {budget.epsilon_budget} (delta {budget.delta})")
+            if budget is not None and not budget.allows(self._dp_releases(contributions)):
+                reason = (f"privacy budget spent: a further round would reach {self.config.privacy.dp.unit}-level epsilon "
+                          f"{budget.spent(self._dp_releases(contributions)):.3f} > {budget.epsilon_budget} (delta {budget.delta})")
                 log.warning("%s withdraws: %s", self.silo, reason)
                 self.client.withdraw(self.silo, reason)
                 break
@@ -139,10 +144,16 @@ class SiloAgent:
         state = self.state
         set_learning_rate(self.engine, self.config.training.learning_rate * plan.lr_scales.get(self.silo, 1.0))
         t = time.perf_counter()
-        train_loss, tokens = train_local_stats(
-            self.engine, self.tokenizer, self.train, self.config.training.local_steps,
-            self.config.training.batch_size, seed=zlib.crc32(f"{self.config.seed}/{self.silo}/{round}".encode()),
-        )
+        seed = zlib.crc32(f"{self.config.seed}/{self.silo}/{round}".encode())
+        training = self.config.training
+        if self.dp_sgd is not None:
+            train_loss, tokens = train_local_dp(self.engine, self.tokenizer, self.train, training.local_steps, self.dp_sgd[0],
+                                                seed=seed, micro_batch=training.batch_size)
+        else:
+            train_loss, tokens = train_local_stats(self.engine, self.tokenizer, self.train, training.local_steps,
+                                                   training.batch_size, seed=seed)
+        if not math.isfinite(train_loss):
+            train_loss = None  # every Poisson batch was empty: no loss to report (the noise-only steps still happened)
         train_s = time.perf_counter() - t
         delta = self.layout.flatten(self.params) - state.global_shared
         update = release(delta, state.residual, self.budget)
@@ -177,7 +188,7 @@ class SiloAgent:
         upload_bytes, spent, residual = 0, None, state.residual
         if pending is not None:
             val_loss, val_auc = self.evaluate()
-            spent = self.budget.spent(round + 1) if self.budget is not None else None
+            spent = self._epsilon_after(round)
             try:
                 receipt = self.client.upload(round, self.silo, pending.data, UploadMetadata(
                     samples=len(self.train), train_loss=pending.train_loss, val_loss=val_loss, val_auc=val_auc, epsilon=spent,
@@ -214,10 +225,20 @@ class SiloAgent:
             ciphertexts=self.config.packing().ciphertexts_for(int(mask.size), self.keys.params) if upload_bytes else 0,
             weight=plan.weights.get(self.silo, 0.0) if upload_bytes else 0.0,
             lr_scale=plan.lr_scales.get(self.silo, 1.0), epsilon=spent,
+            epsilon_unit=self.config.privacy.dp.unit if spent is not None else None,
         )
         self._export(record)
         log.info("%s round %d: loss %.4f auc %.3f", self.silo, round, val_loss, val_auc)
         return record
+
+    def _dp_releases(self, rounds: int) -> int:
+        """What the accountant counts after ``rounds`` contributions: rounds (silo level) or DP-SGD steps."""
+        return rounds * self.config.training.local_steps if self.dp_sgd is not None else rounds
+
+    def _epsilon_after(self, round: int) -> float | None:
+        """Epsilon spent once this silo has contributed to rounds 0..``round`` (None without DP)."""
+        budget = self.budget or (self.dp_sgd[1] if self.dp_sgd else None)
+        return budget.spent(self._dp_releases(round + 1)) if budget is not None else None
 
     def _count_history(self) -> None:
         """After a restart, the byte and token counters start from what this silo's checkpoint says it sent."""

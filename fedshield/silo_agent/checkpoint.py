@@ -22,7 +22,7 @@ class PendingUpload:
     data: bytes
     mask: np.ndarray
     residual: np.ndarray  # the error-feedback residual once this upload counts
-    train_loss: float
+    train_loss: float | None  # None when DP-SGD sampled no record in any step
 
 
 @dataclass

@@ -76,12 +76,20 @@ class EncryptionSpec(Spec):
 
 
 class DPSpec(Spec):
-    """Differential privacy (DP-LoRA): clip each silo's update and add Gaussian noise."""
+    """Differential privacy (DP-LoRA), at the unit it protects: a silo's round, or a record or user inside a silo."""
 
-    enabled: bool = Field(False, description="Clip each silo's update and add Gaussian noise (DP-LoRA).")
-    clip_norm: float = Field(1.0, gt=0, description="L2 bound C of a silo's update per round.")
+    enabled: bool = Field(False, description="Differential privacy on (DP-LoRA).")
+    unit: Literal["silo", "record", "user"] = Field(
+        "silo", description="What one guarantee protects. silo: a silo's whole contribution per round (its update clipped to "
+                            "clipNorm, noise once per round). record / user: one record, or one user with all their records, inside "
+                            "a silo (DP-SGD: Poisson-sampled batches, per-unit gradients clipped to clipNorm, noise at every step).")
+    sampling_rate: float | None = Field(None, gt=0, le=1, description="DP-SGD: each step's Poisson sampling rate q (default: "
+                                                                        "batchSize / the silo's records or users, at most 1).")
+    clip_norm: float = Field(1.0, gt=0, description="L2 bound C: of a silo's update per round (unit silo), of one record's or "
+                                                    "user's gradient per step (record / user).")
     noise_multiplier: float | None = Field(None, gt=0, description="sigma: noise std is sigma * C. Give this or targetEpsilon.")
-    target_epsilon: float | None = Field(None, gt=0, description="Total epsilon over all rounds; sigma is solved for it.")
+    target_epsilon: float | None = Field(None, gt=0, description="Total epsilon over all rounds (every step of every round for "
+                                                                 "DP-SGD); sigma is solved for it.")
     delta: float = Field(1e-5, gt=0, lt=1, description="delta of (epsilon, delta)-DP.")
     epsilon_budget: float | None = Field(None, gt=0, description="A silo stops contributing before its spend would exceed this "
                                                                 "(default: targetEpsilon).")
@@ -216,15 +224,20 @@ class FederationConfig(FederationSettings):
         return counts if self.silos and len(counts) == len(self.silos) else None
 
     def dp_budget(self, silo: str | None = None) -> Budget | None:
-        """The DP settings a silo applies (None without DP); sigma solved once from the target."""
+        """Silo-level DP settings a silo applies to its update (None without DP or under DP-SGD); sigma solved once."""
         from ..privacy import Budget, noise_for_epsilon
 
         dp = self.privacy.dp
-        if not dp.enabled:
-            return None
+        if not dp.enabled or dp.unit != "silo":
+            return None  # record- and user-level DP-SGD: fedshield.learning.dp_sgd.silo_dp_sgd, at the silo
         sigma = dp.noise_multiplier or noise_for_epsilon(dp.target_epsilon, self.rounds, dp.delta)
+        return Budget(dp.clip_norm, sigma, dp.delta, self.epsilon_budget_of(silo))
+
+    def epsilon_budget_of(self, silo: str | None) -> float:
+        """What ``silo`` may spend: its own budget, else privacy.dp.epsilonBudget, else the target (inf: unbounded)."""
+        dp = self.privacy.dp
         own = next((s.epsilon_budget for s in self.silos if s.name == silo and s.epsilon_budget), None)
-        return Budget(dp.clip_norm, sigma, dp.delta, own or dp.epsilon_budget or dp.target_epsilon or float("inf"))
+        return own or dp.epsilon_budget or dp.target_epsilon or float("inf")
 
     def packing(self) -> PackingParams:
         """Packing of this run: max_silos at least the silo count; with DP the value bound widens to 4 noise standard deviations."""
