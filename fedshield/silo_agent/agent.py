@@ -24,6 +24,7 @@ from ..crypto import EnvelopeReader, Keys, decrypt_envelope, encrypt_update
 from ..privacy import release
 from ..updates import VectorLayout, lora_parameters, next_residual, next_score, round_mask, scatter
 from ..wire.client import AggregatorClient, AggregatorRefused, ClientSecurity
+from ..wire.errors import ErrorCode
 from ..wire.messages import JoinRequest, UploadMetadata
 from ..workloads.scoring import auc, log_loss
 from .bounds import check_unlearning
@@ -183,7 +184,7 @@ class SiloAgent:
                 ))
                 upload_bytes, residual = receipt.bytes, pending.residual
             except AggregatorRefused as exc:
-                if exc.body.error != "round_closed":
+                if exc.code is not ErrorCode.ROUND_CLOSED:
                     raise
                 # Not counted: everything this upload carried stays in error feedback.
                 sent = decrypt_envelope(self.keys, EnvelopeReader.from_bytes(pending.data))
