@@ -16,6 +16,9 @@ from fedshield import metrics
 from fedshield.operator import handlers  # noqa: F401  (registers the handlers in kopf's default registry)
 from fedshield.operator.kube import Kube
 from fedshield.operator.manifests import Owner, plan_name, silo_job_name
+from fedshield.wire.messages import Status
+
+from aggregator_status import status_of
 
 from kube_emulator import CONFIGMAPS, CR, DEPLOYMENTS, JOBS, NETWORKPOLICIES, PVCS, SERVICES, Emulator, declare_resources
 
@@ -64,9 +67,9 @@ class FakeAggregator:
         self.status: dict | None = None
         self.calls = 0
 
-    async def __call__(self, url: str) -> dict | None:
+    async def __call__(self, url: str) -> Status | None:
         self.calls += 1
-        return copy.deepcopy(self.status)
+        return status_of(copy.deepcopy(self.status))
 
 
 class _NotKopfTasks:

@@ -21,7 +21,7 @@ async def test_status_over_mutual_tls_with_the_ca_bundle_only(tmp_path, public_k
     with RunningAggregator(config, public_keys, tmp_path / "state", tls=tls, auth=Authenticator(mutual_tls=True)) as agg:
         monkeypatch.setenv(CA_ENV, str(certs / "ca.crt"))
         status = await fetch_aggregator_status(agg.url)
-        assert status is not None and status["plan"]["state"] == "waiting_for_silos"
-        assert status["plan"]["mask_seed"] is None  # an observer sees progress, not the plan's secrets
+        assert status is not None and status.plan.state == "waiting_for_silos"
+        assert status.plan.mask_seed is None  # an observer sees progress, not the plan's secrets
         monkeypatch.setenv(CA_ENV, str(tmp_path / "other" / "ca.crt"))
         assert await fetch_aggregator_status(agg.url) is None  # a server the bundle does not vouch for is not believed

@@ -17,14 +17,15 @@ from pydantic import ValidationError
 
 from ..api import unlearning as unlearning_api
 from .. import metrics
-from ..api.models import GROUP, IMMUTABLE, KIND, PLURAL, VERSION, FederatedFinetuneSpec
+from ..api.models import GROUP, IMMUTABLE, KIND, PLURAL, VERSION, FederatedFinetuneSpec, FederatedFinetuneStatus
 from . import consent, telemetry, unlearning
-from .aggregator_http import get_json
+from .aggregator_http import fetch_status
 from .kube import Kube
 from .manifests import (
     FEDERATION_LABEL, NAMESPACE_LABEL, OWNER_UID_LABEL, SILO_LABEL, Owner, owned_by, Site, aggregator_url, desired_children, plan_configmap, silo_job,
 )
-from .status import Observed, admitted_condition, compute_status
+from ..wire.messages import Status
+from .status import Observed, admitted_condition, compute_status, condition, status_body
 
 log = logging.getLogger("fedshield.operator")
 FINALIZER = f"{GROUP}/cleanup"
@@ -37,9 +38,9 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-async def fetch_aggregator_status(url: str) -> dict | None:
+async def fetch_aggregator_status(url: str) -> Status | None:
     """The aggregator's /v1/status, or None when it is not reachable (yet)."""
-    return await get_json(f"{url}/v1/status")
+    return await fetch_status(url)
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
@@ -121,9 +122,8 @@ NOT_ADMITTED = ("ConsentMissing", "NameConflict", "RoleMissing")  # retried by t
 
 
 def _refuse(patch, meta, reason: str, message: str) -> kopf.PermanentError:
-    patch.status.update({"phase": "Failed", "observedGeneration": meta.get("generation"), "conditions": [{
-        "type": "Failed", "status": "True", "reason": reason, "message": message[:2000],
-        "lastTransitionTime": now(), "observedGeneration": meta.get("generation")}]})
+    failed = condition([], "Failed", True, reason, message[:2000], now(), meta.get("generation"))
+    patch.status.update({"phase": "Failed", "observedGeneration": meta.get("generation"), "conditions": [status_body(failed)]})
     return kopf.PermanentError(message)
 
 
@@ -196,8 +196,9 @@ async def admit_and_apply(memo, owner: Owner, parsed: FederatedFinetuneSpec, met
 def _not_admitted(patch, meta, status, reason: str, message: str) -> None:
     """Status of a CR the operator will not act on yet (the timer checks again)."""
     previous = [c for c in (status or {}).get("conditions", []) if c.get("type") == "Admitted"]
-    condition = admitted_condition(previous, False, reason, message[:2000], now(), meta.get("generation"))
-    new = {"phase": "Pending", "observedGeneration": meta.get("generation"), "conditions": [condition], "silos": [], "silosReady": "0/0"}
+    admitted = admitted_condition(previous, False, reason, message[:2000], now(), meta.get("generation"))
+    new = FederatedFinetuneStatus(phase="Pending", observed_generation=meta.get("generation"), conditions=[admitted],
+                                  silos=[], silos_ready="0/0").model_dump(by_alias=True, exclude_unset=True)
     if any(dict(status or {}).get(k) != v for k, v in new.items()):
         patch.status.update(new)
 

@@ -147,3 +147,12 @@ class Kube:
             return "absent" if response.status_code == 404 else "not-owned"
         response.raise_for_status()
         return "deleted"
+
+
+async def get_custom_object(kube: Kube, group: str, version: str, plural: str, namespace: str, name: str) -> dict | None:
+    """One namespaced custom object (e.g. a FederatedFinetune), None when absent (like CustomObjectsApi.get_namespaced_custom_object)."""
+    response = await kube._request("GET", f"/apis/{group}/{version}/namespaces/{namespace}/{plural}/{name}")
+    if response.status_code == 404:
+        return None
+    response.raise_for_status()
+    return response.json()
