@@ -2,7 +2,8 @@
 
 Shared state comes through kopf's ``memo``: ``memo.kube`` (a :class:`Kube`),
 ``memo.aggregator_status`` (an async callable: aggregator URL -> its /v1/status or None) and
-``memo.unlearning_records`` (aggregator URL -> its /v1/unlearning ledger or None).
+``memo.unlearning_records`` (aggregator URL -> its /v1/unlearning ledger or None). The status timers are
+registered when the operator starts, every ``memo.status_interval_s`` seconds (default: ``$FEDSHIELD_STATUS_INTERVAL``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+from collections.abc import Mapping
 
 import httpx
 import kopf
@@ -29,7 +31,8 @@ from .status import Observed, admitted_condition, compute_status, condition, sta
 
 log = logging.getLogger("fedshield.operator")
 FINALIZER = f"{GROUP}/cleanup"
-STATUS_INTERVAL_S = float(os.environ.get("FEDSHIELD_STATUS_INTERVAL", "10"))
+STATUS_INTERVAL_ENV, DEFAULT_STATUS_INTERVAL_S = "FEDSHIELD_STATUS_INTERVAL", 10.0
+_TIMERS: dict[int, float] = {}  # id(registry) -> the interval its status timers were registered with
 RESOURCE = (GROUP, VERSION, PLURAL)
 UNLEARNING = (GROUP, VERSION, unlearning_api.PLURAL)
 
@@ -56,9 +59,34 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.background.cancellation_polling = 1
 
 
+def status_interval_s(environ: Mapping[str, str] = os.environ) -> float:
+    """Seconds between two status refreshes of each CR (``$FEDSHIELD_STATUS_INTERVAL``), read when the operator starts."""
+    raw = environ.get(STATUS_INTERVAL_ENV)
+    value = float(raw) if raw else DEFAULT_STATUS_INTERVAL_S
+    if not value > 0:
+        raise ValueError(f"{STATUS_INTERVAL_ENV} must be a positive number of seconds, not {raw!r}")
+    return value
+
+
+def register_timers(interval_s: float, registry: kopf.OperatorRegistry | None = None) -> float:
+    """Register the status timers of both kinds every ``interval_s`` seconds, once per registry; returns the interval in effect
+    (that of the first registration: kopf cannot change a timer's interval afterwards)."""
+    registry = registry or kopf.get_default_registry()
+    earlier = _TIMERS.get(id(registry))
+    if earlier is not None:
+        if earlier != interval_s:
+            log.warning("status timers already run every %s s; %s s is ignored", earlier, interval_s)
+        return earlier
+    for resource, fn in ((RESOURCE, watch_progress), (UNLEARNING, follow_unlearning)):
+        kopf.timer(*resource, interval=interval_s, initial_delay=interval_s, registry=registry)(fn)
+    _TIMERS[id(registry)] = interval_s
+    return interval_s
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
     configure(settings)
+    memo.status_interval_s = register_timers(getattr(memo, "status_interval_s", None) or status_interval_s())
     if getattr(memo, "kube", None) is None:
         memo.kube = Kube.from_environment()
     if getattr(memo, "aggregator_status", None) is None:
@@ -203,9 +231,8 @@ def _not_admitted(patch, meta, status, reason: str, message: str) -> None:
         patch.status.update(new)
 
 
-@kopf.timer(*RESOURCE, interval=STATUS_INTERVAL_S, initial_delay=STATUS_INTERVAL_S)
 async def watch_progress(body, meta, spec, status, patch, memo, **_) -> None:
-    """Follow silo Jobs and aggregator rounds into status (not over a refusal of this generation)."""
+    """Follow silo Jobs and aggregator rounds into status (not over a refusal of this generation); a timer (``register_timers``)."""
     refused = [c for c in (status or {}).get("conditions", []) if c.get("reason") in REFUSALS]
     if refused and (status or {}).get("observedGeneration") == meta.get("generation"):
         return
@@ -299,7 +326,6 @@ async def refuse_unlearning_change(meta, patch, old, new, **_) -> None:
         raise _refuse(patch, meta, "ImmutableFieldChanged", message)
 
 
-@kopf.timer(*UNLEARNING, interval=STATUS_INTERVAL_S, initial_delay=STATUS_INTERVAL_S)
 async def follow_unlearning(meta, spec, status, patch, memo, **_) -> None:
     """Wait for the finetune, then follow the unlearning and apply Jobs into status until done."""
     if (status or {}).get("phase") in unlearning.TERMINAL:
