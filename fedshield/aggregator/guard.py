@@ -12,13 +12,14 @@ from ..wire.errors import ErrorCode, error_body
 IDENTITY = "fedshield.silo"  # scope key the guard sets: the authenticated silo, or None without authentication
 OBSERVER = "fedshield.observer"  # scope key the guard sets for a certified observer
 OPEN_PATHS = ("/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
-OBSERVER_PATHS = ("/v1/status",)  # open to callers without an identity: a summary (no reports, no plan details), rate-limited
-OBSERVER_BUCKET = "observer"  # the one rate-limit bucket every caller without an identity shares
 OBSERVER_READS = ("/v1/status", "/v1/unlearning")  # what a certified observer (Authenticator.observers) may GET, and nothing else
+OBSERVER_LIMITED = ("/v1/status",)  # observer reads that share the observers' rate limit
+OBSERVER_BUCKET = "observer"  # the one rate-limit bucket all observers share
 
 
 class Guard:
-    """ASGI middleware in front of every route but the open ones: authenticates the caller and applies its rate limit.
+    """ASGI middleware in front of every route but the open ones (health, API docs): authenticates the caller and applies
+    its rate limit. Every /v1 route needs an identity: a silo's, or a certified observer's for status and the ledger.
 
     It answers before any body is read, so an unauthenticated upload costs the aggregator nothing.
     """
@@ -32,17 +33,15 @@ class Guard:
                 scope[IDENTITY] = None
             return await self.app(scope, receive, send)
         if scope.get("method") == "GET" and scope["path"] in OBSERVER_READS and self.auth.is_observer(scope):
+            if scope["path"] in OBSERVER_LIMITED:
+                try:
+                    self.observers.take(OBSERVER_BUCKET)
+                except Busy as exc:
+                    return await busy_reply(send, exc)
             scope[IDENTITY], scope[OBSERVER] = None, True
             return await self.app(scope, receive, send)
         header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
         silo, why = self.auth.identify(scope, header)
-        if silo is None and scope["path"] in OBSERVER_PATHS:
-            try:
-                self.observers.take(OBSERVER_BUCKET)
-            except Busy as exc:
-                return await busy_reply(send, exc)
-            scope[IDENTITY] = None
-            return await self.app(scope, receive, send)
         if silo is None:
             return await reply(send, ErrorCode.UNAUTHENTICATED, why, {"www-authenticate": "Bearer"})
         if silo not in self.known:
