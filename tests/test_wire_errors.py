@@ -168,6 +168,15 @@ def test_the_guard_refuses_with_codes(public_keys, tmp_path):
             assert (impostor.status, impostor.code) == (403, ErrorCode.IDENTITY_MISMATCH)
             not_joined = refusal(bank_a.plan)
             assert (not_joined.status, not_joined.code) == (403, ErrorCode.NOT_JOINED)
+            r = httpx.get(f"{agg.url}/v1/status")  # status needs an identity too (issue 17)
+            assert (r.status_code, parse_error(r.status_code, r.content).error) == (401, ErrorCode.UNAUTHENTICATED)
+            r = httpx.get(f"{agg.url}/v1/status", headers={"authorization": f"Bearer {TOKENS['bank-b']}"})
+            assert r.status_code == 200 and r.json()["plan"]["mask_seed"] is None  # a silo that has not joined
         finally:
             for client in (anonymous, wrong, bank_a):
                 client.close()
+
+
+def test_the_openapi_schema_lists_every_code(aggregator):
+    schemas = httpx.get(f"{aggregator.url}/openapi.json").json()["components"]["schemas"]
+    assert set(schemas["ErrorCode"]["enum"]) == {code.value for code in ErrorCode}
