@@ -422,14 +422,17 @@ def test_concurrent_uploads_of_many_silos_are_each_counted_once(public_keys, key
 
 def test_observers_see_a_rate_limited_summary_and_silos_their_own_reports(tmp_path, public_keys, keys):
     from fedshield.security.auth import Authenticator
-    from fedshield.security.certs import issue_all, silo_files
+    from fedshield.security.auth import observer_uri
+    from fedshield.security.certs import issue_all, issue_observer, silo_files
     from fedshield.security.tls import ServerTLS
 
     certs = tmp_path / "certs"
     issue_all(certs, ["bank-a", "bank-b"])
+    observer = issue_observer(certs, observer_uri("fedshield", "fs-operator"))
     tls = ServerTLS(certs / "aggregator.crt", certs / "aggregator.key", certs / "ca.crt")
     limits = FAST.model_copy(update={"observer_requests_per_s": 0.1, "observer_burst": 3})
-    with RunningAggregator(config(limits=limits), public_keys, tmp_path / "s", tls=tls, auth=Authenticator(mutual_tls=True)) as agg:
+    auth = Authenticator(mutual_tls=True, observers=frozenset({observer_uri("fedshield", "fs-operator")}))
+    with RunningAggregator(config(limits=limits), public_keys, tmp_path / "s", tls=tls, auth=auth) as agg:
         files = {s: silo_files(certs, s) for s in ("bank-a", "bank-b")}
         http = {s: agg.client(files[s].cert, files[s].key, timeout=10) for s in files}
         for silo in files:
@@ -440,8 +443,10 @@ def test_observers_see_a_rate_limited_summary_and_silos_their_own_reports(tmp_pa
             assert r.status_code == 200, r.text
         mine = http["bank-a"].get("/v1/status").json()
         assert list(mine["closed"][0]["metadata"]) == ["bank-a"] and mine["joined"] == {"bank-a": 100, "bank-b": 0}
-        with agg.client(timeout=10) as anonymous:
-            seen = [anonymous.get("/v1/status") for _ in range(4)]
+        with agg.client(timeout=10) as anonymous:  # no identity, no status (issue 17)
+            assert {(r.status_code, r.json()["error"]) for r in (anonymous.get("/v1/status") for _ in range(4))} == {(401, "unauthenticated")}
+        with agg.client(observer.cert, observer.key, timeout=10) as certified:
+            seen = [certified.get("/v1/status") for _ in range(4)]
         assert [r.status_code for r in seen] == [200, 200, 200, 429]
         body = seen[0].json()
         assert body["closed"][0]["metadata"] == {} and set(body["joined"].values()) == {0}

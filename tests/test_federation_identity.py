@@ -90,7 +90,7 @@ async def test_the_operator_reads_status_and_the_ledger_as_an_observer_and_nothi
         monkeypatch.setenv(KEY_ENV, str(observer.key))
         assert await fetch_unlearning_records(agg.url) == []  # the ledger (empty so far), so an unlearning under mutual TLS completes
         status = await fetch_aggregator_status(agg.url)
-        assert status is not None and status["plan"]["mask_seed"] is None  # progress, not the plan's secrets
+        assert status is not None and status.plan.mask_seed is None  # progress, not the plan's secrets
         with agg.client(observer.cert, observer.key) as client:
             assert client.post("/v1/join", json=JOIN).status_code == 401  # an observer is no silo
             assert client.get("/v1/rounds/0/aggregate").status_code == 401

@@ -16,6 +16,9 @@ from fedshield import metrics
 from fedshield.operator import handlers  # noqa: F401  (registers the handlers in kopf's default registry)
 from fedshield.operator.kube import Kube
 from fedshield.operator.manifests import Owner, plan_name, silo_job_name
+from fedshield.wire.messages import Status
+
+from aggregator_status import status_of
 
 from kube_emulator import CONFIGMAPS, CR, DEPLOYMENTS, JOBS, MERGE, NETWORKPOLICIES, PVCS, SERVICES, Emulator, declare_resources
 
@@ -64,9 +67,9 @@ class FakeAggregator:
         self.status: dict | None = None
         self.calls = 0
 
-    async def __call__(self, url: str) -> dict | None:
+    async def __call__(self, url: str) -> Status | None:
         self.calls += 1
-        return copy.deepcopy(self.status)
+        return status_of(copy.deepcopy(self.status))
 
 
 class _NotKopfTasks:
@@ -251,3 +254,15 @@ async def test_change_to_an_immutable_field_is_refused(k8s, operator):
     await eventually(lambda: status(k8s).get("phase") == "Failed", what="refused")
     condition = status(k8s)["conditions"][0]
     assert condition["reason"] == "ImmutableFieldChanged" and "spec.lora" in condition["message"]
+
+
+def test_the_status_interval_is_read_when_the_operator_starts():
+    assert handlers.status_interval_s({}) == handlers.DEFAULT_STATUS_INTERVAL_S
+    assert handlers.status_interval_s({handlers.STATUS_INTERVAL_ENV: "2.5"}) == 2.5
+    with pytest.raises(ValueError, match="positive"):
+        handlers.status_interval_s({handlers.STATUS_INTERVAL_ENV: "0"})
+    registry = kopf.OperatorRegistry()
+    assert handlers.register_timers(2.5, registry) == 2.5
+    assert handlers.register_timers(7.0, registry) == 2.5  # once per registry: kopf cannot change a timer's interval
+    timers = [h for h in registry._spawning.get_all_handlers() if getattr(h, "interval", None) is not None]
+    assert sorted(h.interval for h in timers) == [2.5, 2.5]

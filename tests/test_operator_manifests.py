@@ -15,6 +15,8 @@ from fedshield.operator.manifests import (
 )
 from fedshield.operator.status import Observed, compute_status
 
+from aggregator_status import status_of
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = yaml.safe_load((ROOT / "examples" / "federatedfinetune.yaml").read_text())
 OWNER = Owner("triage-notes", "fedshield", "0b9c7a34-1111-2222-3333-444455556666")
@@ -129,9 +131,9 @@ def test_status_follows_jobs_and_aggregator_progress():
     names = [s.name for s in spec.silos]
     pending = compute_status(spec, Observed(), None, "2026-11-23T08:00:00Z", 1)
     assert pending["phase"] == "Pending" and pending["silosReady"] == "0/3"
-    running_obs = Observed(jobs={n: _job(active=1) for n in names}, aggregator_ready=True, aggregator={
+    running_obs = Observed(jobs={n: _job(active=1) for n in names}, aggregator_ready=True, aggregator=status_of({
         "plan": {"state": "open"}, "closed": [{"round": 0, "contributors": names,
-                                                "metadata": {n: {"val_auc": a} for n, a in zip(names, (0.6, 0.7, 0.65))}}]})
+                                                "metadata": {n: {"val_auc": a} for n, a in zip(names, (0.6, 0.7, 0.65))}}]}))
     running = compute_status(spec, running_obs, pending, "2026-11-23T08:05:00Z", 1)
     assert running["phase"] == "Running" and running["round"] == 1 and running["fairnessGap"] == 0.1
     assert running["startTime"] == "2026-11-23T08:05:00Z"
@@ -140,7 +142,7 @@ def test_status_follows_jobs_and_aggregator_progress():
     again = compute_status(spec, running_obs, running, "2026-11-23T08:06:00Z", 1)
     assert next(c for c in again["conditions"] if c["type"] == "Ready")["lastTransitionTime"] == "2026-11-23T08:05:00Z"
     done = compute_status(spec, Observed(jobs={n: _job(succeeded=1, conditions=["Complete"]) for n in names}, aggregator_ready=True,
-                                         aggregator={"plan": {"state": "finished"}, "closed": []}), again, "2026-11-23T09:00:00Z", 1)
+                                         aggregator=status_of({"plan": {"state": "finished"}, "closed": []})), again, "2026-11-23T09:00:00Z", 1)
     assert done["phase"] == "Succeeded" and done["completionTime"] == "2026-11-23T09:00:00Z"
 
 
@@ -148,7 +150,7 @@ def test_failed_silo_pod_is_reported_with_exit_code_and_reason():
     spec = FederatedFinetuneSpec.model_validate(EXAMPLE["spec"])
     pod = {"status": {"phase": "Failed", "containerStatuses": [{"state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]}}
     observed = Observed(jobs={"hospital-a": _job(failed=2), "hospital-b": _job(active=1), "clinic-c": _job(active=1)},
-                        failed_pods={"hospital-a": [pod]}, aggregator_ready=True, aggregator={"plan": {"state": "open"}, "closed": []})
+                        failed_pods={"hospital-a": [pod]}, aggregator_ready=True, aggregator=status_of({"plan": {"state": "open"}, "closed": []}))
     status = compute_status(spec, observed, None, "2026-11-23T08:00:00Z", 2)
     silo = next(s for s in status["silos"] if s["name"] == "hospital-a")
     assert (silo["phase"], silo["exitCode"], silo["reason"], silo["restarts"]) == ("Pending", 137, "OOMKilled", 2)
@@ -163,9 +165,9 @@ def test_failed_silo_pod_is_reported_with_exit_code_and_reason():
 
 def test_withdrawn_silo_and_epsilon_appear_in_status():
     spec = FederatedFinetuneSpec.model_validate(EXAMPLE["spec"])
-    observed = Observed(jobs={"hospital-a": _job(succeeded=1)}, aggregator_ready=True, aggregator={
+    observed = Observed(jobs={"hospital-a": _job(succeeded=1)}, aggregator_ready=True, aggregator=status_of({
         "plan": {"state": "open", "withdrawn": {"hospital-a": "privacy budget spent"}},
-        "closed": [{"round": 0, "contributors": ["hospital-a"], "metadata": {"hospital-a": {"epsilon": 1.25}}}]})
+        "closed": [{"round": 0, "contributors": ["hospital-a"], "metadata": {"hospital-a": {"epsilon": 1.25}}}]}))
     status = compute_status(spec, observed, None, "t", 1)
     assert next(s for s in status["silos"] if s["name"] == "hospital-a")["reason"] == "Withdrawn: privacy budget spent"
     assert status["epsilon"] == 1.25
@@ -228,7 +230,7 @@ def test_evicted_silo_pod_is_reported_while_the_job_recreates_it():
     spec = FederatedFinetuneSpec.model_validate(EXAMPLE["spec"])
     evicted = {"status": {"phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory."}}
     observed = Observed(jobs={"hospital-a": _job(active=1, failed=1), "hospital-b": _job(active=1), "clinic-c": _job(active=1)},
-                        failed_pods={"hospital-a": [evicted]}, aggregator_ready=True, aggregator={"plan": {"state": "open"}, "closed": []})
+                        failed_pods={"hospital-a": [evicted]}, aggregator_ready=True, aggregator=status_of({"plan": {"state": "open"}, "closed": []}))
     status = compute_status(spec, observed, None, "2026-11-23T08:00:00Z", 1)
     silo = next(s for s in status["silos"] if s["name"] == "hospital-a")
     assert (silo["phase"], silo["reason"], silo["restarts"]) == ("Running", "Evicted", 1) and silo.get("exitCode") is None

@@ -28,9 +28,11 @@ from fedshield.operator.manifests import STATE_DIR, Owner, aggregator_url, silo_
 from fedshield.security.auth import Authenticator, observer_uri
 from fedshield.security.certs import issue_all, issue_observer
 from fedshield.security.tls import ServerTLS
+from fedshield.wire.messages import Status
 from fedshield.wire.unlearning import UnlearningAudit, UnlearningRecord
 
 from aggregator_harness import RunningAggregator
+from aggregator_status import status_of
 from crd_schema import to_jsonschema
 from kube_emulator import CONFIGMAPS, CR, JOBS, MERGE, UNLEARNING_CR, Emulator, declare_resources, writes_in
 from test_operator_kopf import _NotKopfTasks, _url, alive, consent, eventually, kmock_server, raw
@@ -53,11 +55,11 @@ def spec_with(**forget) -> FederatedUnlearningSpec:
     return FederatedUnlearningSpec.model_validate(dict(EXAMPLE["spec"], forget=forget or EXAMPLE["spec"]["forget"]))
 
 
-def record(version: int, silo: str, before: int, **audit) -> dict:
+def record(version: int, silo: str, before: int, **audit) -> UnlearningRecord:
     audit = UnlearningAudit(requested_by="dpo", users_count=2, users_sha256="ab" * 32, requested_at=1.0, seconds=12.5,
                             forget_auc_before=0.91, forget_auc_after=0.52, test_auc_before=0.74, test_auc_after=0.73, **audit)
     return UnlearningRecord(version=version, silo=silo, adapter_version_before=before, adapter_version_after=before + 1,
-                            sha256="cd" * 32, bytes=1000, received_at=2.0, audit=audit).model_dump(mode="json")
+                            sha256="cd" * 32, bytes=1000, received_at=2.0, audit=audit)
 
 
 # --- the CRD ----------------------------------------------------------------------------------
@@ -304,7 +306,7 @@ def test_failed_job_and_failed_apply_are_reported():
 
 def test_pick_record_takes_the_newest_of_the_silo():
     assert fu.pick_record(None, "hospital-a") is None and fu.pick_record([record(0, "clinic-c", 5)], "hospital-a") is None
-    assert fu.pick_record([record(3, "hospital-a", 9), record(1, "hospital-a", 7)], "hospital-a")["version"] == 3
+    assert fu.pick_record([record(3, "hospital-a", 9), record(1, "hospital-a", 7)], "hospital-a").version == 3
 
 
 # --- the real kopf operator against the emulator ------------------------------------------------
@@ -314,14 +316,14 @@ class FakeAggregator:
 
     def __init__(self):
         self.status: dict | None = None
-        self.records: list[dict] | None = None
+        self.records: list[UnlearningRecord] | None = None
         self.ledger_reads = 0
         self.ledger_at: str | None = None  # a real aggregator's URL: read its ledger there (in-cluster DNS is not here)
 
-    async def plan_status(self, url: str) -> dict | None:
-        return copy.deepcopy(self.status)
+    async def plan_status(self, url: str) -> Status | None:
+        return status_of(copy.deepcopy(self.status))
 
-    async def unlearnings(self, url: str) -> list[dict] | None:
+    async def unlearnings(self, url: str) -> list[UnlearningRecord] | None:
         assert url == aggregator_url(Owner(FT_NAME, NS, ""), tls=True)
         self.ledger_reads += 1
         if self.ledger_at is not None:
@@ -490,7 +492,7 @@ async def test_an_unlearning_completes_under_mutual_tls_reading_the_real_ledger_
     auth = Authenticator(mutual_tls=True, federation=f"{NS}/{FT_NAME}", observers=frozenset({observer_uri("fedshield", "fs-operator")}))
     config = FederationConfig(silos=tuple(ConfigSilo(name=s) for s in SILO_NS), rounds=1)
     with RunningAggregator(config, public_keys, tmp_path / "state", tls=tls, auth=auth) as real:
-        audit = record(0, "hospital-a", 20)["audit"]
+        audit = record(0, "hospital-a", 20).audit.model_dump(mode="json")
         real.coordinator.store.add_unlearning(0, "hospital-a", "cd" * 32, 1000, 20, audit)  # as accept_unlearning records it
         monkeypatch.setenv(CA_ENV, str(certs / "ca.crt"))
         aggregator.ledger_at = real.url

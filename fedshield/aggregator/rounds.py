@@ -32,32 +32,17 @@ from ..crypto.params import PackingParams
 from ..faults import crash_point
 from ..fairness import fedavg_weights, loss_weights, lr_scales
 from ..updates import kept_count
+from ..wire.errors import ErrorCode
 from ..wire.messages import JoinRequest, RoundPlan, RoundSummary, Status, StatusSummary, UploadMetadata, UploadReceipt
 from ..wire.unlearning import PendingUnlearning, UnlearningAudit, UnlearningRecord
 from . import telemetry
+from .errors import ApiError, envelope_refused
 from .store import Store, fsync_dir
 
 log = logging.getLogger("fedshield.aggregator")
 MIN_CONTRIBUTORS = 2  # an aggregate of one upload is that silo's update: never published
 STATUS_PAGE = 20  # closed rounds /v1/status lists at most (older ones are paged with closed_from)
 TEXT_LIMIT = 200
-
-CRYPTO_ERROR_CODES = {
-    "FormatError": "malformed_envelope",
-    "ChecksumError": "checksum_mismatch",
-    "KeyMismatchError": "key_fingerprint_mismatch",
-    "RoundMismatchError": "wrong_round",
-    "LengthMismatchError": "wrong_length",
-    "CiphertextError": "bad_ciphertext",
-}
-
-
-class ApiError(Exception):
-    """A refused request: HTTP status, stable code, and a message for a person."""
-
-    def __init__(self, status: int, code: str, detail: str):
-        super().__init__(detail)
-        self.status, self.code, self.detail = status, code, detail
 
 
 def sanitise(text: str, limit: int = TEXT_LIMIT) -> str:
@@ -354,34 +339,32 @@ class Coordinator:
         with self._lock:
             row = self.store.round_row(round)
             if row is None:
-                raise ApiError(404, "unknown_round", f"round {round} has not been opened")
+                raise ApiError(ErrorCode.UNKNOWN_ROUND, f"round {round} has not been opened")
             if row["closed_at"] is None:
                 if self.finished:
-                    raise ApiError(409, "federation_stopped", f"the federation stopped at round {round} with fewer than "
+                    raise ApiError(ErrorCode.FEDERATION_STOPPED, f"the federation stopped at round {round} with fewer than "
                                                               f"{MIN_CONTRIBUTORS} silos left: its aggregate is never published")
-                raise ApiError(425, "round_not_closed", f"round {round} is still open")
+                raise ApiError(ErrorCode.ROUND_NOT_CLOSED, f"round {round} is still open")
             others = [c for c in row["contributors"] or [] if c != silo]
             if len(others) < MIN_CONTRIBUTORS and (silo is None or silo not in (row["contributors"] or [])):
-                raise ApiError(403, "too_few_contributors",
-                               f"round {round} summed {len(row['contributors'] or [])} uploads: too few to publish to a non-contributor")
+                raise ApiError(ErrorCode.TOO_FEW_CONTRIBUTORS, f"round {round} summed {len(row['contributors'] or [])} uploads: too few to publish to a non-contributor")
             return self.store.aggregate_path(round)
 
     # --- commands ------------------------------------------------------------------------
 
     def _known(self, silo: str) -> None:
         if silo not in self.config.silo_names:
-            raise ApiError(403, "unknown_silo", f"silo {silo!r} is not part of federation {self.config.name!r}")
+            raise ApiError(ErrorCode.UNKNOWN_SILO, f"silo {silo!r} is not part of federation {self.config.name!r}")
 
     def _joined_silo(self, silo: str) -> None:
         self._known(silo)
         if silo not in self._joined():
-            raise ApiError(403, "not_joined", f"silo {silo!r} has not joined")
+            raise ApiError(ErrorCode.NOT_JOINED, f"silo {silo!r} has not joined")
 
     def _check_samples(self, silo: str, samples: int, field: str) -> None:
         declared = (self.config.declared_samples or {}).get(silo)
         if declared is not None and samples > declared:
-            raise ApiError(422, "samples_above_declared",
-                           f"{field}: silo {silo!r} claims {samples} samples, the federation declared {declared}")
+            raise ApiError(ErrorCode.SAMPLES_ABOVE_DECLARED, f"{field}: silo {silo!r} claims {samples} samples, the federation declared {declared}")
 
     def join(self, req: JoinRequest) -> RoundPlan:
         with self._lock:
@@ -390,14 +373,12 @@ class Coordinator:
             joined = self._joined()
             vector = self._vector()
             if vector and (req.vector_size, req.layout) != vector:
-                raise ApiError(
-                    409, "layout_mismatch",
-                    f"silo {req.silo!r} has an update vector of {req.vector_size} values ({sanitise(req.layout)}), "
+                raise ApiError(ErrorCode.LAYOUT_MISMATCH, f"silo {req.silo!r} has an update vector of {req.vector_size} values ({sanitise(req.layout)}), "
                     f"the federation uses {vector[0]} ({vector[1]}): same model, LoRA and private modules are required",
                 )
             if req.silo in joined:
                 if joined[req.silo][0] != req.samples and self.current is not None:
-                    raise ApiError(409, "already_joined", f"silo {req.silo!r} joined with {joined[req.silo][0]} samples")
+                    raise ApiError(ErrorCode.ALREADY_JOINED, f"silo {req.silo!r} joined with {joined[req.silo][0]} samples")
             else:
                 self.store.add_silo(req.silo, req.samples, req.vector_size, req.layout)
                 log.info("silo %s joined (%d samples)", req.silo, req.samples)
@@ -441,27 +422,27 @@ class Coordinator:
             if previous is not None:
                 if previous.sha256 == digest:
                     return UploadReceipt(round=round, silo=silo, bytes=size, sha256=digest, duplicate=True)
-                raise ApiError(409, "conflicting_upload", f"silo {silo!r} already uploaded different bytes for round {round}")
+                raise ApiError(ErrorCode.CONFLICTING_UPLOAD, f"silo {silo!r} already uploaded different bytes for round {round}")
             if silo in self.store.withdrawn():
-                raise ApiError(409, "withdrawn", f"silo {silo!r} has withdrawn from the federation")
+                raise ApiError(ErrorCode.WITHDRAWN, f"silo {silo!r} has withdrawn from the federation")
             if self.finished:
-                raise ApiError(409, "federation_finished", "the federation has finished all its rounds")
+                raise ApiError(ErrorCode.FEDERATION_FINISHED, "the federation has finished all its rounds")
             if self.current is None:
-                raise ApiError(409, "not_started", "round 0 has not opened: not every silo has joined")
+                raise ApiError(ErrorCode.NOT_STARTED, "round 0 has not opened: not every silo has joined")
             if round != self.current:
-                reason = "round_closed" if round < self.current else "wrong_round"
-                raise ApiError(409, reason, f"round {round} is not open; the open round is {self.current}")
+                reason = ErrorCode.ROUND_CLOSED if round < self.current else ErrorCode.WRONG_ROUND
+                raise ApiError(reason, f"round {round} is not open; the open round is {self.current}")
             try:
                 with EnvelopeReader.open(tmp_path) as reader:
                     head = reader.header
                     if head.silo != silo:
-                        raise ApiError(400, "silo_mismatch", f"the envelope is from silo {head.silo!r}, uploaded as {silo!r}")
+                        raise ApiError(ErrorCode.SILO_MISMATCH, f"the envelope is from silo {head.silo!r}, uploaded as {silo!r}")
                     expected = self.weights()[silo]
                     if not abs(head.weight - expected) <= 1e-9:  # written so that NaN is refused too
-                        raise ApiError(400, "wrong_weight", f"the envelope is weighted {head.weight}, the plan says {expected}")
+                        raise ApiError(ErrorCode.WRONG_WEIGHT, f"the envelope is weighted {head.weight}, the plan says {expected}")
                     self._sum.add(reader)
             except CryptoError as exc:
-                raise ApiError(400, CRYPTO_ERROR_CODES.get(type(exc).__name__, "bad_envelope"), str(exc)) from None
+                raise envelope_refused(exc) from None
             final = self.store.upload_path(round, silo)
             try:
                 os.replace(tmp_path, final)
@@ -474,7 +455,7 @@ class Coordinator:
                 if final.exists() and silo not in {u.silo for u in self.store.uploads(round)}:
                     final.unlink()
                 self._sum = self._rebuild_sum()
-                raise ApiError(503, "storage_failed", f"the upload could not be stored ({type(exc).__name__}); retry it") from None
+                raise ApiError(ErrorCode.STORAGE_FAILED, f"the upload could not be stored ({type(exc).__name__}); retry it") from None
             log.info("round %d: accepted %s (%d bytes)", round, silo, size)
             self._try_close()
             self._publish()
@@ -500,7 +481,7 @@ class Coordinator:
     def unlearning_path(self, version: int) -> Path:
         with self._lock:
             if version not in {r["version"] for r in self.store.unlearnings()}:
-                raise ApiError(404, "unknown_unlearning", f"unlearning {version} has not been published")
+                raise ApiError(ErrorCode.UNKNOWN_UNLEARNING, f"unlearning {version} has not been published")
             return self.store.unlearning_dir(version) / "aggregate.fshe"
 
     def accept_unlearning(self, version: int, silo: str, tmp_path: Path, audit: UnlearningAudit) -> UploadReceipt:
@@ -522,12 +503,12 @@ class Coordinator:
                 if (previous["silo"], previous["sha256"]) == (silo, digest):
                     return UploadReceipt(round=self.unlearning_round(version), silo=silo, bytes=size, sha256=digest, duplicate=True,
                                          pending=previous in waiting)
-                raise ApiError(409, "conflicting_upload", f"unlearning {version} was already uploaded by {previous['silo']!r}")
+                raise ApiError(ErrorCode.CONFLICTING_UPLOAD, f"unlearning {version} was already uploaded by {previous['silo']!r}")
             if not self.finished:
-                raise ApiError(409, "federation_running", "unlearning replaces the adapter of a finished federation; "
+                raise ApiError(ErrorCode.FEDERATION_RUNNING, "unlearning replaces the adapter of a finished federation; "
                                                           f"round {self.current} is still open")
             if version != len(records):
-                raise ApiError(409, "wrong_version", f"the next unlearning is version {len(records)}, not {version}")
+                raise ApiError(ErrorCode.WRONG_VERSION, f"the next unlearning is version {len(records)}, not {version}")
             published = self._replacement(version, silo, tmp_path)
             audit = audit.model_copy(update={"requested_by": sanitise(audit.requested_by), "reason": sanitise(audit.reason, 500)})
             receipt = UploadReceipt(round=self.unlearning_round(version), silo=silo, bytes=size, sha256=digest, duplicate=False)
@@ -555,17 +536,17 @@ class Coordinator:
             with EnvelopeReader.open(path) as reader:
                 head = reader.header
                 if head.silo != silo:
-                    raise ApiError(400, "silo_mismatch", f"the envelope is from silo {head.silo!r}, uploaded as {silo!r}")
+                    raise ApiError(ErrorCode.SILO_MISMATCH, f"the envelope is from silo {head.silo!r}, uploaded as {silo!r}")
                 if not abs(head.weight - 1.0) <= 1e-9:
-                    raise ApiError(400, "wrong_weight", f"a replacement is weighted 1, the envelope says {head.weight}")
+                    raise ApiError(ErrorCode.WRONG_WEIGHT, f"a replacement is weighted 1, the envelope says {head.weight}")
                 if head.packing != packing:
-                    raise ApiError(400, "wrong_packing", f"packing: a replacement is packed as the run's spec says "
+                    raise ApiError(ErrorCode.WRONG_PACKING, f"packing: a replacement is packed as the run's spec says "
                                                          f"({packing.model_dump()}), the envelope says {head.packing.model_dump()}")
                 published = EncryptedSum(self.keys, round=self.unlearning_round(version), count=vector_size,
                                          packing=packing, layout=layout)
                 published.add(reader)
         except CryptoError as exc:
-            raise ApiError(400, CRYPTO_ERROR_CODES.get(type(exc).__name__, "bad_envelope"), str(exc)) from None
+            raise envelope_refused(exc) from None
         return published
 
     def pending_unlearnings(self) -> list[PendingUnlearning]:
@@ -586,11 +567,11 @@ class Coordinator:
                     return PendingUnlearning(version=version, silo=done["silo"], sha256=done["sha256"], bytes=done["bytes"],
                                              received_at=done["received_at"], audit=UnlearningAudit(**done["audit"]), approvals=[],
                                              needed=self.config.privacy.unlearning_approvals, published=True)
-                raise ApiError(404, "unknown_unlearning", f"no unlearning {version} is waiting for approval")
+                raise ApiError(ErrorCode.UNKNOWN_UNLEARNING, f"no unlearning {version} is waiting for approval")
             if approver == pending["silo"]:
-                raise ApiError(403, "self_approval", f"silo {approver!r} uploaded unlearning {version}: another silo must approve it")
+                raise ApiError(ErrorCode.SELF_APPROVAL, f"silo {approver!r} uploaded unlearning {version}: another silo must approve it")
             if sha256 != pending["sha256"]:
-                raise ApiError(409, "sha256_mismatch", f"unlearning {version} has SHA-256 {pending['sha256']}, not {sha256}")
+                raise ApiError(ErrorCode.SHA256_MISMATCH, f"unlearning {version} has SHA-256 {pending['sha256']}, not {sha256}")
             self.store.approve_pending(version, approver)
             approvals = sorted(set(pending["approvals"]) | {approver})
             log.info("unlearning %d approved by %s (%d of %d)", version, approver, len(approvals),

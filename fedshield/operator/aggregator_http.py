@@ -2,6 +2,8 @@
 
 An aggregator runs an image a tenant chose, so its answers are untrusted input: each read
 has an overall deadline and a size cap, and anything over either is treated as no answer.
+Answers are parsed here, at the edge, into the wire models (``Status``, ``UnlearningRecord``);
+one that does not parse is no answer either.
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ import os
 import ssl
 
 import httpx
+from pydantic import TypeAdapter, ValidationError
+
+from ..wire.messages import Status
+from ..wire.unlearning import UnlearningRecord
 
 CA_ENV = "FEDSHIELD_AGGREGATOR_CA"
 CERT_ENV, KEY_ENV = "FEDSHIELD_AGGREGATOR_CERT", "FEDSHIELD_AGGREGATOR_KEY"
@@ -63,4 +69,25 @@ async def get_json(url: str, limit: int | None = None, deadline_s: float | None 
                                                   DEADLINE_S if deadline_s is None else deadline_s)
         return json.loads(body) if status == 200 else None
     except (httpx.HTTPError, ValueError, TooLarge, asyncio.TimeoutError, ssl.SSLError, OSError):
+        return None
+
+
+RECORDS = TypeAdapter(list[UnlearningRecord])
+
+
+async def fetch_status(url: str) -> Status | None:
+    """The aggregator's ``GET /v1/status``, or None when it is not reachable (yet) or its answer is no Status."""
+    body = await get_json(f"{url}/v1/status")
+    try:
+        return Status.model_validate(body) if body is not None else None
+    except ValidationError:
+        return None
+
+
+async def fetch_unlearning_records(url: str) -> list[UnlearningRecord] | None:
+    """The aggregator's ``GET /v1/unlearning`` (its audit records), or None when unreachable or not a ledger."""
+    body = await get_json(f"{url}/v1/unlearning")
+    try:
+        return RECORDS.validate_python(body) if body is not None else None
+    except ValidationError:
         return None

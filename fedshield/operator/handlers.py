@@ -2,7 +2,8 @@
 
 Shared state comes through kopf's ``memo``: ``memo.kube`` (a :class:`Kube`),
 ``memo.aggregator_status`` (an async callable: aggregator URL -> its /v1/status or None) and
-``memo.unlearning_records`` (aggregator URL -> its /v1/unlearning ledger or None).
+``memo.unlearning_records`` (aggregator URL -> its /v1/unlearning ledger or None). The status timers are
+registered when the operator starts, every ``memo.status_interval_s`` seconds (default: ``$FEDSHIELD_STATUS_INTERVAL``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+from collections.abc import Mapping
 
 import httpx
 import kopf
@@ -17,18 +19,20 @@ from pydantic import ValidationError
 
 from ..api import unlearning as unlearning_api
 from .. import metrics
-from ..api.models import GROUP, IMMUTABLE, KIND, PLURAL, VERSION, FederatedFinetuneSpec
+from ..api.models import GROUP, IMMUTABLE, KIND, PLURAL, VERSION, FederatedFinetuneSpec, FederatedFinetuneStatus
 from . import consent, telemetry, unlearning
-from .aggregator_http import get_json
+from .aggregator_http import fetch_status
 from .kube import Conflict, FieldConflict, Kube
 from .manifests import (
     FEDERATION_LABEL, NAMESPACE_LABEL, OWNER_UID_LABEL, SILO_LABEL, Owner, owned_by, Site, aggregator_url, desired_children, plan_configmap, silo_job,
 )
-from .status import Observed, admitted_condition, compute_status
+from ..wire.messages import Status
+from .status import Observed, admitted_condition, compute_status, condition, status_body
 
 log = logging.getLogger("fedshield.operator")
 FINALIZER = f"{GROUP}/cleanup"
-STATUS_INTERVAL_S = float(os.environ.get("FEDSHIELD_STATUS_INTERVAL", "10"))
+STATUS_INTERVAL_ENV, DEFAULT_STATUS_INTERVAL_S = "FEDSHIELD_STATUS_INTERVAL", 10.0
+_TIMERS: dict[int, float] = {}  # id(registry) -> the interval its status timers were registered with
 RESOURCE = (GROUP, VERSION, PLURAL)
 UNLEARNING = (GROUP, VERSION, unlearning_api.PLURAL)
 
@@ -37,9 +41,9 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-async def fetch_aggregator_status(url: str) -> dict | None:
+async def fetch_aggregator_status(url: str) -> Status | None:
     """The aggregator's /v1/status, or None when it is not reachable (yet)."""
-    return await get_json(f"{url}/v1/status")
+    return await fetch_status(url)
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
@@ -55,9 +59,34 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.background.cancellation_polling = 1
 
 
+def status_interval_s(environ: Mapping[str, str] = os.environ) -> float:
+    """Seconds between two status refreshes of each CR (``$FEDSHIELD_STATUS_INTERVAL``), read when the operator starts."""
+    raw = environ.get(STATUS_INTERVAL_ENV)
+    value = float(raw) if raw else DEFAULT_STATUS_INTERVAL_S
+    if not value > 0:
+        raise ValueError(f"{STATUS_INTERVAL_ENV} must be a positive number of seconds, not {raw!r}")
+    return value
+
+
+def register_timers(interval_s: float, registry: kopf.OperatorRegistry | None = None) -> float:
+    """Register the status timers of both kinds every ``interval_s`` seconds, once per registry; returns the interval in effect
+    (that of the first registration: kopf cannot change a timer's interval afterwards)."""
+    registry = registry or kopf.get_default_registry()
+    earlier = _TIMERS.get(id(registry))
+    if earlier is not None:
+        if earlier != interval_s:
+            log.warning("status timers already run every %s s; %s s is ignored", earlier, interval_s)
+        return earlier
+    for resource, fn in ((RESOURCE, watch_progress), (UNLEARNING, follow_unlearning)):
+        kopf.timer(*resource, interval=interval_s, initial_delay=interval_s, registry=registry)(fn)
+    _TIMERS[id(registry)] = interval_s
+    return interval_s
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
     configure(settings)
+    memo.status_interval_s = register_timers(getattr(memo, "status_interval_s", None) or status_interval_s())
     if getattr(memo, "kube", None) is None:
         memo.kube = Kube.from_environment()
     if getattr(memo, "aggregator_status", None) is None:
@@ -121,9 +150,8 @@ NOT_ADMITTED = ("ConsentMissing", "NameConflict", "RoleMissing", "FieldConflict"
 
 
 def _refuse(patch, meta, reason: str, message: str) -> kopf.PermanentError:
-    patch.status.update({"phase": "Failed", "observedGeneration": meta.get("generation"), "conditions": [{
-        "type": "Failed", "status": "True", "reason": reason, "message": message[:2000],
-        "lastTransitionTime": now(), "observedGeneration": meta.get("generation")}]})
+    failed = condition([], "Failed", True, reason, message[:2000], now(), meta.get("generation"))
+    patch.status.update({"phase": "Failed", "observedGeneration": meta.get("generation"), "conditions": [status_body(failed)]})
     return kopf.PermanentError(message)
 
 
@@ -199,15 +227,15 @@ async def admit_and_apply(memo, owner: Owner, parsed: FederatedFinetuneSpec, met
 def _not_admitted(patch, meta, status, reason: str, message: str) -> None:
     """Status of a CR the operator will not act on yet (the timer checks again)."""
     previous = [c for c in (status or {}).get("conditions", []) if c.get("type") == "Admitted"]
-    condition = admitted_condition(previous, False, reason, message[:2000], now(), meta.get("generation"))
-    new = {"phase": "Pending", "observedGeneration": meta.get("generation"), "conditions": [condition], "silos": [], "silosReady": "0/0"}
+    admitted = admitted_condition(previous, False, reason, message[:2000], now(), meta.get("generation"))
+    new = FederatedFinetuneStatus(phase="Pending", observed_generation=meta.get("generation"), conditions=[admitted],
+                                  silos=[], silos_ready="0/0").model_dump(by_alias=True, exclude_unset=True)
     if any(dict(status or {}).get(k) != v for k, v in new.items()):
         patch.status.update(new)
 
 
-@kopf.timer(*RESOURCE, interval=STATUS_INTERVAL_S, initial_delay=STATUS_INTERVAL_S)
 async def watch_progress(body, meta, spec, status, patch, memo, **_) -> None:
-    """Follow silo Jobs and aggregator rounds into status (not over a refusal of this generation)."""
+    """Follow silo Jobs and aggregator rounds into status (not over a refusal of this generation); a timer (``register_timers``)."""
     await decide_and_write_status(memo, KIND, meta, spec, status, lambda m, s, st, p: _progress(m, s, st, p, memo))
 
 
@@ -316,7 +344,6 @@ async def refuse_unlearning_change(meta, patch, old, new, **_) -> None:
         raise _refuse(patch, meta, "ImmutableFieldChanged", message)
 
 
-@kopf.timer(*UNLEARNING, interval=STATUS_INTERVAL_S, initial_delay=STATUS_INTERVAL_S)
 async def follow_unlearning(meta, spec, status, patch, memo, **_) -> None:
     """Wait for the finetune, then follow the unlearning and apply Jobs into status until done."""
     async def decide(m, s, st, p) -> None:

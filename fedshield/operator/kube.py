@@ -268,3 +268,8 @@ class Kube:
         except Conflict:
             return "not-owned"  # replaced since the read: not ours to delete
         return "absent" if found is None else "deleted"
+
+
+async def get_custom_object(kube: Kube, group: str, version: str, plural: str, namespace: str, name: str) -> dict | None:
+    """One namespaced custom object (e.g. a FederatedFinetune), None when absent (like CustomObjectsApi.get_namespaced_custom_object)."""
+    return await kube._call("GET", f"/apis/{group}/{version}/namespaces/{namespace}/{plural}/{name}", missing_ok=True)

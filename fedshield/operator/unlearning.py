@@ -1,11 +1,8 @@
-"""`FederatedUnlearning`: the Jobs that forget users at one silo, and the status that follows them.
+"""`FederatedUnlearning`: the two I/O steps the kopf handlers call (`step`, `cleanup`), over the pure parts.
 
-Pure builders and a pure status function first, then the two I/O steps the kopf
-handlers call (`step`, `cleanup`). Children live in silo namespaces, so, like a
-FederatedFinetune's silo children, they carry labels naming the unlearning and are
-deleted by the operator's finalizer (an ownerReference is added where the namespace is
-the CR's own). Labels never name the federation: the finetune's status would count
-them as its silo Jobs.
+The pure parts each have their module: ``unlearning_refs`` (the spec and the finetune it names),
+``unlearning_manifests`` (the children) and ``unlearning_status`` (the status); their public names
+are importable from here too.
 
 Order of events: refuse a spec or reference that cannot work (naming the field); wait
 until the FederatedFinetune has Succeeded; run ONE unlearning Job at the silo (the
@@ -17,285 +14,40 @@ state applies published unlearnings and exits).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Awaitable, Callable, ClassVar
+from typing import Awaitable, Callable
 
 import httpx
-from pydantic import ValidationError
 
+from ..api.membership import KIND as MEMBERSHIP_KIND
 from ..api.models import GROUP, VERSION, FederatedFinetuneSpec, SiloPlacement
 from ..api.models import PLURAL as FINETUNE_PLURAL
-from ..api.unlearning import KIND, FederatedUnlearningSpec
-from ..api.membership import KIND as MEMBERSHIP_KIND
+from ..wire.unlearning import UnlearningRecord
 from . import consent
-from .aggregator_http import get_json
-from .kube import Kube
-from .manifests import (
-    CONFIG_DIR, KEYS_DIR, OWNER_UID_LABEL, SILO_JOB_BACKOFF_LIMIT, SILO_LABEL, STATE_DIR, Owner, aggregator_url, child_name, owned_by,
-    silo_command, silo_credentials, silo_pod,
+from .aggregator_http import fetch_unlearning_records
+from .kube import Kube, get_custom_object
+from .manifests import SILO_LABEL, Owner, aggregator_url, owned_by
+from .status import silo_phase
+from .unlearning_manifests import (
+    FORGET_DIR, FORGET_FILE, UNLEARNING_LABEL, UNLEARNING_NS_LABEL, apply_job, apply_job_name, apply_jobs, forget_configmap,
+    forget_configmap_name, job_name, labels, selector, unlearn_command, unlearning_children, unlearning_job,
 )
-from ..spec import commands
-from .status import _condition, _last_termination, silo_phase
+from .unlearning_refs import TERMINAL, Refused, Target, check_reference, parse_spec, silo_of
+from .unlearning_status import RECORD_FIELDS, Observed, compute_status, pick_record, unlearning_status
 
-UNLEARNING_LABEL, UNLEARNING_NS_LABEL = "fedshield.io/unlearning", "fedshield.io/unlearning-namespace"
-FORGET_DIR, FORGET_FILE = "/etc/fedshield-forget", "users.txt"
-TERMINAL = ("Succeeded", "Failed")
-RECORD_FIELDS = {  # status field <- audit record path
-    "unlearningVersion": ("version",), "adapterVersionBefore": ("adapter_version_before",),
-    "adapterVersionAfter": ("adapter_version_after",), "usersCount": ("audit", "users_count"),
-    "usersSha256": ("audit", "users_sha256"), "durationSeconds": ("audit", "seconds"),
-    "forgetAucBefore": ("audit", "forget_auc_before"), "forgetAucAfter": ("audit", "forget_auc_after"),
-    "testAucBefore": ("audit", "test_auc_before"), "testAucAfter": ("audit", "test_auc_after"),
-}
+__all__ = [  # the pure parts, importable from here as before the split
+    "FORGET_DIR", "FORGET_FILE", "RECORD_FIELDS", "TERMINAL", "UNLEARNING_LABEL", "UNLEARNING_NS_LABEL", "Observed", "Refused", "Target",
+    "apply_job", "apply_job_name", "apply_jobs", "check_reference", "cleanup", "compute_status", "fetch_unlearning_records",
+    "forget_configmap", "forget_configmap_name", "get_finetune", "job_name", "labels", "memberships", "parse_spec", "pick_record",
+    "selector", "silo_of", "step", "unlearn_command", "unlearning_children", "unlearning_job", "unlearning_status",
+]
 
 
-class Refused(Exception):
-    """A spec or a reference that cannot work; the message names the field."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class Target(Owner):
-    """The FederatedUnlearning the children belong to (from its metadata)."""
-
-    kind: ClassVar[str] = KIND
-
-
-# --- parsing and references (pure) ---------------------------------------------------------
-
-def parse_spec(raw: dict) -> FederatedUnlearningSpec:
-    """The spec, or Refused("InvalidSpec") naming every bad field as spec.<path>."""
-    try:
-        return FederatedUnlearningSpec.model_validate(dict(raw))
-    except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            path = ".".join(["spec", *(str(p) for p in error["loc"])])
-            problems.append(f"{path}: {error['msg']}")
-        raise Refused("InvalidSpec", "; ".join(problems)) from None
-
-
-def check_reference(spec: FederatedUnlearningSpec, finetune: dict | None, namespace: str) -> FederatedFinetuneSpec:
-    """The referenced finetune's spec, or Refused("InvalidReference") naming spec.finetune or spec.silo."""
-    if finetune is None:
-        raise Refused("InvalidReference", f'spec.finetune: FederatedFinetune "{spec.finetune}" not found in namespace "{namespace}"')
-    try:
-        ft_spec = FederatedFinetuneSpec.model_validate(dict(finetune.get("spec") or {}))
-    except ValidationError:
-        raise Refused("InvalidReference", f'spec.finetune: FederatedFinetune "{spec.finetune}" has an invalid spec') from None
-    names = [s.name for s in ft_spec.silos]
-    if spec.silo not in names:
-        raise Refused("InvalidReference",
-                      f'spec.silo: silo "{spec.silo}" is not in FederatedFinetune "{spec.finetune}" (silos: {", ".join(names)})')
-    return ft_spec
-
-
-def silo_of(ft_spec: FederatedFinetuneSpec, name: str) -> SiloPlacement:
-    return next(s for s in ft_spec.silos if s.name == name)
-
-
-# --- manifests (pure) ----------------------------------------------------------------------
-
-def job_name(target: Target) -> str:
-    return child_name(target, "unlearn")
-
-
-def apply_job_name(target: Target, silo: str) -> str:
-    return child_name(target, f"apply-{silo}")
-
-
-def forget_configmap_name(target: Target) -> str:
-    return child_name(target, "forget")
-
-
-def labels(target: Target, component: str, silo: str) -> dict[str, str]:
-    return {"app.kubernetes.io/name": "fedshield", "app.kubernetes.io/instance": target.name,
-            "app.kubernetes.io/component": component, "app.kubernetes.io/managed-by": "fedshield-operator",
-            UNLEARNING_LABEL: target.name, UNLEARNING_NS_LABEL: target.namespace, OWNER_UID_LABEL: target.uid, SILO_LABEL: silo}
-
-
-def selector(target: Target) -> str:
-    return f"{UNLEARNING_LABEL}={target.name},{UNLEARNING_NS_LABEL}={target.namespace}"
-
-
-def _meta(target: Target, name: str, namespace: str, component: str, silo: str) -> dict:
-    meta = {"name": name, "namespace": namespace, "labels": labels(target, component, silo)}
-    if namespace == target.namespace:
-        meta["ownerReferences"] = [target.reference()]
-    return meta
-
-
-def forget_configmap(target: Target, namespace: str, silo: str, users: list[str]) -> dict:
-    """The inline user ids, one per line, for the unlearning pod to read."""
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(target, forget_configmap_name(target), namespace, "forget-list", silo),
-            "data": {FORGET_FILE: "".join(f"{u}\n" for u in users)}}
-
-
-def _forget_source(target: Target, spec: FederatedUnlearningSpec) -> tuple[str, dict | None]:
-    """The --users-file path inside the pod, and the volume holding it (None: the state volume)."""
-    forget = spec.forget
-    if forget.path is not None:
-        return f"{STATE_DIR}/{forget.path}", None
-    name, key = (forget_configmap_name(target), FORGET_FILE) if forget.users else (forget.config_map.name, forget.config_map.key)
-    return f"{FORGET_DIR}/{FORGET_FILE}", {"name": "forget", "configMap": {"name": name, "items": [{"key": key, "path": FORGET_FILE}]}}
-
-
-def unlearn_command(finetune: Owner, silo: SiloPlacement, spec: FederatedUnlearningSpec, users_file: str) -> list[str]:
-    return commands.unlearn_command(f"{CONFIG_DIR}/config.yaml", spec.silo, f"{KEYS_DIR}/secret.ckks", STATE_DIR,
-                                    aggregator_url(finetune, tls=silo.tls is not None), spec, users_file=users_file,
-                                    requested_by=spec.requested_by, reason=spec.reason, client=silo_credentials(silo))
-
-
-def _job(target: Target, name: str, namespace: str, component: str, silo: str, pod: dict, backoff_limit: int) -> dict:
-    job_spec = {"backoffLimit": backoff_limit, "suspend": False,
-                "template": {"metadata": {"labels": labels(target, component, silo)}, "spec": pod}}
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": _meta(target, name, namespace, component, silo), "spec": job_spec}
-
-
-def unlearning_job(target: Target, finetune: Owner, ft_spec: FederatedFinetuneSpec, spec: FederatedUnlearningSpec) -> dict:
-    """The one Job that forgets: the silo's training pod template with `fedshield unlearn` (silo mode).
-
-    No retry after a failed attempt (it may have uploaded already); pod disruptions (preemption,
-    node drain) do not count as failures.
-    """
-    silo = silo_of(ft_spec, spec.silo)
-    users_file, volume = _forget_source(target, spec)
-    pod = silo_pod(finetune, ft_spec, silo, unlearn_command(finetune, silo, spec, users_file))
-    if volume is not None:
-        pod["volumes"].append(volume)
-        pod["containers"][0]["volumeMounts"].append({"name": "forget", "mountPath": FORGET_DIR, "readOnly": True})
-    job = _job(target, job_name(target), silo.namespace, "unlearning", silo.name, pod, 0)
-    job["spec"]["podFailurePolicy"] = {"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]}
-    return job
-
-
-def apply_job(target: Target, finetune: Owner, ft_spec: FederatedFinetuneSpec, silo: SiloPlacement) -> dict:
-    """A silo agent restarted on its state: it applies the published unlearning and exits (the training Job's pod)."""
-    pod = silo_pod(finetune, ft_spec, silo, silo_command(finetune, silo))
-    return _job(target, apply_job_name(target, silo.name), silo.namespace, "unlearning-apply", silo.name, pod, SILO_JOB_BACKOFF_LIMIT)
-
-
-def unlearning_children(target: Target, finetune: Owner, ft_spec: FederatedFinetuneSpec, spec: FederatedUnlearningSpec) -> list[dict]:
-    """What runs the unlearning at the silo: the forget-list ConfigMap (inline users only), then the Job."""
-    silo = silo_of(ft_spec, spec.silo)
-    out = [forget_configmap(target, silo.namespace, silo.name, spec.forget.users)] if spec.forget.users else []
-    return out + [unlearning_job(target, finetune, ft_spec, spec)]
-
-
-def apply_jobs(target: Target, finetune: Owner, ft_spec: FederatedFinetuneSpec, spec: FederatedUnlearningSpec) -> list[dict]:
-    return [apply_job(target, finetune, ft_spec, s) for s in ft_spec.silos if s.name != spec.silo]
-
-
-# --- status (pure) -------------------------------------------------------------------------
-
-def pick_record(records: list[dict] | None, silo: str) -> dict | None:
-    """The newest published unlearning of ``silo`` in the aggregator's ledger (`GET /v1/unlearning`)."""
-    mine = [r for r in records or [] if r.get("silo") == silo]
-    return max(mine, key=lambda r: r.get("version", -1)) if mine else None
-
-
-def _from_record(record: dict) -> dict:
-    out = {}
-    for name, path in RECORD_FIELDS.items():
-        value = record
-        for key in path:
-            value = (value or {}).get(key)
-        if value is not None:
-            out[name] = round(value, 4) if isinstance(value, float) else value
-    return out
-
-
-@dataclass(frozen=True)
-class Observed:
-    """What the operator saw this time."""
-
-    finetune_phase: str = "Pending"
-    job_created: bool = False  # the unlearning Job was created (status.jobName)
-    job: dict | None = None  # the unlearning Job as read back, None when absent
-    failed_pods: list[dict] = field(default_factory=list)  # its failed pods, oldest first
-    record: dict | None = None  # its record in the aggregator's ledger, None when not (yet) read
-    apply_jobs: dict[str, dict | None] | None = None  # silo -> apply Job (None: missing); None: not created yet
-
-
-def compute_status(spec: FederatedUnlearningSpec, ft_spec: FederatedFinetuneSpec, target: Target, observed: Observed,
-                   previous: dict | None, now: str, generation: int | None) -> dict:
-    """The full status object (camelCase), keeping condition transition times that did not change."""
-    previous = previous or {}
-    silo = silo_of(ft_spec, spec.silo)
-    status: dict = {k: previous[k] for k in (*RECORD_FIELDS, "startTime", "completionTime") if k in previous}
-    if observed.record is not None:
-        status.update(_from_record(observed.record))
-    forgotten = "adapterVersionAfter" in status
-    job_phase = silo_phase(observed.job, False) if observed.job is not None else None
-    others = [s for s in ft_spec.silos if s.name != spec.silo]
-    applies = [{"silo": s.name, "namespace": s.namespace, "jobName": apply_job_name(target, s.name),
-                "phase": silo_phase((observed.apply_jobs or {}).get(s.name), False)} for s in others] if observed.apply_jobs is not None else []
-    applied = (1 if forgotten else 0) + sum(a["phase"] == "Succeeded" for a in applies)
-    failed_applies = [a for a in applies if a["phase"] == "Failed"]
-    where = f"Job {silo.namespace}/{job_name(target)}"
-    if not observed.job_created:
-        phase, reason = "Pending", "WaitingForFinetune"
-        message = f'waiting for FederatedFinetune "{spec.finetune}" to succeed (phase {observed.finetune_phase})'
-    elif job_phase == "Failed" or (observed.job is None and not forgotten):
-        code, why = _last_termination(observed.failed_pods)
-        phase, reason = "Failed", "JobFailed"
-        message = (f"unlearning {where} failed ({why or 'unknown'}, exit code {code})" if observed.job is not None
-                   else f"unlearning {where} disappeared before it finished")
-    elif not forgotten:
-        phase, reason = "Running", "Forgetting"
-        message = (f"unlearning {where} succeeded; waiting for its record in the aggregator's ledger" if job_phase == "Succeeded"
-                   else f"forgetting at silo {silo.name} ({where}: {job_phase})")
-    elif failed_applies:
-        phase, reason = "Failed", "ApplyFailed"
-        message = (f"published as adapter version {status['adapterVersionAfter']}, but silo(s) "
-                   f"{', '.join(a['silo'] for a in failed_applies)} failed to apply it; a silo agent applies it whenever it next starts")
-    elif observed.apply_jobs is not None and applied == len(ft_spec.silos):
-        phase, reason = "Succeeded", "Applied"
-        message = f"adapter version {status['adapterVersionBefore']} -> {status['adapterVersionAfter']}, applied at every silo"
-    else:
-        phase, reason = "Running", "Applying"
-        message = f"published as adapter version {status['adapterVersionAfter']}; applied at {applied}/{len(ft_spec.silos)} silos"
-    prev_conditions = previous.get("conditions", [])
-    conditions = [
-        _condition(prev_conditions, "Progressing", phase in ("Pending", "Running"), reason, message if phase not in TERMINAL else "",
-                   now, generation),
-        _condition(prev_conditions, "Forgotten", forgotten, "Published" if forgotten else "NotPublished",
-                   f"adapter version {status.get('adapterVersionBefore')} -> {status.get('adapterVersionAfter')}" if forgotten else "",
-                   now, generation),
-        _condition(prev_conditions, "Applied", phase == "Succeeded", "AllSilos" if phase == "Succeeded" else "NotYet",
-                   f"{applied}/{len(ft_spec.silos)} silos", now, generation),
-        _condition(prev_conditions, "Failed", phase == "Failed", reason if phase == "Failed" else "NoFailure",
-                   message if phase == "Failed" else "", now, generation),
-    ]
-    status.update({"phase": phase, "message": message, "observedGeneration": generation, "conditions": conditions,
-                   "appliedSilos": f"{applied}/{len(ft_spec.silos)}", "applyJobs": applies})
-    if observed.job_created:
-        status.update({"jobName": job_name(target), "jobNamespace": silo.namespace})
-        status.setdefault("startTime", now)
-    if phase in TERMINAL:
-        status.setdefault("completionTime", now)
-    return status
-
-
-# --- I/O: one reconcile step and the finalizer's cleanup -----------------------------------
-
-RecordsFn = Callable[[str], Awaitable["list[dict] | None"]]
-
-
-async def fetch_unlearning_records(url: str) -> list[dict] | None:
-    """The aggregator's `GET /v1/unlearning` (its audit records), or None when it is not reachable."""
-    return await get_json(f"{url}/v1/unlearning")
+RecordsFn = Callable[[str], Awaitable["list[UnlearningRecord] | None"]]
 
 
 async def get_finetune(kube: Kube, namespace: str, name: str) -> dict | None:
-    response = await kube._request("GET", f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{FINETUNE_PLURAL}/{name}")
-    if response.status_code == 404:
-        return None
-    response.raise_for_status()
-    return response.json()
+    """The FederatedFinetune ``namespace/name`` as the API server has it, None when absent."""
+    return await get_custom_object(kube, GROUP, VERSION, FINETUNE_PLURAL, namespace, name)
 
 
 async def memberships(kube: Kube, namespaces: set[str]) -> dict[str, list[dict]]:

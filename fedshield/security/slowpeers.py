@@ -1,4 +1,5 @@
-"""Connections that never finish their request headers are closed (uvicorn's own timers do not cover them)."""
+"""Connections that never finish their request headers, or that keep trickling the body of a request already answered
+(a refusal sent before the body was read), are closed: uvicorn's own timers cover neither."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ class HeaderDeadline(H11Protocol):
 
     header_timeout_s: float = 10.0
     _header_timer: asyncio.TimerHandle | None = None
+    _answered: bool = False  # answered while the request's body was still arriving: the rest must come within the deadline
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -21,13 +23,19 @@ class HeaderDeadline(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self.conn.their_state is not h11.IDLE:
+        if self._answered:
+            if self.conn.their_state is h11.IDLE:  # the answered body ended and the next request may begin
+                self._answered = False
+                self._arm_header_deadline()
+        elif self.conn.their_state is not h11.IDLE:
             self._disarm_header_deadline()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
-            self._arm_header_deadline()
+        if self.transport.is_closing():
+            return
+        self._answered = self.conn.their_state is not h11.IDLE
+        self._arm_header_deadline()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_deadline()
@@ -44,7 +52,7 @@ class HeaderDeadline(H11Protocol):
 
     def _header_deadline(self) -> None:
         self._header_timer = None
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+        if (self._answered or self.conn.their_state is h11.IDLE) and not self.transport.is_closing():
             self.transport.close()
 
 

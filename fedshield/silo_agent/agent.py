@@ -25,6 +25,7 @@ from ..crypto import EnvelopeReader, Keys, decrypt_envelope, encrypt_update
 from ..privacy import release
 from ..updates import VectorLayout, lora_parameters, next_residual, next_score, round_mask, scatter
 from ..wire.client import AggregatorClient, AggregatorRefused, ClientSecurity
+from ..wire.errors import FEDERATION_OVER, ErrorCode
 from ..wire.messages import JoinRequest, UploadMetadata
 from ..workloads.scoring import auc, log_loss
 from .bounds import check_unlearning
@@ -114,7 +115,10 @@ class SiloAgent:
         return log_loss(labels, probs), auc(labels, probs)
 
     def run(self) -> list[dict]:
-        """Take part in every remaining round, then save the federated adapter."""
+        """Take part in every remaining round, then save the federated adapter.
+
+        A federation that finishes or stops while this silo is in a round (``federation_finished``,
+        ``federation_stopped``) ends the loop cleanly: the adapter is saved as it stands."""
         plan = self.client.join(JoinRequest(
             silo=self.silo, samples=len(self.train), vector_size=self.layout.size, layout=self.layout.digest,
         ))
@@ -131,7 +135,14 @@ class SiloAgent:
                 log.warning("%s withdraws: %s", self.silo, reason)
                 self.client.withdraw(self.silo, reason)
                 break
-            record = self.run_round(self.state.round_done + 1)
+            try:
+                record = self.run_round(self.state.round_done + 1)
+            except AggregatorRefused as exc:
+                if exc.code not in FEDERATION_OVER:
+                    raise
+                log.warning("%s stops: the federation is over (%s: %s); keeping the global adapter of round %d",
+                            self.silo, exc.code, exc.detail, self.state.round_done)
+                break
             self.state.history.append(record.__dict__)
             with open(self.workdir / "metrics.jsonl", "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record.__dict__) + "\n")
@@ -195,7 +206,7 @@ class SiloAgent:
                 ))
                 upload_bytes, residual = receipt.bytes, pending.residual
             except AggregatorRefused as exc:
-                if exc.body.error != "round_closed":
+                if exc.code is not ErrorCode.ROUND_CLOSED:
                     raise
                 # Not counted: everything this upload carried stays in error feedback.
                 sent = decrypt_envelope(self.keys, EnvelopeReader.from_bytes(pending.data))

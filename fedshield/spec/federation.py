@@ -160,7 +160,7 @@ class LimitsSpec(Spec):
     body_idle_timeout_s: float = Field(10.0, gt=0, description="An upload body that sends nothing for this long is refused (408).")
     min_upload_bytes_per_s: float = Field(256 * 1024, gt=0, description="An upload body must arrive within "
                                                                        "bodyIdleTimeoutS + its length at this rate.")
-    observer_requests_per_s: float = Field(2.0, gt=0, description="Rate of /v1/status calls without a silo identity (all together).")
+    observer_requests_per_s: float = Field(2.0, gt=0, description="Rate of /v1/status calls by certified observers (all together).")
     observer_burst: int = Field(10, ge=1, description="Such calls at once above that rate.")
 
 

@@ -25,7 +25,8 @@ from typing import Callable, TypeVar
 import httpx
 
 from .unlearning import AUDIT_HEADER, ApprovalRequest, PendingUnlearning, UnlearningAudit, UnlearningRecord
-from .messages import ErrorBody, JoinRequest, RoundPlan, UploadMetadata, UploadReceipt, WithdrawRequest
+from .errors import ErrorBody, ErrorCode, parse_error
+from .messages import JoinRequest, RoundPlan, UploadMetadata, UploadReceipt, WithdrawRequest
 
 log = logging.getLogger("fedshield.client")
 T = TypeVar("T")
@@ -33,11 +34,19 @@ BUSY = (429, 503)
 
 
 class AggregatorRefused(RuntimeError):
-    """The aggregator answered with a 4xx: retrying will not help."""
+    """The aggregator answered with a 4xx: retrying will not help. Match on :attr:`code`."""
 
     def __init__(self, status: int, body: ErrorBody):
         super().__init__(f"aggregator refused ({status} {body.error}): {body.detail}")
         self.status, self.body = status, body
+
+    @property
+    def code(self) -> ErrorCode:
+        return self.body.error
+
+    @property
+    def detail(self) -> str:
+        return self.body.detail
 
 
 @dataclass(frozen=True)
@@ -122,11 +131,7 @@ class AggregatorClient:
     @staticmethod
     def _ok(response: httpx.Response) -> httpx.Response:
         if response.status_code >= 400:
-            try:
-                body = ErrorBody.model_validate(response.json())
-            except Exception:
-                body = ErrorBody(error="http_error", detail=response.text[:500])
-            raise AggregatorRefused(response.status_code, body)
+            raise AggregatorRefused(response.status_code, parse_error(response.status_code, response.content))
         return response
 
     def join(self, request: JoinRequest) -> RoundPlan:
@@ -172,7 +177,7 @@ class AggregatorClient:
         deadline = time.monotonic() + timeout_s
         while True:
             response = self._call(lambda: self._http.get(f"/v1/rounds/{round}/aggregate"))
-            if response.status_code != 425:
+            if response.status_code != ErrorCode.ROUND_NOT_CLOSED.status:
                 return self._ok(response).content
             if time.monotonic() > deadline:
                 raise TimeoutError(f"round {round} did not close within {timeout_s} s")

@@ -92,7 +92,3 @@ class Status(Message):
     closed: list[RoundSummary] = Field(description="One page of closed rounds (the latest by default).")
     summary: StatusSummary
 
-
-class ErrorBody(Message):
-    error: str = Field(description="A stable, machine-readable code.")
-    detail: str = Field(description="What was wrong, for a person.")
