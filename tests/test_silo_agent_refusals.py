@@ -21,7 +21,7 @@ def stub_agent(tmp_path, refusal: AggregatorRefused, rounds_ok: int = 1) -> Silo
     """An agent without a model: joining answers a 3-round plan; round ``rounds_ok`` is refused with ``refusal``."""
     agent = SiloAgent.__new__(SiloAgent)
     plan = RoundPlan(state="open", round=0, rounds_total=3, pruning=0.5, explore_share=0.1)
-    agent.silo, agent.workdir, agent.budget, agent.train = "bank-a", tmp_path, None, [object()] * 4
+    agent.silo, agent.workdir, agent.budget, agent.dp_sgd, agent.train = "bank-a", tmp_path, None, None, [object()] * 4
     agent.client = SimpleNamespace(join=lambda request: plan)
     agent.layout = SimpleNamespace(size=10, digest="layout")
     agent.state = SimpleNamespace(round_done=-1, history=[])

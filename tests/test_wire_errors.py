@@ -23,7 +23,7 @@ TOKENS = {silo: f"token-of-{silo}" for silo in SILOS}
 
 def config() -> FederationConfig:
     return FederationConfig(silos=tuple(SiloSpec(name=n, samples=100) for n in SILOS), rounds=2,
-                            aggregation=AggregationSpec(min_silos=2, round_deadline_s=600))
+                            aggregation=AggregationSpec(min_silos=2, round_deadline_seconds=600))
 
 
 def join(silo: str, **kw) -> JoinRequest:
