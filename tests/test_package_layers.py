@@ -91,3 +91,20 @@ def test_nothing_below_the_local_runners_imports_them():
 
 def test_the_learning_core_imports_no_process_or_agent_code():
     assert not import_graph()["learning"] & {"silo_agent", "aggregator", "operator", "local", "unlearning", "cli"}
+
+
+def test_no_test_module_imports_another():
+    """Shared helpers live in tests/support and fixtures in conftest.py files; test modules import neither each other."""
+    offenders = []
+    for path in Path(__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[-1].startswith("test_")]
+    assert offenders == []
+
+
+def test_tests_mirror_the_package():
+    """Every test directory (but the shared support, the e2e suite and benchmarks) is named after a part of fedshield."""
+    units = {p.stem if p.is_file() else p.name for p in ROOT.iterdir() if not p.name.startswith("_")}
+    dirs = {p.name for p in Path(__file__).parent.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))}
+    assert dirs - units <= {"support", "e2e", "benchmarks", "charts"}, sorted(dirs - units)

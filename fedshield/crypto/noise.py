@@ -3,7 +3,7 @@
 A decrypted slot is the exact integer sum plus noise. Measured at N=8192, scale 2**18 (one fresh
 public-key encryption per silo, summed): the largest |noise| over one ciphertext's 4096 slots is
 about 0.13 integer units for 16 ciphertexts, 0.27 for 64 and 0.49 for 256, i.e. ``0.031 * sqrt(n)``
-(``benchmarks`` and ``tests/test_aggregator_trust.py`` re-measure it). Rounding is exact while the
+(``benchmarks`` and ``tests/aggregator/test_aggregator_trust.py`` re-measure it). Rounding is exact while the
 noise stays under 0.5; we keep a factor 2 of margin (the tail over millions of slots, and other
 polynomial degrees), so the budget is ``NOISE_PER_SQRT_SUM * sqrt(n) * 2**(18 - scale_bits) <= 0.25``.
 Each extra bit of scale halves the noise and so quadruples the silos allowed.

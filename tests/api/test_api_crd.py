@@ -1,0 +1,136 @@
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+from support.crd_schema import crd_validator
+
+from fedshield.api.crd import crd, crd_yaml
+from fedshield.api.models import IMMUTABLE, INSECURE_MESSAGE, FederatedFinetuneSpec
+from fedshield.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+CHECKED_IN = ROOT / "charts" / "fedshield-operator" / "crds" / "federatedfinetunes.yaml"
+EXAMPLE = yaml.safe_load((ROOT / "examples" / "federatedfinetune.yaml").read_text())
+
+
+def test_checked_in_crd_is_the_generated_one():
+    assert CHECKED_IN.read_text() == crd_yaml(), "run `fedshield crd > charts/fedshield-operator/crds/federatedfinetunes.yaml`"
+
+
+def test_crd_command_prints_it(capsys):
+    assert main(["crd"]) == 0
+    assert capsys.readouterr().out == crd_yaml()
+
+
+def _walk(node, path="spec"):
+    yield path, node
+    for name, prop in node.get("properties", {}).items():
+        yield from _walk(prop, f"{path}.{name}")
+    if isinstance(node.get("items"), dict):
+        yield from _walk(node["items"], f"{path}[]")
+
+
+def test_schema_is_structural_and_every_field_is_described():
+    version = crd()["spec"]["versions"][0]
+    root = version["schema"]["openAPIV3Schema"]
+    for part in ("spec", "status"):
+        for path, node in _walk(root["properties"][part], part):
+            assert "type" in node, f"{path} has no type"
+            assert path.endswith("[]") or node.get("description"), f"{path} has no description (kubectl explain)"
+            assert "$ref" not in node and "anyOf" not in node and "title" not in node, path
+    spec = root["properties"]["spec"]
+    for name in IMMUTABLE:
+        assert {"rule": "self == oldSelf", "message": f"spec.{name} is immutable"} in spec["properties"][name]["x-kubernetes-validations"]
+    assert spec["properties"]["silos"]["x-kubernetes-list-map-keys"] == ["name"]
+    assert version["subresources"] == {"status": {}}
+    columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    assert columns["Phase"] == ".status.phase" and columns["Round"] == ".status.round"
+    assert columns["Silos"] == ".status.silosReady" and columns["Fairness"] == ".status.fairnessGap"
+    assert columns["Age"] == ".metadata.creationTimestamp"
+
+
+def test_example_cr_validates_against_the_crd_and_the_models():
+    errors = list(crd_validator().iter_errors(EXAMPLE))
+    assert not errors, [e.message for e in errors]
+    spec = FederatedFinetuneSpec.model_validate(EXAMPLE["spec"])
+    assert [s.namespace for s in spec.silos] == ["org-hospital-a", "org-hospital-b", "org-clinic-c"]
+
+
+def _with(path: str, value):
+    spec = copy.deepcopy(EXAMPLE["spec"])
+    *parents, last = path.split(".")
+    node = spec
+    for key in parents:
+        node = node[int(key)] if key.isdigit() else node[key]
+    if value is DELETE:
+        del node[int(last) if last.isdigit() else last]
+    else:
+        node[int(last) if last.isdigit() else last] = value
+    return spec
+
+
+DELETE = object()
+# (field path, bad value, text the error must contain, also refused by the CRD's structural schema)
+INVALID = [
+    ("rounds", 0, "rounds", True),
+    ("rounds", "ten", "rounds", True),
+    ("lora.r", 0, "r", True),
+    ("lora.dropout", 1.5, "dropout", True),
+    ("lora.targetModules", [], "targetModules", True),
+    ("training.learningRate", 0, "learningRate", True),
+    ("training.zeroStage", 4, "zeroStage", True),
+    ("training.precision", "int8", "precision", True),
+    ("aggregation.strategy", "median", "strategy", True),
+    ("aggregation.minSilos", 0, "minSilos", True),
+    ("aggregation.minSilos", 5, "minSilos", False),  # CEL rule in the CRD
+    ("aggregation.roundDeadlineSeconds", 0, "roundDeadlineSeconds", True),
+    ("privacy.pruning", 1.0, "pruning", True),
+    ("privacy.encryption", {"polyModulusDegree": 4096}, "polyModulusDegree", True),
+    ("privacy.dp", {"enabled": True}, "privacy.dp", False),  # CEL rule
+    ("privacy.dp", {"enabled": True, "noiseMultiplier": 1.0, "targetEpsilon": 8.0}, "privacy.dp", False),
+    ("privacy.dp", {"delta": 2}, "delta", True),
+    ("silos", [], "silos", True),
+    ("silos.0.name", "Hospital_A", "name", True),
+    ("silos.0.namespace", "-bad", "namespace", True),
+    ("silos.0.gpus", -1, "gpus", True),
+    ("silos.0.memory", "lots", "memory", True),
+    ("silos.0.keySecret", DELETE, "keySecret", True),
+    ("silos.0.datasetVolume", DELETE, "datasetVolume", True),
+    ("silos.0.tolerations", [{"operator": "Maybe"}], "operator", True),
+    ("silos.1.name", "hospital-a", "names must be unique", False),  # list-map key in the CRD
+    ("aggregator.serviceType", "ExternalName", "serviceType", True),
+    ("aggregator", DELETE, "aggregator", True),
+    ("baseModel.path", "", "path", True),
+    ("unexpectedField", 1, "unexpectedField", True),
+    ("activeDeadlineSeconds", 5, "activeDeadlineSeconds", True),
+]
+
+
+@pytest.mark.parametrize("path, value, message, structural", INVALID, ids=[f"{p}={v!r}"[:60] for p, v, _, _ in INVALID])
+def test_invalid_spec_is_rejected_naming_the_field(path, value, message, structural):
+    spec = _with(path, value)
+    with pytest.raises(ValidationError) as info:
+        FederatedFinetuneSpec.model_validate(spec)
+    text = str(info.value)
+    assert message in text, text
+    if structural:
+        assert list(crd_validator().iter_errors(dict(EXAMPLE, spec=spec))), f"the CRD schema accepted {path}={value!r}"
+
+
+def test_enough_invalid_cases():
+    assert len(INVALID) >= 20
+
+
+def test_without_tls_the_spec_must_say_insecure_in_pydantic_and_the_crd():
+    spec = copy.deepcopy(EXAMPLE["spec"])
+    del spec["aggregator"]["tls"]
+    for silo in spec["silos"]:
+        del silo["tls"]
+    with pytest.raises(ValidationError, match="set insecure: true to run without transport security"):
+        FederatedFinetuneSpec.model_validate(spec)
+    assert FederatedFinetuneSpec.model_validate(dict(spec, insecure=True)).insecure
+    rules = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["x-kubernetes-validations"]
+    assert {"rule": "has(self.aggregator.tls) || (has(self.insecure) && self.insecure)",
+            "message": INSECURE_MESSAGE} in rules
