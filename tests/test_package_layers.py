@@ -108,3 +108,22 @@ def test_tests_mirror_the_package():
     units = {p.stem if p.is_file() else p.name for p in ROOT.iterdir() if not p.name.startswith("_")}
     dirs = {p.name for p in Path(__file__).parent.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))}
     assert dirs - units <= {"support", "e2e", "benchmarks", "charts"}, sorted(dirs - units)
+
+
+def test_every_package_directory_is_a_regular_package():
+    """A folder without __init__.py is a namespace package: an installed wheel would leave it out."""
+    missing = [str(d.relative_to(ROOT.parent)) for d in ROOT.rglob("*") if d.is_dir() and d.name != "__pycache__"
+               and any(d.glob("*.py")) and not (d / "__init__.py").exists()]
+    assert missing == []
+
+
+def graph_table(graph: dict[str, set[str]]) -> str:
+    rows = ["| unit | imports |", "| --- | --- |"]
+    rows += [f"| `{unit}` | {', '.join(f'`{t}`' for t in sorted(graph[unit])) or '-'} |" for unit in sorted(graph)]
+    return "\n".join(rows)
+
+
+def test_the_documented_import_graph_is_the_codes():
+    doc = (ROOT.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    documented = doc.split("<!-- import-graph:start -->\n", 1)[1].split("\n<!-- import-graph:end -->", 1)[0]
+    assert documented == graph_table(import_graph()), "docs/architecture.md's import graph is stale; it should read:\n" + graph_table(import_graph())
