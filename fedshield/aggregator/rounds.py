@@ -153,8 +153,9 @@ class Coordinator:
         With ``quarantine`` (at start), a row whose file is missing or torn is removed and its file moved
         aside: that silo's retry is then accepted again. Files without a row are moved aside too.
         """
+        current = self._open_round()
         total = self._new_sum()
-        rows = self.store.uploads(self.current)
+        rows = self.store.uploads(current)
         for row in rows:
             try:
                 with EnvelopeReader.open(row.path) as reader:
@@ -167,17 +168,43 @@ class Coordinator:
                     raise
                 if row.path.exists():
                     self._quarantine(row.path, f"unreadable upload: {exc}")
-                self.store.remove_upload(self.current, row.silo)
-                log.warning("round %d: the upload of %s was lost or torn; it will be accepted again", self.current, row.silo)
+                self.store.remove_upload(current, row.silo)
+                log.warning("round %d: the upload of %s was lost or torn; it will be accepted again", current, row.silo)
         if quarantine:
-            known = {r.silo for r in self.store.uploads(self.current)}
-            for path in sorted(self.store.round_dir(self.current).glob("*.fshe")):
+            known = {r.silo for r in self.store.uploads(current)}
+            for path in sorted(self.store.round_dir(current).glob("*.fshe")):
                 if path.stem not in known and path.name != "aggregate.fshe":
                     self._quarantine(path, "a file without a ledger row")
         return total
 
     def _joined(self) -> dict[str, tuple[int, int, str]]:
         return self.store.silos()
+
+    def _open_round(self) -> int:
+        """The open round's number; callers only run while one is open."""
+        if self.current is None:
+            raise RuntimeError("no round is open")
+        return self.current
+
+    def _open_sum(self) -> EncryptedSum:
+        """The open round's running sum; callers only run while one is open."""
+        if self._sum is None:
+            raise RuntimeError("no round is open: there is no running sum")
+        return self._sum
+
+    def _round_row(self, round: int) -> dict:
+        """The ledger row of a round known to be open or closed."""
+        row = self.store.round_row(round)
+        if row is None:
+            raise RuntimeError(f"round {round} has no ledger row")
+        return row
+
+    def _joined_vector(self) -> tuple[int, str]:
+        """The vector size and layout of the joined silos; callers only run once some silo has joined."""
+        vector = self._vector()
+        if vector is None:
+            raise RuntimeError("no silo has joined: the update vector is not known yet")
+        return vector
 
     def _vector(self) -> tuple[int, str] | None:
         joined = self._joined()
@@ -187,9 +214,9 @@ class Coordinator:
         return size, layout
 
     def _new_sum(self, round: int | None = None) -> EncryptedSum:
-        size, layout = self._vector()
+        size, layout = self._joined_vector()
         return EncryptedSum(
-            self.keys, round=self.current if round is None else round, count=kept_count(size, self.config.privacy.pruning),
+            self.keys, round=self._open_round() if round is None else round, count=kept_count(size, self.config.privacy.pruning),
             packing=self.config.packing(), layout=layout,
         )
 
@@ -204,7 +231,7 @@ class Coordinator:
         self.store.open_round(round)
         self.current = round
         self._weights, self._lr_scales = weights, scales
-        self._deadline_at = self.store.round_row(round)["opened_at"] + self.config.aggregation.round_deadline_seconds
+        self._deadline_at = self._round_row(round)["opened_at"] + self.config.aggregation.round_deadline_seconds
         self._sum = self._new_sum()
         log.info("round %d open", round)
         self._publish()
@@ -440,7 +467,7 @@ class Coordinator:
                     expected = self.weights()[silo]
                     if not abs(head.weight - expected) <= 1e-9:  # written so that NaN is refused too
                         raise ApiError(ErrorCode.WRONG_WEIGHT, f"the envelope is weighted {head.weight}, the plan says {expected}")
-                    self._sum.add(reader)
+                    self._open_sum().add(reader)
             except CryptoError as exc:
                 raise envelope_refused(exc) from None
             final = self.store.upload_path(round, silo)
@@ -530,7 +557,7 @@ class Coordinator:
 
     def _replacement(self, version: int, silo: str, path: Path) -> EncryptedSum:
         """Check a replacement envelope (silo, weight 1, the spec's packing, ciphertexts) and return it as a sum to publish."""
-        vector_size, layout = self._vector()
+        vector_size, layout = self._joined_vector()
         packing = unlearning_packing(self.config)
         try:
             with EnvelopeReader.open(path) as reader:
@@ -628,21 +655,22 @@ class Coordinator:
 
     def _close(self) -> None:
         """Publish the open round and open the next one: the next plan first, then one transaction."""
-        round = self.current
+        round = self._open_round()
+        total = self._open_sum()
         last = round + 1 >= self.config.rounds
         reports = {u.silo: u.metadata for u in self.store.uploads(round)}
         losses = {**self._losses, **{s: m["val_loss"] for s, m in reports.items() if m.get("val_loss") is not None}}
         next_plan = None if last else self._next_plan(losses)  # may raise: nothing has changed yet
         start = time.perf_counter()
-        save_envelope(self.store.aggregate_path(round), self._sum.to_bytes())
+        save_envelope(self.store.aggregate_path(round), total.to_bytes())
         fsync_dir(self.store.aggregate_path(round).parent)
         elapsed = time.perf_counter() - start
         crash_point("aggregate-written")  # the aggregate is on disk, the round not yet closed
-        contributors = list(self._sum.contributors)
-        self.store.close_round(round, contributors, self._sum.weight_sum, elapsed, open_next=not last)
+        contributors = list(total.contributors)
+        self.store.close_round(round, contributors, total.weight_sum, elapsed, open_next=not last)
         # Committed: from here only in-memory bookkeeping, which cannot fail halfway.
         self._summarise_closed(round, contributors)
-        row = self.store.round_row(round)
+        row = self._round_row(round)
         telemetry.observe_close(row["closed_at"] - row["opened_at"], elapsed, self.store.aggregate_path(round).stat().st_size,
                                 set(self._expected()) - set(contributors))
         log.info("round %d closed with %s", round, ", ".join(contributors))
@@ -651,8 +679,9 @@ class Coordinator:
             log.info("federation finished")
         else:
             self.current = round + 1
+            assert next_plan is not None  # computed above for every round but the last
             self._weights, self._lr_scales = next_plan
-            self._deadline_at = self.store.round_row(round + 1)["opened_at"] + self.config.aggregation.round_deadline_seconds
+            self._deadline_at = self._round_row(round + 1)["opened_at"] + self.config.aggregation.round_deadline_seconds
             self._sum = self._new_sum()
             log.info("round %d open", self.current)
         try:

@@ -146,7 +146,7 @@ class Store:
                     open_next: bool = False) -> None:
         """Close ``round`` and, with ``open_next``, open the next one in the same transaction."""
         now = time.time()
-        statements = [("UPDATE rounds SET closed_at = ?, contributors = ?, weight_sum = ?, aggregate_s = ? WHERE round = ?",
+        statements: list[tuple[str, tuple]] = [("UPDATE rounds SET closed_at = ?, contributors = ?, weight_sum = ?, aggregate_s = ? WHERE round = ?",
                        (now, json.dumps(contributors), weight_sum, aggregate_s, round))]
         if open_next:
             statements.append(("INSERT OR IGNORE INTO rounds (round, opened_at) VALUES (?, ?)", (round + 1, now)))

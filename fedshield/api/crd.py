@@ -9,6 +9,7 @@ import copy
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 from . import membership as fm
 from . import unlearning as fu
@@ -16,7 +17,7 @@ from .models import (
     GROUP, IMMUTABLE, KIND, PLURAL, SHORT_NAME, SINGULAR, SPEC_RULES, VERSION, FederatedFinetuneSpec, FederatedFinetuneStatus,
 )
 
-PRINTER_COLUMNS = [
+PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Overall phase."},
     {"name": "Round", "type": "integer", "jsonPath": ".status.round", "description": "Rounds completed."},
     {"name": "Silos", "type": "string", "jsonPath": ".status.silosReady", "description": "Silos ready / all."},
@@ -25,7 +26,7 @@ PRINTER_COLUMNS = [
     {"name": "Rounds", "type": "integer", "jsonPath": ".spec.rounds", "description": "Rounds requested.", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
-UNLEARNING_PRINTER_COLUMNS = [
+UNLEARNING_PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Overall phase."},
     {"name": "Finetune", "type": "string", "jsonPath": ".spec.finetune", "description": "The FederatedFinetune."},
     {"name": "Silo", "type": "string", "jsonPath": ".spec.silo", "description": "The forgetting silo."},
@@ -81,7 +82,7 @@ def _structural(node: Any, defs: dict) -> Any:
     return out
 
 
-def model_schema(model: type) -> dict:
+def model_schema(model: type[BaseModel]) -> dict:
     raw = model.model_json_schema(by_alias=True)
     defs = raw.pop("$defs", {})
     return _structural(raw, defs)
@@ -105,7 +106,7 @@ def unlearning_spec_schema() -> dict:
     return schema
 
 
-def _crd(names: tuple[str, str, str, str], description: str, spec: dict, status_model: type | None, columns: list[dict]) -> dict:
+def _crd(names: tuple[str, str, str, str], description: str, spec: dict, status_model: type[BaseModel] | None, columns: list[dict]) -> dict:
     kind, plural, singular, short_name = names
     properties = {
         "apiVersion": {"type": "string", "description": "API version of this object."},

@@ -17,7 +17,8 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints, model_validator
 
 from ..crypto.noise import max_summable
-from ..spec.base import DNS_LABEL, FinetunePhase, SiloPhase, Spec
+from ..spec.base import DNS_LABEL, FinetunePhase, SiloPhase
+from ..spec.base import Spec as Model  # every API model: frozen, extra fields refused, camelCase aliases
 from ..spec.federation import EncryptionSpec, FederationSettings, SiloSpec, check_silos
 
 GROUP, VERSION, KIND, PLURAL, SINGULAR, SHORT_NAME = "fedshield.io", "v1alpha1", "FederatedFinetune", "federatedfinetunes", "federatedfinetune", "fft"
@@ -28,9 +29,6 @@ Cidr = Annotated[str, StringConstraints(pattern=CIDR)]
 EXTENDED_RESOURCE = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 # Fields the CRD marks immutable (x-kubernetes-validations: self == oldSelf).
 IMMUTABLE = ("baseModel", "lora", "rounds", "seed", "training", "privacy", "data", "silos")
-
-
-Model = Spec  # every API model: frozen, extra fields refused, camelCase aliases
 
 
 class BaseModelSpec(Model):

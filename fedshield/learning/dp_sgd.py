@@ -75,7 +75,7 @@ def privatised_gradient(
     over all parameters, summed, noised and divided by ``expected_units``.
     """
     per_unit = [torch.zeros((n_units, *g.shape[1:]), dtype=torch.float32).index_add_(0, units, g.float()) for g in grad_samples]
-    norms = torch.sqrt(sum((g.flatten(1) ** 2).sum(dim=1) for g in per_unit)) if per_unit else torch.zeros(n_units)
+    norms = torch.sqrt(sum(((g.flatten(1) ** 2).sum(dim=1) for g in per_unit), torch.zeros(n_units))) if per_unit else torch.zeros(n_units)
     factors = torch.clamp(params.clip_norm / (norms + 1e-12), max=1.0)
     out = []
     for g in per_unit:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import ClassVar, Sequence, cast
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -47,7 +47,8 @@ def _messages(example: InstructionExample) -> list[dict[str, str]]:
 def prompt_text(tokenizer: PreTrainedTokenizerBase, example: InstructionExample) -> str:
     """What the model reads before its reply."""
     if tokenizer.chat_template:
-        return tokenizer.apply_chat_template(_messages(example), tokenize=False, add_generation_prompt=True)
+        # transformers types the result for every mode; with tokenize=False it is the rendered text
+        return cast(str, tokenizer.apply_chat_template(_messages(example), tokenize=False, add_generation_prompt=True))
     return example.prompt + PLAIN_SEPARATOR
 
 
@@ -55,8 +56,9 @@ def encode(tokenizer: PreTrainedTokenizerBase, example: InstructionExample) -> E
     """Prompt and response token ids (the response ends with the end of turn or end of text)."""
     prompt = prompt_text(tokenizer, example)
     if tokenizer.chat_template:
-        full = tokenizer.apply_chat_template(_messages(example) + [{"role": "assistant", "content": example.response}],
-                                             tokenize=False)
+        # transformers types the result for every mode; with tokenize=False it is the rendered text
+        full = cast(str, tokenizer.apply_chat_template(_messages(example) + [{"role": "assistant", "content": example.response}],
+                                                       tokenize=False))
         if not full.startswith(prompt):
             raise DataError(example.source or "<examples>", example.line or None,
                             "the chat template renders the conversation differently from its prompt; cannot mask it")
@@ -139,7 +141,8 @@ def greedy_replies(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, e
             break
         ids = torch.cat([ids, nxt[:, None]], dim=1)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-    return [tokenizer.decode(o, skip_special_tokens=True) for o in out]
+    # transformers types decode as str | list[str]; one sequence of ids decodes to one str
+    return [cast(str, tokenizer.decode(o, skip_special_tokens=True)) for o in out]
 
 
 @torch.no_grad()

@@ -50,7 +50,8 @@ def run_federation(config: FederationConfig, data: Mapping[str, Sequence[Interac
     """
     from .demo import run_local
 
-    if not config.model.path:
+    base_path = config.model.path
+    if not base_path:
         raise ValueError("set config.model.path: runs to be compared must share one base model")
     out = Path(out)
     excluded = set(exclude_users)
@@ -62,7 +63,7 @@ def run_federation(config: FederationConfig, data: Mapping[str, Sequence[Interac
     with without_distributed_env():
         report = run_local(config, out / "run", console=Console(quiet=True))
     seconds, cpu = time.perf_counter() - start, children_cpu_seconds() - cpu
-    adapters = {silo: read_adapter(config.model.path, out / "run" / "silos" / silo / "adapter") for silo in config.silo_names}
+    adapters = {silo: read_adapter(base_path, out / "run" / "silos" / silo / "adapter") for silo in config.silo_names}
     return FederationRun(adapters, seconds, cpu, report, config)
 
 

@@ -111,7 +111,8 @@ def owner_of(meta) -> Owner:
 async def observe(kube: Kube, owner: Owner, spec: FederatedFinetuneSpec, memo) -> Observed:
     """Silo Jobs and failed pods (one list per silo namespace), and the aggregator's progress."""
     selector = f"{FEDERATION_LABEL}={owner.name},{NAMESPACE_LABEL}={owner.namespace}"
-    jobs, failed = {}, {}
+    jobs: dict[str, dict] = {}
+    failed: dict[str, list[dict]] = {}
     for namespace in sorted({s.namespace for s in spec.silos}):
         try:
             for job in await kube.list("batch/v1", "Job", namespace, selector):

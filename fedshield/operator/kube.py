@@ -24,6 +24,7 @@ import asyncio
 import json
 import os
 from dataclasses import dataclass
+from typing import Literal, overload
 
 import httpx
 from kubernetes import client, config
@@ -173,6 +174,14 @@ class Kube:
                                                           auth_settings=["BearerToken"])
         response = self.api.call_api(method, url, header_params=headers, body=body, _request_timeout=30)
         return response.status, response.read() or b""
+
+    @overload
+    async def _call(self, method: str, path: str, *, query: list | None = None, body=None, content_type: str | None = None,
+                    missing_ok: Literal[False] = False) -> dict: ...
+
+    @overload
+    async def _call(self, method: str, path: str, *, query: list | None = None, body=None, content_type: str | None = None,
+                    missing_ok: bool) -> dict | None: ...
 
     async def _call(self, method: str, path: str, *, query: list | None = None, body=None, content_type: str | None = None,
                     missing_ok: bool = False) -> dict | None:

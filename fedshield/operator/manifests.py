@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ..api.models import GROUP, KIND, VERSION, FederatedFinetuneSpec, SiloPlacement
 from ..spec.commands import ClientCredentials, ServerCredentials, aggregator_command, silo_command as spec_silo_command
@@ -96,7 +96,7 @@ def labels(owner: Owner, component: str, silo: str | None = None) -> dict[str, s
 
 
 def _meta(owner: Owner, name: str, namespace: str, component: str, silo: str | None = None) -> dict:
-    meta = {"name": name, "namespace": namespace, "labels": labels(owner, component, silo)}
+    meta: dict[str, object] = {"name": name, "namespace": namespace, "labels": labels(owner, component, silo)}
     if namespace == owner.namespace:
         meta["ownerReferences"] = [owner.reference()]
     return meta
@@ -179,7 +179,7 @@ def aggregator_deployment(owner: Owner, spec: FederatedFinetuneSpec, site: Site 
     agg = spec.aggregator
     scratch, scratch_mounts = _scratch_volumes()
     scheme = "HTTPS" if agg.tls else "HTTP"
-    container = {
+    container: dict[str, Any] = {
         "name": "aggregator", "image": agg.image or spec.image, "imagePullPolicy": "IfNotPresent",
         "command": aggregator_command(f"{CONFIG_DIR}/config.yaml", f"{KEYS_DIR}/public.ckks", STATE_DIR, ServerCredentials(
             f"{TLS_DIR}/tls.crt", f"{TLS_DIR}/tls.key", f"{TLS_DIR}/ca.crt", federation=f"{owner.namespace}/{owner.name}",

@@ -90,6 +90,7 @@ async def step(kube: Kube, records_of: RecordsFn, target: Target, raw_spec: dict
     spec = parse_spec(raw_spec)
     finetune = await get_finetune(kube, target.namespace, spec.finetune)
     ft_spec = check_reference(spec, finetune, target.namespace)
+    assert finetune is not None  # check_reference refuses a missing finetune
     owner = Owner(spec.finetune, target.namespace, finetune["metadata"].get("uid", ""))
     ft_phase = (finetune.get("status") or {}).get("phase", "Pending")
     created = bool(previous.get("jobName"))
@@ -122,7 +123,7 @@ async def cleanup(kube: Kube, target: Target, raw_spec: dict, status: dict) -> l
     """Delete the children in silo namespaces that this unlearning owns: those named in status, and those the
     finetune's silos would hold. Whatever status names is only a candidate: an object this unlearning did not create
     (its ownership label names another uid, or none) is left untouched. Returns the objects left alone."""
-    doomed = []
+    doomed: list[dict] = []
     if status.get("jobName") and status.get("jobNamespace"):
         namespace = status["jobNamespace"]
         doomed += [{"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": status["jobName"], "namespace": namespace}},

@@ -44,7 +44,7 @@ def selector(target: Target) -> str:
 
 
 def _meta(target: Target, name: str, namespace: str, component: str, silo: str) -> dict:
-    meta = {"name": name, "namespace": namespace, "labels": labels(target, component, silo)}
+    meta: dict[str, object] = {"name": name, "namespace": namespace, "labels": labels(target, component, silo)}
     if namespace == target.namespace:
         meta["ownerReferences"] = [target.reference()]
     return meta
@@ -61,7 +61,12 @@ def _forget_source(target: Target, spec: FederatedUnlearningSpec) -> tuple[str, 
     forget = spec.forget
     if forget.path is not None:
         return f"{STATE_DIR}/{forget.path}", None
-    name, key = (forget_configmap_name(target), FORGET_FILE) if forget.users else (forget.config_map.name, forget.config_map.key)
+    if forget.users:
+        name, key = forget_configmap_name(target), FORGET_FILE
+    elif forget.config_map is not None:
+        name, key = forget.config_map.name, forget.config_map.key
+    else:  # the spec's validator refuses a forget with none of users, configMap and path
+        raise ValueError("forget: give exactly one of users, configMap and path")
     return f"{FORGET_DIR}/{FORGET_FILE}", {"name": "forget", "configMap": {"name": name, "items": [{"key": key, "path": FORGET_FILE}]}}
 
 

@@ -157,6 +157,7 @@ class SiloAgent:
         t = time.perf_counter()
         seed = zlib.crc32(f"{self.config.seed}/{self.silo}/{round}".encode())
         training = self.config.training
+        train_loss: float | None
         if self.dp_sgd is not None:
             train_loss, tokens = train_local_dp(self.engine, self.tokenizer, self.train, training.local_steps, self.dp_sgd[0],
                                                 seed=seed, micro_batch=training.batch_size)
@@ -315,5 +316,5 @@ class SiloAgent:
 
     def save_adapter(self, out: Path) -> Path:
         """The federated adapter in PEFT format (private modules included: they belong to this silo)."""
-        self.model.save_pretrained(out)
+        self.model.save_pretrained(str(out))  # peft types the directory as str
         return out

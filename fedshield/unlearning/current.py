@@ -7,6 +7,7 @@ from typing import Mapping, Sequence
 
 import torch
 from peft import PeftModel
+from transformers import PreTrainedTokenizerBase
 
 from ..config import LoraSpec
 from ..learning.model import answer_ids, last_token_logits, load_base, with_lora
@@ -37,7 +38,7 @@ def current_model(base_path: str | Path, lora: LoraSpec, adapter: Mapping[str, t
     return model.to(accelerator_device()), tokenizer
 
 
-def adapter_student(base_path: str | Path, lora: LoraSpec, adapter: Mapping[str, torch.Tensor]) -> tuple[PeftModel, object]:
+def adapter_student(base_path: str | Path, lora: LoraSpec, adapter: Mapping[str, torch.Tensor]) -> tuple[PeftModel, PreTrainedTokenizerBase]:
     """Base + the current adapter *unmerged*, its LoRA tensors trainable: the rank-preserving student.
 
     Training it changes the federation's own A and B (same rank, same layout), so its result

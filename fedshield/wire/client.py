@@ -20,7 +20,7 @@ import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import BinaryIO, Callable, Iterator, TypeVar
 
 import httpx
 
@@ -209,6 +209,6 @@ class AggregatorClient:
         return UploadReceipt.model_validate(response.json())
 
 
-def _chunks(fh, size: int = 1 << 20):
+def _chunks(fh: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:
     while chunk := fh.read(size):
         yield chunk

@@ -7,6 +7,7 @@ sides match on :class:`ErrorCode` members, never on free strings.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 from pydantic import Field
 
@@ -104,7 +105,7 @@ class ErrorBody(Message):
     detail: str = Field(description="What was wrong, for a person.")
 
 
-def error_body(code: ErrorCode, detail: str) -> dict:
+def error_body(code: ErrorCode, detail: str) -> dict[str, Any]:
     """The JSON body of a refusal (what every error response of the aggregator carries)."""
     return ErrorBody(error=code, detail=detail).model_dump(mode="json")
 

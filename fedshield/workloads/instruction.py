@@ -22,7 +22,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from .base import DataError, Split
 
@@ -57,7 +57,7 @@ class InstructionExample:
     @classmethod
     def of(cls, prompt: str, response: str, system: str | None = None, source: str = "", line: int = 0) -> "InstructionExample":
         """A single user turn (after an optional system turn) and its response."""
-        return cls((Turn("system", system),) * bool(system) + (Turn("user", prompt),), response, source, line)
+        return cls(((Turn("system", system),) if system else ()) + (Turn("user", prompt),), response, source, line)
 
 
 def _text(path: Path, line: int, record: dict, key: str, required: bool = True) -> str:
@@ -175,6 +175,7 @@ def write_jsonl(examples: Sequence[InstructionExample], path: str | Path) -> Pat
     with open(path, "w", encoding="utf-8") as fh:
         for e in examples:
             users = [t for t in e.context if t.role != "system"]
+            record: Mapping[str, object]
             if len(users) == 1 and users[0].role == "user":
                 record = {"prompt": e.prompt, "response": e.response} | ({"system": e.system} if e.system else {})
             else:

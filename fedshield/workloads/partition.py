@@ -22,7 +22,7 @@ import re
 import shutil
 from collections import Counter
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -68,7 +68,7 @@ def by_dirichlet(classes: dict[str, str], silos: Sequence[str], alpha: float, se
     if alpha <= 0:
         raise ValueError(f"alpha must be positive, got {alpha}")
     rng = np.random.default_rng(seed)
-    out = {}
+    out: dict[str, str] = {}
     for cls in sorted(set(classes.values())):
         members = sorted(u for u, c in classes.items() if c == cls)
         rng.shuffle(members)
@@ -128,7 +128,7 @@ def split_dataset(source: str | Path, out: str | Path, method: str, silos: str |
     names = silo_names(silos) if method != "attribute" else []
     mapping = assign(data, method, names, alpha=alpha, seed=seed, attribute=attribute)
     folders = names or sorted(set(mapping.values()))
-    manifest = {"source": str(source), "format": data.format, "by": method, "seed": seed,
+    manifest: dict[str, Any] = {"source": str(source), "format": data.format, "by": method, "seed": seed,
                 "alpha": alpha if method == "genre" else None, "attribute": attribute if method == "attribute" else None,
                 "silos": {}}
     for silo in folders:

@@ -79,7 +79,7 @@ _NOUNS = ("river", "storm", "city", "garden", "road", "night", "crown", "signal"
 def catalog(items_per_genre: int = 6, seed: int = 0) -> list[str]:
     """Item titles; each ends with its genre, as a catalogue entry would."""
     rng = random.Random(seed)
-    titles = []
+    titles: list[str] = []
     for genre in GENRES:
         pairs = rng.sample([(a, n) for a in _ADJECTIVES for n in _NOUNS], items_per_genre)
         titles.extend(f"{a} {n} {genre}" for a, n in pairs)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
@@ -12,7 +12,7 @@ from ..state import caller
 from .common import ERRORS, MAX_ROUND, State
 
 router = APIRouter(tags=["status"])
-HIDDEN_PLAN = {"mask_seed": None, "layout": None, "weights": {}, "lr_scales": {}}  # what a caller that has not joined never sees
+HIDDEN_PLAN: dict[str, Any] = {"mask_seed": None, "layout": None, "weights": {}, "lr_scales": {}}  # what a caller that has not joined never sees
 
 
 @router.get("/v1/status", response_model=Status, responses=ERRORS)
