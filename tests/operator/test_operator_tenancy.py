@@ -161,7 +161,7 @@ async def test_two_crs_of_the_same_name_in_two_namespaces_do_not_collide(k8s, op
         assert raw(k8s, (JOBS, ns, job(silo, other)))["metadata"]["labels"]["fedshield.io/owner-uid"] == other.uid
     # Deleting one leaves the other's children alone.
     assert (await k8s.delete(f"/apis/fedshield.io/v1alpha1/namespaces/team-b/federatedfinetunes/{NAME}")).status == 200
-    await eventually(lambda: k8s.objects[CR, "team-b", NAME].deleted, what="team-b's CR deleted")
+    await eventually(lambda: k8s.objects[CR, "team-b", NAME].deleted, timeout=30, what="team-b's CR deleted")  # finalizers on a loaded machine
     for silo, ns in SILO_NS.items():
         assert k8s.objects[JOBS, ns, job(silo, other)].deleted and alive(k8s, (JOBS, ns, job(silo)))
 
