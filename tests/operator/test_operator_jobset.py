@@ -257,3 +257,22 @@ def test_the_silo_role_grants_exactly_the_verbs_the_operator_uses_on_jobsets():
     rules = [r for r in role["rules"] if "jobset.x-k8s.io" in r["apiGroups"]]
     assert rules == [{"apiGroups": ["jobset.x-k8s.io"], "resources": ["jobsets"], "verbs": ["get", "list", "create", "patch", "delete"]}]
     assert not [d for d in render(SILO, namespace="org-hospital-a", release="hospital-a") if d["kind"] == "Role"]  # no consent: none
+
+
+def _selects(selector: dict, pod_labels: dict) -> bool:
+    return all(pod_labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def test_the_silo_network_policy_admits_rank_to_rank_traffic_only_when_asked():
+    args = ("--set", "networkPolicy.ranks.enabled=true")
+    policy = next(d for d in render(SILO, *args, namespace="org-hospital-a", release="hospital-a") if d["kind"] == "NetworkPolicy")
+    silo = policy["spec"]["podSelector"]["matchLabels"]["fedshield.io/silo"]
+    jobset = jobset_of(spec_of(2, name=silo))
+    pod_labels = jobset["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["metadata"]["labels"]
+    peers = [p for rule in policy["spec"]["ingress"] for p in rule["from"] if "podSelector" in p and "namespaceSelector" not in p]
+    assert len(peers) == 1 and _selects(peers[0]["podSelector"], pod_labels)
+    assert [r for r in policy["spec"]["egress"] if r["to"] == peers and "ports" not in r]  # every port, to the same pods
+    kubernetes_validate.validate(policy, K8S_VERSION, strict=True)
+    default = next(d for d in render(SILO, namespace="org-hospital-a", release="hospital-a") if d["kind"] == "NetworkPolicy")
+    assert default["spec"]["ingress"] == [] and all("namespaceSelector" in p or "ipBlock" in p
+                                                   for r in default["spec"]["egress"] for p in r["to"])
