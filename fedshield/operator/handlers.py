@@ -111,7 +111,9 @@ def owner_of(meta) -> Owner:
 async def observe(kube: Kube, owner: Owner, spec: FederatedFinetuneSpec, memo) -> Observed:
     """Silo Jobs and failed pods (one list per silo namespace), and the aggregator's progress."""
     selector = f"{FEDERATION_LABEL}={owner.name},{NAMESPACE_LABEL}={owner.namespace}"
-    jobs, failed, jobsets, ready = {}, {}, {}, {}
+    jobs, failed = {}, {}
+    jobsets: dict[str, dict] = {}
+    ready: dict[str, int] = {}
     multi_namespaces = {s.namespace for s in spec.silos if s.nodes > 1}
     for namespace in sorted({s.namespace for s in spec.silos}):
         try:
