@@ -276,3 +276,21 @@ def test_the_silo_network_policy_admits_rank_to_rank_traffic_only_when_asked():
     default = next(d for d in render(SILO, namespace="org-hospital-a", release="hospital-a") if d["kind"] == "NetworkPolicy")
     assert default["spec"]["ingress"] == [] and all("namespaceSelector" in p or "ipBlock" in p
                                                    for r in default["spec"]["egress"] for p in r["to"])
+
+
+def test_the_membership_gpu_cap_applies_to_each_rank_pod():
+    from fedshield.api.membership import FederationMembershipSpec
+    from fedshield.operator.consent import silo_problems
+
+    raw = raw_spec(2, gpusPerNode=4)
+    del raw["silos"][0]["gpus"]  # gpusPerNode alone: each pod's GPUs
+    spec = FederatedFinetuneSpec.model_validate(raw)
+    silo = spec.silos[0]
+    assert (silo.gpus, silo.pod_gpus) == (1, 4)
+    membership = FederationMembershipSpec.model_validate({
+        "federations": [{"namespace": "fedshield", "name": "triage-notes"}], "silos": [silo.name], "imagePrefixes": ["fedshield/fedshield:"],
+        "secrets": [silo.key_secret, silo.tls.secret_name], "persistentVolumeClaims": [silo.dataset_volume.claim_name, "base-models"],
+        "tolerations": [t.model_dump(by_alias=True, exclude_none=True) for t in silo.tolerations], "limits": {"gpus": 2}})
+    assert silo_problems(("fedshield", "triage-notes"), spec, silo, membership) == ["4 GPUs (cap 2)"]
+    fits = spec_of(2, gpusPerNode=2, gpus=2)
+    assert silo_problems(("fedshield", "triage-notes"), fits, fits.silos[0], membership) == []

@@ -7,11 +7,29 @@ from __future__ import annotations
 import asyncio
 import copy
 
+import kopf
 import pytest
 from support.kube_emulator import CR, JOBS, JOBSETS, MERGE, writes_in
-from support.operator_harness import EXAMPLE, NS, OWNER, SILO_NS, alive, consent, create_cr, eventually, job, raw, status
+from support.operator_harness import (
+    EXAMPLE,
+    NS,
+    OWNER,
+    SILO_NS,
+    alive,
+    consent,
+    create_cr,
+    eventually,
+    job,
+    membership,
+    raw,
+    status,
+)
 
+from fedshield.api.models import FederatedFinetuneSpec
+from fedshield.operator import handlers
 from fedshield.operator.jobset import jobset_name
+from fedshield.operator.kube import ApiError, object_path
+from fedshield.operator.manifests import Site
 
 SILO = "hospital-a"
 SILO_NAMESPACE = SILO_NS[SILO]
@@ -96,3 +114,35 @@ async def test_two_node_silo_from_cr_to_status(jobsets_on, k8s, operator):
     await eventually(lambda: silo_status(k8s).get("restarts") == 1 and silo_status(k8s).get("ranksReady") == "1/2", what="restart")
     assert (silo_status(k8s)["exitCode"], silo_status(k8s)["reason"]) == (137, "OOMKilled")
     assert raw(k8s, (CR, NS, OWNER.name))["status"]["silosReady"] == "1/3"  # the JobSet's silo runs; the other Jobs have no pods yet
+
+
+
+class NoJobSetApi:
+    """A Kube where every silo consented and nothing exists yet, but the JobSet API is not served (no CRD: 404)."""
+
+    def __init__(self):
+        self.written: list[str] = []
+
+    async def list(self, api_version, kind, namespace, selector=None):
+        silo = next(s for s in EXAMPLE["spec"]["silos"] if s["namespace"] == namespace)
+        return [membership(silo)] if kind == "FederationMembership" else []
+
+    async def get(self, obj):
+        return None
+
+    async def apply(self, obj, uid):
+        path = object_path(obj)
+        if obj["kind"] == "JobSet":
+            raise ApiError("POST", path.rsplit("/", 1)[0], 404, b'{"message": "the server could not find the requested resource"}')
+        self.written.append(obj["kind"])
+        return "created"
+
+
+async def test_without_the_jobset_crd_the_status_says_so():
+    kube = NoJobSetApi()
+    memo = kopf.Memo(kube=kube, site=Site(multi_node="jobset"))
+    patch, meta = kopf.Patch(), {"name": OWNER.name, "namespace": OWNER.namespace, "uid": OWNER.uid, "generation": 1}
+    assert not await handlers.admit_and_apply(memo, OWNER, FederatedFinetuneSpec.model_validate(two_node_spec()), meta, {}, patch)
+    condition = patch["status"]["conditions"][0]
+    assert (condition["type"], condition["status"], condition["reason"]) == ("Admitted", "False", "JobSetMissing")
+    assert "jobset.x-k8s.io/v1alpha2" in condition["message"] and "docs/deploy.md" in condition["message"]
