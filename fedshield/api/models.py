@@ -26,9 +26,9 @@ QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$"
 CIDR = r"^[0-9a-fA-F:.]+/[0-9]{1,3}$"
 Cidr = Annotated[str, StringConstraints(pattern=CIDR)]
 EXTENDED_RESOURCE = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
-# Fields the CRD marks immutable (x-kubernetes-validations: self == oldSelf).
 MAX_SILO_NODES = 64  # one silo's pods; beyond that a silo is a cluster of its own, and pod hostnames stay short
 GPUS_TWICE_MESSAGE = "silos[]: gpus and gpusPerNode disagree: give one of them (gpusPerNode is the GPUs of each pod)"
+# Fields the CRD marks immutable (x-kubernetes-validations: self == oldSelf).
 IMMUTABLE = ("baseModel", "lora", "rounds", "seed", "training", "privacy", "data", "silos")
 
 
