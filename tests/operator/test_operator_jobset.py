@@ -294,3 +294,19 @@ def test_the_membership_gpu_cap_applies_to_each_rank_pod():
     assert silo_problems(("fedshield", "triage-notes"), spec, silo, membership) == ["4 GPUs (cap 2)"]
     fits = spec_of(2, gpusPerNode=2, gpus=2)
     assert silo_problems(("fedshield", "triage-notes"), fits, fits.silos[0], membership) == []
+
+
+def test_the_operator_chart_passes_multi_node_to_the_operator_and_refuses_other_values(monkeypatch):
+    from support.charts import OPERATOR, run_helm
+
+    def env(*args: str) -> dict:
+        deployment = next(d for d in render(OPERATOR, *args, namespace="fedshield", release="fs") if d["kind"] == "Deployment")
+        return {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+    assert env()["FEDSHIELD_MULTI_NODE"] == "" and env("--set", "multiNode=jobset")["FEDSHIELD_MULTI_NODE"] == "jobset"
+    refused = run_helm("template", "fs", str(OPERATOR), "--namespace", "fedshield", "--set", "multiNode=trainjob")
+    assert refused.returncode != 0 and "multiNode" in refused.stderr
+    monkeypatch.setenv("FEDSHIELD_MULTI_NODE", "jobset")
+    assert Site.from_environment().multi_node == "jobset"
+    monkeypatch.delenv("FEDSHIELD_MULTI_NODE")
+    assert Site.from_environment().multi_node == ""
