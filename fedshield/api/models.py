@@ -27,6 +27,8 @@ QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$"
 CIDR = r"^[0-9a-fA-F:.]+/[0-9]{1,3}$"
 Cidr = Annotated[str, StringConstraints(pattern=CIDR)]
 EXTENDED_RESOURCE = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+MAX_SILO_NODES = 64  # one silo's pods; beyond that a silo is a cluster of its own, and pod hostnames stay short
+GPUS_TWICE_MESSAGE = "silos[]: gpus and gpusPerNode disagree: give one of them (gpusPerNode is the GPUs of each pod)"
 # Fields the CRD marks immutable (x-kubernetes-validations: self == oldSelf).
 IMMUTABLE = ("baseModel", "lora", "rounds", "seed", "training", "privacy", "data", "silos")
 
@@ -72,6 +74,22 @@ class SiloPlacement(SiloSpec):
     cpu: str = Field("4", pattern=QUANTITY, description="CPU request.")
     state_size: str = Field("20Gi", pattern=QUANTITY, description="Size of the silo's state volume (checkpoints and the final adapter; retained after deletion).")
     tls: TlsSpec | None = Field(None, description="The silo's client certificate (Common Name = the silo's name); ca.crt is the CA of the aggregator's certificate. Required when aggregator.tls is set.")
+    nodes: int = Field(1, ge=1, le=MAX_SILO_NODES, description="Nodes (pods) the silo trains on. 1: one Job with one pod (the default). "
+                       "More: one JobSet (jobset.x-k8s.io/v1alpha2) of that many indexed pods with the torchrun/DeepSpeed rendezvous "
+                       "environment; experimental, refused unless the operator runs with multiNode: jobset (docs/operator.md).")
+    gpus_per_node: int | None = Field(None, ge=0, le=16, description="GPUs (of gpuResource) requested by each of the silo's pods; "
+                                      "default: gpus. WORLD_SIZE is nodes * max(1, gpusPerNode).")
+
+    @property
+    def pod_gpus(self) -> int:
+        """GPUs each of the silo's pods requests: gpusPerNode when given, else gpus."""
+        return self.gpus if self.gpus_per_node is None else self.gpus_per_node
+
+    @model_validator(mode="after")
+    def _gpus_once(self) -> "SiloPlacement":
+        if self.gpus_per_node is not None and "gpus" in self.model_fields_set and self.gpus != self.gpus_per_node:
+            raise ValueError(GPUS_TWICE_MESSAGE)
+        return self
 
 
 class AggregatorSpec(Model):
@@ -115,11 +133,16 @@ class FederatedFinetuneSpec(FederationSettings):
             raise ValueError("tls: set aggregator.tls and every silo's tls together (mutual TLS), or none of them")
         if self.aggregator.tls is None and not self.insecure:
             raise ValueError(INSECURE_MESSAGE)
+        multi = [s.name for s in self.silos if s.nodes > 1]
+        if multi and self.privacy.dp.enabled and self.privacy.dp.unit != "silo":
+            raise ValueError(f"{MULTI_NODE_DP_SGD_MESSAGE} (silos {', '.join(multi)})")
         return self
 
 
 PLACED_DATA_MESSAGE = "data.movielensPath: set by the operator (each silo's datasetVolume, mounted at /data); leave it out"
 PLACED_PORT_MESSAGE = "silos[].metricsPort: set by the operator (9090); leave it out"
+MULTI_NODE_DP_SGD_MESSAGE = ("privacy.dp.unit record/user (DP-SGD) needs single-node silos: its Poisson sampling and accounting "
+                             "assume one process over the silo's records; use nodes: 1 or dp.unit silo")
 INSECURE_MESSAGE = ("tls: aggregator.tls and every silo's tls are required (mutual TLS); "
                     "set insecure: true to run without transport security")
 
@@ -145,6 +168,10 @@ SPEC_RULES = [
      "message": "aggregation.maxWeight is below 1/(number of silos): weights could not sum to 1"},
     {"rule": "!has(self.data) || !has(self.data.movielensPath)", "message": PLACED_DATA_MESSAGE},
     {"rule": "self.silos.all(s, !has(s.metricsPort))", "message": PLACED_PORT_MESSAGE},
+    {"rule": "!has(self.privacy) || !has(self.privacy.dp) || !has(self.privacy.dp.enabled) || !self.privacy.dp.enabled "
+             "|| !has(self.privacy.dp.unit) || self.privacy.dp.unit == 'silo' || self.silos.all(s, !has(s.nodes) || s.nodes == 1)",
+     "message": MULTI_NODE_DP_SGD_MESSAGE},
+    {"rule": "self.silos.all(s, !has(s.gpusPerNode) || !has(s.gpus) || s.gpus == s.gpusPerNode)", "message": GPUS_TWICE_MESSAGE},
 ]
 
 
@@ -163,7 +190,8 @@ class SiloStatus(Model):
     last_round: int | None = Field(None, description="Last round this silo's upload was accepted in.")
     exit_code: int | None = Field(None, description="Exit code of the last failed container.")
     reason: str | None = Field(None, description="Why the last pod failed (OOMKilled, Error, ...).")
-    restarts: int = Field(0, description="Failed pods of this silo so far.")
+    restarts: int = Field(0, description="Failed pods of this silo so far (a multi-node silo: restarts of its whole group).")
+    ranks_ready: str | None = Field(None, description="A multi-node silo: its pods (ranks) running and ready, out of nodes.")
 
 
 class FederatedFinetuneStatus(Model):

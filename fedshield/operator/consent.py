@@ -39,9 +39,9 @@ def silo_problems(federation: tuple[str, str], spec: FederatedFinetuneSpec, silo
         if toleration not in membership.tolerations:
             out.append(f"toleration {toleration.model_dump(by_alias=True, exclude_none=True)}")
     caps = membership.limits
-    if caps.gpus is not None and silo.gpus > caps.gpus:
-        out.append(f"{silo.gpus} GPUs (cap {caps.gpus})")
-    if silo.gpus and caps.gpu_resources and silo.gpu_resource not in caps.gpu_resources:
+    if caps.gpus is not None and silo.pod_gpus > caps.gpus:
+        out.append(f"{silo.pod_gpus} GPUs (cap {caps.gpus})")
+    if silo.pod_gpus and caps.gpu_resources and silo.gpu_resource not in caps.gpu_resources:
         out.append(f"GPU resource {silo.gpu_resource!r}")
     for what, value, cap in (("cpu", silo.cpu, caps.cpu), ("memory", silo.memory, caps.memory), ("stateSize", silo.state_size, caps.state_size)):
         if _quantity_over(value, cap):

@@ -20,14 +20,14 @@ from pydantic import ValidationError
 from ..api import unlearning as unlearning_api
 from .. import metrics
 from ..api.models import GROUP, IMMUTABLE, KIND, PLURAL, VERSION, FederatedFinetuneSpec, FederatedFinetuneStatus
-from . import consent, telemetry, unlearning
+from . import consent, jobset, telemetry, unlearning
 from .aggregator_http import fetch_status
 from .kube import Conflict, FieldConflict, Kube
 from .manifests import (
-    FEDERATION_LABEL, NAMESPACE_LABEL, OWNER_UID_LABEL, SILO_LABEL, Owner, owned_by, Site, aggregator_url, desired_children, plan_configmap, silo_job,
+    FEDERATION_LABEL, NAMESPACE_LABEL, OWNER_UID_LABEL, SILO_LABEL, Owner, owned_by, Site, aggregator_url, desired_children, plan_configmap,
 )
 from ..wire.messages import Status
-from .status import Observed, admitted_condition, compute_status, condition, status_body
+from .status import Observed, admitted_condition, compute_status, condition, pod_ready, status_body
 
 log = logging.getLogger("fedshield.operator")
 FINALIZER = f"{GROUP}/cleanup"
@@ -113,19 +113,40 @@ async def observe(kube: Kube, owner: Owner, spec: FederatedFinetuneSpec, memo) -
     selector = f"{FEDERATION_LABEL}={owner.name},{NAMESPACE_LABEL}={owner.namespace}"
     jobs: dict[str, dict] = {}
     failed: dict[str, list[dict]] = {}
+    jobsets: dict[str, dict] = {}
+    ready: dict[str, int] = {}
+    multi_namespaces = {s.namespace for s in spec.silos if s.nodes > 1}
     for namespace in sorted({s.namespace for s in spec.silos}):
         try:
+            if namespace in multi_namespaces:
+                for js in await _list_jobsets(kube, namespace, selector):
+                    if js["metadata"].get("labels", {}).get(OWNER_UID_LABEL) == owner.uid:
+                        jobsets[js["metadata"]["labels"].get(SILO_LABEL)] = js
             for job in await kube.list("batch/v1", "Job", namespace, selector):
                 if job["metadata"].get("labels", {}).get(OWNER_UID_LABEL) == owner.uid:
                     jobs[job["metadata"]["labels"].get(SILO_LABEL)] = job
             for pod in await kube.list("v1", "Pod", namespace, selector):
                 if pod.get("status", {}).get("phase") == "Failed":
                     failed.setdefault(pod["metadata"]["labels"].get(SILO_LABEL), []).append(pod)
+                elif namespace in multi_namespaces and pod_ready(pod):
+                    silo_of = pod["metadata"]["labels"].get(SILO_LABEL)
+                    ready[silo_of] = ready.get(silo_of, 0) + 1
         except httpx.HTTPStatusError as exc:
             if exc.response.status_code != 403:  # a namespace that withdrew its RoleBinding: nothing to see there
                 raise
     aggregator = await memo.aggregator_status(aggregator_url(owner, tls=spec.aggregator.tls is not None))
-    return Observed(jobs=jobs, failed_pods=failed, aggregator=aggregator, aggregator_ready=aggregator is not None)
+    return Observed(jobs=jobs, failed_pods=failed, aggregator=aggregator, aggregator_ready=aggregator is not None,
+                    jobsets=jobsets, ready_pods=ready)
+
+
+async def _list_jobsets(kube: Kube, namespace: str, selector: str) -> list[dict]:
+    """The JobSets of this federation in ``namespace``; none when the JobSet CRD is absent (admission says so)."""
+    try:
+        return await kube.list(jobset.API_VERSION, jobset.KIND, namespace, selector)
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code == 404:
+            return []
+        raise
 
 
 async def refresh_status(body, meta, status, patch, memo, spec: FederatedFinetuneSpec) -> None:
@@ -147,7 +168,7 @@ def immutable_changes(old: dict | None, new: dict) -> list[str]:
 
 
 REFUSALS = ("InvalidSpec", "ImmutableFieldChanged")
-NOT_ADMITTED = ("ConsentMissing", "NameConflict", "RoleMissing", "FieldConflict")  # retried by the timer: an admin may consent, an owner may remove a clash
+NOT_ADMITTED = ("ConsentMissing", "NameConflict", "RoleMissing", "FieldConflict", "MultiNodeDisabled", "JobSetMissing")  # retried by the timer: an admin may consent, an owner may remove a clash
 
 
 def _refuse(patch, meta, reason: str, message: str) -> kopf.PermanentError:
@@ -187,6 +208,10 @@ async def admit_and_apply(memo, owner: Owner, parsed: FederatedFinetuneSpec, met
 
     Nothing is written anywhere unless every silo namespace consented and no child name is taken by an object this CR
     does not own; each write is checked again against the live object (``Kube.apply``)."""
+    multi = multi_node_refusal(parsed, memo.site)
+    if multi:
+        _not_admitted(patch, meta, status, "MultiNodeDisabled", multi)
+        return False
     problems = [p for p in [consent.check_aggregator(parsed, memo.site.aggregator_image_prefixes)] if p]
     problems += consent.check((owner.namespace, owner.name), parsed, await unlearning.memberships(memo.kube, {s.namespace for s in parsed.silos}))
     if problems:
@@ -209,6 +234,10 @@ async def admit_and_apply(memo, owner: Owner, parsed: FederatedFinetuneSpec, met
         _not_admitted(patch, meta, status, "FieldConflict", f"{exc}; left as it is (remove that manager's change, or its fields)")
         return False
     except httpx.HTTPStatusError as exc:
+        if exc.response.status_code == 404 and f"/{jobset.PLURAL}" in exc.request.url.path:
+            _not_admitted(patch, meta, status, "JobSetMissing", f"{exc.request.method} {exc.request.url.path} answered 404: a silo with "
+                          "nodes > 1 runs as a JobSet, and the JobSet CRD (jobset.x-k8s.io/v1alpha2) is not installed (docs/deploy.md)")
+            return False
         if exc.response.status_code != 403:
             raise
         path = exc.request.url.path
@@ -223,6 +252,16 @@ async def admit_and_apply(memo, owner: Owner, parsed: FederatedFinetuneSpec, met
                       "left untouched and nothing created (delete or rename it, or rename this FederatedFinetune)")
         return False
     return True
+
+
+def multi_node_refusal(parsed: FederatedFinetuneSpec, site: Site) -> str | None:
+    """Why silos with nodes > 1 are not run (None when they are not asked for, or the operator runs them as JobSets)."""
+    multi = [f"{s.name} ({s.nodes} nodes)" for s in parsed.silos if s.nodes > 1]
+    if not multi or site.multi_node == "jobset":
+        return None
+    return (f"silos {', '.join(multi)}: multi-node silos are experimental and off (the silo agent does not yet run multi-rank: "
+            "only rank 0 may talk to the aggregator, issue #20); nothing was created. Use nodes: 1, or run the operator with "
+            "multiNode: jobset (FEDSHIELD_MULTI_NODE=jobset) and JobSet installed to try the JobSet wiring (docs/operator.md)")
 
 
 def _not_admitted(patch, meta, status, reason: str, message: str) -> None:
@@ -291,7 +330,7 @@ async def cleanup(meta, spec, memo, **_) -> None:
         return  # nothing was created for an invalid spec
     owner = owner_of(meta)
     telemetry.observe_phase(KIND, f"{meta['namespace']}/{meta['name']}", None)
-    doomed = [silo_job(owner, parsed, silo) for silo in parsed.silos]
+    doomed = [jobset.silo_workload(owner, parsed, silo) for silo in parsed.silos]
     doomed += [plan_configmap(owner, namespace, "") for namespace in sorted({s.namespace for s in parsed.silos} - {owner.namespace})]
     await delete_owned(memo.kube, doomed, owner.uid)
 

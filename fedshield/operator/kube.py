@@ -42,6 +42,7 @@ PLURALS = {
     ("apps/v1", "Deployment"): "deployments",
     ("batch/v1", "Job"): "jobs",
     ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
+    ("jobset.x-k8s.io/v1alpha2", "JobSet"): "jobsets",
 }
 READ_ONLY = {("fedshield.io/v1alpha1", "FederationMembership"): "federationmemberships"}  # read, never written
 STATUS_ONLY = {  # our own custom resources: read, and their status written (kopf watches and patches the rest)
@@ -72,6 +73,8 @@ def mutable_part(obj: dict) -> dict:
     elif kind == "Deployment":
         part["spec"] = {"replicas": obj["spec"]["replicas"], "template": obj["spec"]["template"]}
     elif kind == "Job":
+        part["spec"] = {"suspend": obj["spec"].get("suspend", False)}
+    elif kind == "JobSet":
         part["spec"] = {"suspend": obj["spec"].get("suspend", False)}
     elif kind == "NetworkPolicy":
         part["spec"] = obj["spec"]

@@ -74,6 +74,7 @@ class Site:
     observer_uri: str | None = None  # URI SAN of the operator's client certificate: a read-only observer at mutual-TLS aggregators
     # The aggregator mounts Secrets of the CR's namespace by name: only images the platform trusts may run it.
     aggregator_image_prefixes: tuple[str, ...] = ("fedshield/fedshield:", "fedshield/fedshield@")
+    multi_node: str = ""  # "jobset": silos with nodes > 1 run as JobSets (experimental); empty: they are refused
 
     @classmethod
     def from_environment(cls) -> "Site":
@@ -81,7 +82,8 @@ class Site:
         return cls(operator_namespace=os.environ.get("FEDSHIELD_OPERATOR_NAMESPACE", "fedshield"),
                    monitoring_namespace=os.environ.get("FEDSHIELD_MONITORING_NAMESPACE", "monitoring") or None,
                    observer_uri=os.environ.get("FEDSHIELD_OBSERVER_URI") or None,
-                   aggregator_image_prefixes=prefixes or cls.aggregator_image_prefixes)
+                   aggregator_image_prefixes=prefixes or cls.aggregator_image_prefixes,
+                   multi_node=os.environ.get("FEDSHIELD_MULTI_NODE", ""))
 
 
 def labels(owner: Owner, component: str, silo: str | None = None) -> dict[str, str]:
@@ -345,7 +347,12 @@ def desired_children(owner: Owner, spec: FederatedFinetuneSpec, site: Site = Sit
     ]
     for namespace in sorted({s.namespace for s in spec.silos} - {owner.namespace}):
         out.append(plan_configmap(owner, namespace, plan))
+    from .jobset import silo_workload  # a multi-node silo is a JobSet (jobset.py builds on this module)
+
     for silo in spec.silos:
-        out.append(state_claim(owner, f"{silo_job_name(owner, silo.name)}-state", silo.namespace, silo.state_size, "silo", silo.name))
-        out.append(silo_job(owner, spec, silo))
+        claim = state_claim(owner, f"{silo_job_name(owner, silo.name)}-state", silo.namespace, silo.state_size, "silo", silo.name)
+        if silo.nodes > 1:  # every rank, on its own node, mounts it
+            claim["spec"]["accessModes"] = ["ReadWriteMany"]
+        out.append(claim)
+        out.append(silo_workload(owner, spec, silo))
     return out

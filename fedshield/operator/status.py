@@ -24,6 +24,8 @@ class Observed:
     failed_pods: dict[str, list[dict]] = field(default_factory=dict)  # silo -> failed Pod objects, oldest first
     aggregator: Status | None = None  # the aggregator's /v1/status, or None when unreachable
     aggregator_ready: bool = False
+    jobsets: dict[str, dict] = field(default_factory=dict)  # multi-node silo -> its JobSet
+    ready_pods: dict[str, int] = field(default_factory=dict)  # multi-node silo -> its pods (ranks) running and ready
 
 
 def status_body(status: BaseModel) -> dict:
@@ -45,6 +47,28 @@ def silo_phase(job: dict | None, suspended: bool) -> str:
     if suspended or _job_condition(job, "Suspended"):
         return "Suspended"
     if job.get("status", {}).get("active", 0) >= 1:
+        return "Running"
+    return "Pending"
+
+
+def pod_ready(pod: dict) -> bool:
+    """A pod running with its Ready condition True."""
+    st = pod.get("status") or {}
+    return st.get("phase") == "Running" and any(c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or [])
+
+
+def jobset_phase(jobset: dict | None, suspended: bool) -> str:
+    """A multi-node silo's phase from its JobSet's conditions and ``replicatedJobsStatus`` (JobSet v1alpha2)."""
+    if jobset is None:
+        return "Pending"
+    st = jobset.get("status") or {}
+    if _job_condition(jobset, "Completed") or st.get("terminalState") == "Completed":
+        return "Succeeded"
+    if _job_condition(jobset, "Failed") or st.get("terminalState") == "Failed":
+        return "Failed"
+    if suspended or _job_condition(jobset, "Suspended"):
+        return "Suspended"
+    if any((r.get("active") or 0) >= 1 or (r.get("ready") or 0) >= 1 for r in st.get("replicatedJobsStatus") or []):
         return "Running"
     return "Pending"
 
@@ -84,11 +108,17 @@ def admitted_condition(previous: list[dict], admitted: bool, reason: str, messag
 
 
 
-def _silo(spec_silo: str, observed: Observed, suspended: bool, last_round: dict[str, int], withdrawn: dict[str, str]) -> SiloStatus:
+def _silo(spec_silo: str, observed: Observed, suspended: bool, last_round: dict[str, int], withdrawn: dict[str, str],
+          nodes: int = 1) -> SiloStatus:
     job = observed.jobs.get(spec_silo)
     exit_code, reason = last_termination(observed.failed_pods.get(spec_silo, []))
     if spec_silo in withdrawn:
         reason = f"Withdrawn: {_one_line(withdrawn[spec_silo])}"
+    if nodes > 1:
+        js = observed.jobsets.get(spec_silo)
+        ready = min(nodes, observed.ready_pods.get(spec_silo, 0))
+        return SiloStatus(name=spec_silo, phase=jobset_phase(js, suspended), last_round=last_round.get(spec_silo), exit_code=exit_code,
+                          reason=reason, restarts=((js or {}).get("status") or {}).get("restarts", 0) or 0, ranks_ready=f"{ready}/{nodes}")
     return SiloStatus(name=spec_silo, phase=silo_phase(job, suspended), last_round=last_round.get(spec_silo), exit_code=exit_code,
                       reason=reason, restarts=(job or {}).get("status", {}).get("failed", 0) or 0)
 
@@ -102,7 +132,7 @@ def finetune_status(spec: FederatedFinetuneSpec, observed: Observed, previous: d
     withdrawn = agg.plan.withdrawn if agg is not None else {}
     last_round = summary.last_round if summary is not None else {}
     rounds_done = summary.rounds_closed if summary is not None else 0
-    silos = [_silo(silo.name, observed, spec.suspend, last_round, withdrawn) for silo in spec.silos]
+    silos = [_silo(silo.name, observed, spec.suspend, last_round, withdrawn, silo.nodes) for silo in spec.silos]
     phases = [s.phase for s in silos]
     ready = sum(p in ("Running", "Succeeded") for p in phases)
     alive = sum(p != "Failed" for p in phases)

@@ -55,3 +55,10 @@ fedshield.io/silo: {{ include "fedshield-silo.siloName" . }}
 {{- with .Values.tls.secretName }}{{ $_ := set $entry "tls" (dict "secretName" .) }}{{ end -}}
 {{ toYaml (list $entry) }}
 {{- end }}
+
+{{/* Labels of a multi-node silo's rank pods (the operator's jobset.py): this silo's training pods. */}}
+{{- define "fedshield-silo.rankLabels" -}}
+app.kubernetes.io/name: fedshield
+app.kubernetes.io/component: silo
+fedshield.io/silo: {{ include "fedshield-silo.siloName" . }}
+{{- end }}

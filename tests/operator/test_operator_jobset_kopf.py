@@ -1,0 +1,148 @@
+"""A 2-node silo through the real kopf operator against the emulator: refused while multi-node is off; with
+``multiNode: jobset`` its JobSet is created after consent (as Jobs are), and the JobSet's and its pods' status
+reach the CR's status (ranks ready, restarts of the group, the failing rank's exit code and reason)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+
+import kopf
+import pytest
+from support.kube_emulator import CR, JOBS, JOBSETS, MERGE, writes_in
+from support.operator_harness import (
+    EXAMPLE,
+    NS,
+    OWNER,
+    SILO_NS,
+    alive,
+    consent,
+    create_cr,
+    eventually,
+    job,
+    membership,
+    raw,
+    status,
+)
+
+from fedshield.api.models import FederatedFinetuneSpec
+from fedshield.operator import handlers
+from fedshield.operator.jobset import jobset_name
+from fedshield.operator.kube import ApiError, object_path
+from fedshield.operator.manifests import Site
+
+SILO = "hospital-a"
+SILO_NAMESPACE = SILO_NS[SILO]
+
+
+def two_node_spec() -> dict:
+    spec = copy.deepcopy(EXAMPLE["spec"])
+    spec["silos"][0]["nodes"] = 2
+    return spec
+
+
+def admitted(k8s) -> dict:
+    return next((c for c in status(k8s).get("conditions", []) if c["type"] == "Admitted"), {})
+
+
+def silo_status(k8s) -> dict:
+    return next((s for s in status(k8s).get("silos", []) if s["name"] == SILO), {})
+
+
+@pytest.fixture
+def jobsets_on(monkeypatch):
+    monkeypatch.setenv("FEDSHIELD_MULTI_NODE", "jobset")  # read when the operator starts (Site.from_environment)
+
+
+async def post_rank_pod(k8s, index: int, jobset: dict, **pod_status) -> str:
+    template = jobset["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]
+    name = f"{jobset['metadata']['name']}-rank-0-{index}-x"
+    body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": SILO_NAMESPACE,
+                                                            "labels": template["metadata"]["labels"]},
+            "spec": template["spec"]}
+    response = await k8s.post(f"/api/v1/namespaces/{SILO_NAMESPACE}/pods", json=body)
+    assert response.status == 200, await response.text()
+    await set_pod_status(k8s, name, **pod_status)
+    return name
+
+
+async def set_pod_status(k8s, name: str, **pod_status) -> None:
+    response = await k8s.patch(f"/api/v1/namespaces/{SILO_NAMESPACE}/pods/{name}/status", json={"status": pod_status}, headers=MERGE)
+    assert response.status == 200, await response.text()
+
+
+async def set_jobset_status(k8s, name: str, **jobset_status) -> None:
+    response = await k8s.patch(f"/apis/jobset.x-k8s.io/v1alpha2/namespaces/{SILO_NAMESPACE}/jobsets/{name}/status",
+                               json={"status": jobset_status}, headers=MERGE)
+    assert response.status == 200, await response.text()
+
+
+READY = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+
+
+async def test_multi_node_is_refused_while_off(k8s, operator):
+    await consent(k8s)
+    await create_cr(k8s, two_node_spec())
+    await eventually(lambda: admitted(k8s).get("reason") == "MultiNodeDisabled", what="MultiNodeDisabled")
+    assert "hospital-a (2 nodes)" in admitted(k8s)["message"] and status(k8s)["phase"] == "Pending"
+    await asyncio.sleep(0.5)  # timer ticks
+    assert not [w for w in writes_in(k8s, SILO_NAMESPACE) if "/federationmemberships" not in w]
+
+
+async def test_two_node_silo_from_cr_to_status(jobsets_on, k8s, operator):
+    await create_cr(k8s, two_node_spec())
+    await eventually(lambda: admitted(k8s).get("reason") == "ConsentMissing", what="ConsentMissing")
+    name = jobset_name(OWNER, SILO)
+    assert not alive(k8s, (JOBSETS, SILO_NAMESPACE, name))  # nothing before consent
+    await consent(k8s)
+    await eventually(lambda: alive(k8s, (JOBSETS, SILO_NAMESPACE, name)), what="the silo's JobSet")
+    jobset = raw(k8s, (JOBSETS, SILO_NAMESPACE, name))
+    assert jobset["spec"]["replicatedJobs"][0]["template"]["spec"]["completions"] == 2
+    assert not alive(k8s, (JOBS, SILO_NAMESPACE, job(SILO)))  # the JobSet, not a Job
+    await eventually(lambda: all(alive(k8s, (JOBS, ns, job(s))) for s, ns in SILO_NS.items() if s != SILO), what="other silos' Jobs")
+    await eventually(lambda: silo_status(k8s).get("ranksReady") == "0/2", what="0/2 ranks")
+
+    rank0 = await post_rank_pod(k8s, 0, jobset, **READY)
+    await post_rank_pod(k8s, 1, jobset, **READY)
+    await set_jobset_status(k8s, name, restarts=0, replicatedJobsStatus=[
+        {"name": "rank", "ready": 1, "succeeded": 0, "failed": 0, "active": 1, "suspended": 0}])
+    await eventually(lambda: silo_status(k8s).get("ranksReady") == "2/2" and silo_status(k8s)["phase"] == "Running", what="2/2 ranks")
+
+    await set_pod_status(k8s, rank0, phase="Failed", conditions=[], containerStatuses=[
+        {"name": "silo", "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}])
+    await set_jobset_status(k8s, name, restarts=1)
+    await eventually(lambda: silo_status(k8s).get("restarts") == 1 and silo_status(k8s).get("ranksReady") == "1/2", what="restart")
+    assert (silo_status(k8s)["exitCode"], silo_status(k8s)["reason"]) == (137, "OOMKilled")
+    assert raw(k8s, (CR, NS, OWNER.name))["status"]["silosReady"] == "1/3"  # the JobSet's silo runs; the other Jobs have no pods yet
+
+
+
+class NoJobSetApi:
+    """A Kube where every silo consented and nothing exists yet, but the JobSet API is not served (no CRD: 404)."""
+
+    def __init__(self):
+        self.written: list[str] = []
+
+    async def list(self, api_version, kind, namespace, selector=None):
+        silo = next(s for s in EXAMPLE["spec"]["silos"] if s["namespace"] == namespace)
+        return [membership(silo)] if kind == "FederationMembership" else []
+
+    async def get(self, obj):
+        return None
+
+    async def apply(self, obj, uid):
+        path = object_path(obj)
+        if obj["kind"] == "JobSet":
+            raise ApiError("POST", path.rsplit("/", 1)[0], 404, b'{"message": "the server could not find the requested resource"}')
+        self.written.append(obj["kind"])
+        return "created"
+
+
+async def test_without_the_jobset_crd_the_status_says_so():
+    kube = NoJobSetApi()
+    memo = kopf.Memo(kube=kube, site=Site(multi_node="jobset"))
+    patch, meta = kopf.Patch(), {"name": OWNER.name, "namespace": OWNER.namespace, "uid": OWNER.uid, "generation": 1}
+    assert not await handlers.admit_and_apply(memo, OWNER, FederatedFinetuneSpec.model_validate(two_node_spec()), meta, {}, patch)
+    condition = patch["status"]["conditions"][0]
+    assert (condition["type"], condition["status"], condition["reason"]) == ("Admitted", "False", "JobSetMissing")
+    assert "jobset.x-k8s.io/v1alpha2" in condition["message"] and "docs/deploy.md" in condition["message"]
