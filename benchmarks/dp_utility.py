@@ -23,9 +23,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
-
 from federation_split import config, run
+from scipy import stats
 
 from fedshield.config import DPSpec, PrivacySpec
 from fedshield.learning.data import silo_examples
@@ -59,12 +58,13 @@ def ci95(values: list[float]) -> list[float]:
 
 def step_seconds(seed: int = 0, steps: int = 4) -> dict:
     """Wall time of one local step, plain and under DP-SGD (q = 1: every record), on the benchmark's tiny model."""
+    import tempfile
+
     import torch
 
     from fedshield.learning.dp_sgd import DpSgd
     from fedshield.learning.model import build_tiny_base, load_base, with_lora
     from fedshield.learning.training import create_engine, train_local_dp, train_local_stats
-    import tempfile
 
     cfg = config(seed=seed)
     train, _ = silo_examples(cfg, cfg.silo_names[0])

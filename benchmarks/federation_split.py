@@ -13,8 +13,8 @@ with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed announces its accelera
     import deepspeed  # noqa: F401
 
 from fedshield.config import AggregationSpec, DataSpec, FederationConfig, PrivacySpec, SiloSpec, TrainingSpec
-from fedshield.local.demo import run_local
 from fedshield.fairness import fairness_indices
+from fedshield.local.demo import run_local
 
 SILOS = ("silo-a", "silo-b", "silo-c", "silo-d", "silo-e")
 

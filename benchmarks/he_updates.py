@@ -84,7 +84,7 @@ def bench_fedshield(keys, public, updates, weights, score, pruning: float, seed:
     uploads = [
         encrypt_update(public, x[mask], weight=float(w), round=1, silo=f"silo-{i}", packing=packing,
                        rng=np.random.default_rng([seed, i]))
-        for i, (x, w) in enumerate(zip(updates, weights))
+        for i, (x, w) in enumerate(zip(updates, weights, strict=False))
     ]
     start = time.perf_counter()
     total = EncryptedSum(public, round=1, count=mask.size, packing=packing)
@@ -95,7 +95,7 @@ def bench_fedshield(keys, public, updates, weights, score, pruning: float, seed:
     start = time.perf_counter()
     result = decrypt_envelope(keys, EnvelopeReader.from_bytes(aggregate), round=1, count=mask.size)
     decrypt_s = time.perf_counter() - start
-    expected = sum(w * x[mask] for w, x in zip(weights, updates)) / weights.sum()
+    expected = sum(w * x[mask] for w, x in zip(weights, updates, strict=False)) / weights.sum()
     upload_bytes = int(np.mean([len(u.data) for u in uploads]))
     return {
         "method": method,
@@ -151,7 +151,7 @@ def bench_naive(shapes, update: np.ndarray, weights: np.ndarray, method: str = "
         loaded = [ts.ckks_vector_from(public, blob) for blob in upload]
         if per_upload:
             loaded = [vec * float(w) for vec in loaded]
-        total = loaded if total is None else [a + b for a, b in zip(total, loaded)]
+        total = loaded if total is None else [a + b for a, b in zip(total, loaded, strict=False)]
         del loaded
     if not per_upload:  # FedShield-LLM: an unweighted mean
         total = [vec * (1.0 / len(weights)) for vec in total]

@@ -39,17 +39,16 @@ import yaml
 
 from fedshield.aggregator.store import Store
 from fedshield.config import FederationConfig, PrivacySpec, SiloSpec
-from fedshield.local.demo import PROGRAM
-from fedshield.spec.commands import ServerCredentials, aggregator_command
 from fedshield.crypto import EnvelopeReader, create_keys, encrypt_update, write_key_pair
 from fedshield.crypto.envelope import ENVELOPE_MAGIC
 from fedshield.crypto.framing import write_framed
 from fedshield.crypto.keys import PUBLIC_FILE
 from fedshield.crypto.noise import max_summable
 from fedshield.crypto.params import CkksParams, PackingParams
-from fedshield.local.demo import free_port
+from fedshield.local.demo import PROGRAM, free_port
 from fedshield.security.certs import issue_all, silo_files
 from fedshield.security.tls import client_context
+from fedshield.spec.commands import ServerCredentials, aggregator_command
 from fedshield.wire.client import AggregatorClient, ClientSecurity
 from fedshield.wire.messages import JoinRequest, UploadMetadata
 

@@ -53,7 +53,13 @@ from fedshield.local.retrain import run_federation
 from fedshield.unlearning import UnlearningSpec, bad_teacher, forget_split, jensen_shannon, neg_grad, unlearn
 from fedshield.unlearning.current import current_model
 from fedshield.unlearning.evaluate import (
-    delta_weight_l2, membership_advantage, next_token_distributions, output_l2, record_losses, symmetric_kl, task_metrics,
+    delta_weight_l2,
+    membership_advantage,
+    next_token_distributions,
+    output_l2,
+    record_losses,
+    symmetric_kl,
+    task_metrics,
     yes_distribution,
 )
 from fedshield.updates import VectorLayout
@@ -208,7 +214,7 @@ def summarise(rows: list[dict]) -> dict:
         "e2urec_closer_than_neggrad": mean("e2urec", skl) < mean("neggrad", skl),
         "e2urec_closer_than_bad_teacher": mean("e2urec", skl) < mean("bad_teacher", skl),
         "beyond_noise_floor": e[skl]["ci95"][1] < summary["untouched"][skl]["ci95"][0] and mean("untouched", skl) > floor[skl]["ci95"][1],
-        "test_auc_within_retrain_spread": bool(np.all([lo - 1e-9 <= a <= hi + 1e-9 for a, lo, hi in zip(test_aucs, *spread)])),
+        "test_auc_within_retrain_spread": bool(np.all([lo - 1e-9 <= a <= hi + 1e-9 for a, lo, hi in zip(test_aucs, *spread, strict=False)])),
         "membership_advantage_at_most_unseen_plus_0.02": mean("e2urec", "membership_advantage") <= mean("retrain", "membership_advantage") + 0.02,
         "time_at_most_20pct_of_retrain": mean("e2urec", "seconds") <= 0.2 * mean("retrain", "seconds"),
         "untouched_model_memorises_forget_users": summary["untouched"]["membership_advantage"]["ci95"][0]

@@ -1,8 +1,21 @@
 """The federation's configuration: the spec (fedshield/spec/federation.py), under the names callers import."""
 
 from .spec.federation import (
-    MAX_DECLARED_SAMPLES, AggregationSpec, DataSpec, DPSpec, EncryptionSpec, FederationConfig, FederationSettings, LimitsSpec, LoraSpec,
-    ModelSpec, PrivacySpec, SiloSpec, TrainingSpec, config_yaml, load_config,
+    MAX_DECLARED_SAMPLES,
+    AggregationSpec,
+    DataSpec,
+    DPSpec,
+    EncryptionSpec,
+    FederationConfig,
+    FederationSettings,
+    LimitsSpec,
+    LoraSpec,
+    ModelSpec,
+    PrivacySpec,
+    SiloSpec,
+    TrainingSpec,
+    config_yaml,
+    load_config,
 )
 
 __all__ = [

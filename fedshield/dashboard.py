@@ -17,7 +17,10 @@ from dataclasses import dataclass
 
 from grafana_foundation_sdk.builders import prometheus, stat, timeseries
 from grafana_foundation_sdk.builders.dashboard import (
-    Dashboard, DatasourceVariable, QueryVariable, Row,
+    Dashboard,
+    DatasourceVariable,
+    QueryVariable,
+    Row,
 )
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import DataSourceRef, VariableOption, VariableRefresh

@@ -16,7 +16,7 @@ validation loss. Two rules, both documented in docs/fairness.md:
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

@@ -38,7 +38,7 @@ def privatise(update: np.ndarray, clip_norm: float, noise_multiplier: float, rng
     return clip(update, clip_norm) + rng.normal(0.0, noise_multiplier * clip_norm, size=update.shape)
 
 
-def release(delta: np.ndarray, residual: np.ndarray | None, budget: "Budget | None",
+def release(delta: np.ndarray, residual: np.ndarray | None, budget: Budget | None,
             rng: np.random.Generator | None = None) -> np.ndarray:
     """The vector a silo's upload is taken from this round (before the mask and quantisation).
 

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from ..crypto.errors import ChecksumError, CiphertextError, CryptoError, FormatError, KeyMismatchError, LengthMismatchError, RoundMismatchError
+from ..crypto.errors import (
+    ChecksumError,
+    CiphertextError,
+    CryptoError,
+    FormatError,
+    KeyMismatchError,
+    LengthMismatchError,
+    RoundMismatchError,
+)
 from ..wire.errors import ErrorCode
 
 ENVELOPE_STATUS = 400  # a bad envelope is a bad request, whatever its code says about other requests

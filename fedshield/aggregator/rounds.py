@@ -29,8 +29,8 @@ from ..crypto import CryptoError, EncryptedSum, EnvelopeReader, Keys
 from ..crypto.envelope import save_envelope
 from ..crypto.noise import check_noise_budget
 from ..crypto.params import PackingParams
-from ..faults import crash_point
 from ..fairness import fedavg_weights, loss_weights, lr_scales
+from ..faults import crash_point
 from ..updates import kept_count
 from ..wire.errors import ErrorCode
 from ..wire.messages import JoinRequest, RoundPlan, RoundSummary, Status, StatusSummary, UploadMetadata, UploadReceipt

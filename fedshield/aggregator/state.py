@@ -33,7 +33,7 @@ class AppState:
     tmp_dir: Path
 
     @classmethod
-    def create(cls, coordinator: Coordinator, auth: Authenticator) -> "AppState":
+    def create(cls, coordinator: Coordinator, auth: Authenticator) -> AppState:
         limits = coordinator.config.limits
         tmp_dir = coordinator.store.root / "incoming"
         tmp_dir.mkdir(exist_ok=True)
@@ -69,7 +69,7 @@ class AppState:
                         chunk = await asyncio.wait_for(chunks.__anext__(), timeout=max(left, 0.001))
                     except StopAsyncIteration:
                         break
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         raise ApiError(ErrorCode.BODY_TIMEOUT, f"the upload body arrived too slowly ({received} bytes so far)") from None
                     received += len(chunk)
                     if received > limit:

@@ -14,7 +14,16 @@ from pydantic import BaseModel
 from . import membership as fm
 from . import unlearning as fu
 from .models import (
-    GROUP, IMMUTABLE, KIND, PLURAL, SHORT_NAME, SINGULAR, SPEC_RULES, VERSION, FederatedFinetuneSpec, FederatedFinetuneStatus,
+    GROUP,
+    IMMUTABLE,
+    KIND,
+    PLURAL,
+    SHORT_NAME,
+    SINGULAR,
+    SPEC_RULES,
+    VERSION,
+    FederatedFinetuneSpec,
+    FederatedFinetuneStatus,
 )
 
 PRINTER_COLUMNS: list[dict[str, Any]] = [

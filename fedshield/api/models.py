@@ -86,7 +86,7 @@ class SiloPlacement(SiloSpec):
         return self.gpus if self.gpus_per_node is None else self.gpus_per_node
 
     @model_validator(mode="after")
-    def _gpus_once(self) -> "SiloPlacement":
+    def _gpus_once(self) -> SiloPlacement:
         if self.gpus_per_node is not None and "gpus" in self.model_fields_set and self.gpus != self.gpus_per_node:
             raise ValueError(GPUS_TWICE_MESSAGE)
         return self
@@ -117,7 +117,7 @@ class FederatedFinetuneSpec(FederationSettings):
                                               "set explicitly when aggregator.tls is absent; status then says so. For local trials only.")
 
     @model_validator(mode="after")
-    def _cross_field(self) -> "FederatedFinetuneSpec":
+    def _cross_field(self) -> FederatedFinetuneSpec:
         check_silos(self, self.silos)
         if self.data.movielens_path is not None:
             raise ValueError(PLACED_DATA_MESSAGE)

@@ -39,7 +39,7 @@ class ForgetSpec(Model):
                              description="A file on the silo's state volume (relative to it), one user id per line.")
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "ForgetSpec":
+    def _exactly_one(self) -> ForgetSpec:
         if sum(x is not None for x in (self.users, self.config_map, self.path)) != 1:
             raise ValueError("forget: give exactly one of users, configMap and path")
         if self.path is not None and ".." in self.path.split("/"):

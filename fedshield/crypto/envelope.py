@@ -11,8 +11,9 @@ from __future__ import annotations
 import io
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterator, Literal
+from typing import BinaryIO, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -49,7 +50,7 @@ class EnvelopeHeader(BaseModel):
     layout: str | None = Field(None, description="Digest of the update vector's layout (names, shapes).")
 
     @model_validator(mode="after")
-    def _consistent(self) -> "EnvelopeHeader":
+    def _consistent(self) -> EnvelopeHeader:
         if self.format_version != FORMAT_VERSION:
             raise ValueError(f"format_version {self.format_version} is not supported (this build reads {FORMAT_VERSION})")
         if self.kind == "update" and not SILO_NAME.match(self.silo):
@@ -99,11 +100,11 @@ class EnvelopeReader:
         verify_digest(src, self.header.n_ciphertexts, self._max_record, "envelope")
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "EnvelopeReader":
+    def from_bytes(cls, data: bytes) -> EnvelopeReader:
         return cls(io.BytesIO(data))
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> "EnvelopeReader":
+    def open(cls, path: str | os.PathLike[str]) -> EnvelopeReader:
         return cls(open(path, "rb"))
 
     def ciphertexts(self) -> Iterator[bytes]:
@@ -114,7 +115,7 @@ class EnvelopeReader:
     def close(self) -> None:
         self._src.close()
 
-    def __enter__(self) -> "EnvelopeReader":
+    def __enter__(self) -> EnvelopeReader:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from typing import Any, BinaryIO, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any, BinaryIO
 
 from .errors import ChecksumError, FormatError
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import tenseal as ts
 
 from .errors import FormatError, KeyMismatchError
-from .framing import read_header, iter_records, verify_digest, write_framed
+from .framing import iter_records, read_header, verify_digest, write_framed
 from .params import CkksParams
 
 KEY_MAGIC = b"FSHK"
@@ -38,7 +38,7 @@ class Keys:
     def has_secret_key(self) -> bool:
         return bool(self.context.is_private())
 
-    def public(self) -> "Keys":
+    def public(self) -> Keys:
         """The same key set without the secret key (what the aggregator gets)."""
         ctx = self.context.copy()
         if ctx.is_private():

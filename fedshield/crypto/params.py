@@ -41,7 +41,7 @@ class CkksParams(BaseModel):
     scale_bits: int = Field(18, ge=10, le=40, description="log2 of the CKKS encoding scale.")
 
     @model_validator(mode="after")
-    def _secure_and_usable(self) -> "CkksParams":
+    def _secure_and_usable(self) -> CkksParams:
         limit = MAX_COEFF_BITS_128.get(self.poly_degree)
         if limit is None:
             raise ValueError(f"poly_degree must be one of {sorted(MAX_COEFF_BITS_128)}")

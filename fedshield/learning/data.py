@@ -6,7 +6,13 @@ from pathlib import Path
 
 from ..config import FederationConfig
 from ..workloads.recommendation import (
-    Example, build_examples, catalog, load_movielens, prompt_for, split_examples, synthetic_silos,
+    Example,
+    build_examples,
+    catalog,
+    load_movielens,
+    prompt_for,
+    split_examples,
+    synthetic_silos,
 )
 
 

@@ -12,8 +12,9 @@ response. Evaluation reports the mean response-token loss, its perplexity, and e
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Sequence, cast
+from typing import ClassVar, cast
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -167,7 +168,7 @@ def evaluate_instruction(model: torch.nn.Module, tokenizer: PreTrainedTokenizerB
             for i in range(0, len(examples), batch_size):
                 chunk = examples[i:i + batch_size]
                 replies = greedy_replies(model, tokenizer, chunk, longest + 2)
-                hits += sum(normalise(r) == normalise(e.response) for r, e in zip(replies, chunk))
+                hits += sum(normalise(r) == normalise(e.response) for r, e in zip(replies, chunk, strict=False))
             metrics["exact_match"] = hits / len(examples)
             return Evaluation(metrics, "exact_match")
         return Evaluation(metrics, "perplexity", higher_is_better=False)

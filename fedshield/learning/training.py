@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import random
 import socket
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch

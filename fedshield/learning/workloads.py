@@ -6,7 +6,7 @@ A new workload is one class implementing ``workloads.base.Workload`` and one ent
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..workloads.base import Workload
 from .instruction import InstructionWorkload

@@ -16,15 +16,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..spec.commands import ClientCredentials, ServerCredentials, aggregator_command, silo_command
-from ..spec.federation import FederationConfig, config_yaml
-from ..fairness import fairness_indices
 from ..crypto import create_keys, write_key_pair
 from ..crypto.keys import PUBLIC_FILE, SECRET_FILE
+from ..fairness import fairness_indices
+from ..learning.model import base_model_path
 from ..security.auth import create_tokens
 from ..security.certs import issue_all
 from ..security.tls import client_context
-from ..learning.model import base_model_path
+from ..spec.commands import ClientCredentials, ServerCredentials, aggregator_command, silo_command
+from ..spec.federation import FederationConfig, config_yaml
 
 
 def free_port() -> int:

@@ -6,9 +6,9 @@ import contextlib
 import os
 import resource
 import time
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Collection, Iterator, Mapping, Sequence
 
 import torch
 from rich.console import Console
@@ -17,7 +17,6 @@ from ..config import DataSpec, FederationConfig
 from ..learning.model import load_base
 from ..updates import lora_parameters
 from ..workloads.recommendation import Interaction, write_movielens
-
 
 DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 

@@ -14,13 +14,13 @@ from pathlib import Path
 from ..config import load_config
 from ..crypto import load_keys
 from ..crypto.keys import SECRET_FILE
-from .demo import Federation, free_port
 from ..security.certs import silo_files
 from ..silo_agent.agent import SiloAgent
 from ..silo_agent.forget import ForgetRequest, run_unlearning
 from ..unlearning import UnlearningSpec
 from ..wire.client import ClientSecurity
 from ..wire.unlearning import UnlearningRecord
+from .demo import Federation, free_port
 
 
 def run_security(run_dir: Path) -> str:

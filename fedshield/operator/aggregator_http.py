@@ -68,7 +68,7 @@ async def get_json(url: str, limit: int | None = None, deadline_s: float | None 
             status, body = await asyncio.wait_for(_read_capped(client, url, MAX_BODY_BYTES if limit is None else limit),
                                                   DEADLINE_S if deadline_s is None else deadline_s)
         return json.loads(body) if status == 200 else None
-    except (httpx.HTTPError, ValueError, TooLarge, asyncio.TimeoutError, ssl.SSLError, OSError):
+    except (TimeoutError, httpx.HTTPError, ValueError, TooLarge, ssl.SSLError, OSError):
         return None
 
 

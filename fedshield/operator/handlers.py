@@ -17,16 +17,25 @@ import httpx
 import kopf
 from pydantic import ValidationError
 
-from ..api import unlearning as unlearning_api
 from .. import metrics
+from ..api import unlearning as unlearning_api
 from ..api.models import GROUP, IMMUTABLE, KIND, PLURAL, VERSION, FederatedFinetuneSpec, FederatedFinetuneStatus
+from ..wire.messages import Status
 from . import consent, jobset, telemetry, unlearning
 from .aggregator_http import fetch_status
 from .kube import Conflict, FieldConflict, Kube
 from .manifests import (
-    FEDERATION_LABEL, NAMESPACE_LABEL, OWNER_UID_LABEL, SILO_LABEL, Owner, owned_by, Site, aggregator_url, desired_children, plan_configmap,
+    FEDERATION_LABEL,
+    NAMESPACE_LABEL,
+    OWNER_UID_LABEL,
+    SILO_LABEL,
+    Owner,
+    Site,
+    aggregator_url,
+    desired_children,
+    owned_by,
+    plan_configmap,
 )
-from ..wire.messages import Status
 from .status import Observed, admitted_condition, compute_status, condition, pod_ready, status_body
 
 log = logging.getLogger("fedshield.operator")
@@ -38,7 +47,7 @@ UNLEARNING = (GROUP, VERSION, unlearning_api.PLURAL)
 
 
 def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 async def fetch_aggregator_status(url: str) -> Status | None:

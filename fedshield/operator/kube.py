@@ -87,7 +87,7 @@ def _contains(live, wanted) -> bool:
     if isinstance(wanted, dict):
         return isinstance(live, dict) and all(_contains(live.get(k), v) for k, v in wanted.items())
     if isinstance(wanted, list):
-        return isinstance(live, list) and len(live) == len(wanted) and all(_contains(a, b) for a, b in zip(live, wanted))
+        return isinstance(live, list) and len(live) == len(wanted) and all(_contains(a, b) for a, b in zip(live, wanted, strict=False))
     return live == wanted
 
 
@@ -143,11 +143,11 @@ class Kube:
     calls: int = 0
 
     @classmethod
-    def from_configuration(cls, cfg: client.Configuration) -> "Kube":
+    def from_configuration(cls, cfg: client.Configuration) -> Kube:
         return cls(client.ApiClient(cfg))
 
     @classmethod
-    def from_environment(cls) -> "Kube":
+    def from_environment(cls) -> Kube:
         """In-cluster service account (token refreshed on rotation), else the local kubeconfig."""
         try:
             cfg = in_cluster_configuration()
@@ -157,7 +157,7 @@ class Kube:
         return cls.from_configuration(cfg)
 
     @classmethod
-    def for_url(cls, url: str, token: str | None = None) -> "Kube":
+    def for_url(cls, url: str, token: str | None = None) -> Kube:
         cfg = client.Configuration(host=url)
         if token:
             cfg.api_key["BearerToken"], cfg.api_key_prefix["BearerToken"] = token, "Bearer"

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..api.models import GROUP, KIND, VERSION, FederatedFinetuneSpec, SiloPlacement
-from ..spec.commands import ClientCredentials, ServerCredentials, aggregator_command, silo_command as spec_silo_command
+from ..spec.commands import ClientCredentials, ServerCredentials, aggregator_command
+from ..spec.commands import silo_command as spec_silo_command
 from ..spec.federation import FederationConfig, FederationSettings, ModelSpec, SiloSpec, config_yaml
 
 AGGREGATOR_PORT, METRICS_PORT = 8470, 9090
@@ -77,7 +78,7 @@ class Site:
     multi_node: str = ""  # "jobset": silos with nodes > 1 run as JobSets (experimental); empty: they are refused
 
     @classmethod
-    def from_environment(cls) -> "Site":
+    def from_environment(cls) -> Site:
         prefixes = tuple(p for p in os.environ.get("FEDSHIELD_AGGREGATOR_IMAGE_PREFIXES", "").split(",") if p)
         return cls(operator_namespace=os.environ.get("FEDSHIELD_OPERATOR_NAMESPACE", "fedshield"),
                    monitoring_namespace=os.environ.get("FEDSHIELD_MONITORING_NAMESPACE", "monitoring") or None,

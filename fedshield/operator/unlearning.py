@@ -14,7 +14,7 @@ state applies published unlearnings and exits).
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import httpx
 
@@ -28,8 +28,21 @@ from .kube import Kube, get_custom_object
 from .manifests import SILO_LABEL, Owner, aggregator_url, owned_by
 from .status import silo_phase
 from .unlearning_manifests import (
-    FORGET_DIR, FORGET_FILE, UNLEARNING_LABEL, UNLEARNING_NS_LABEL, apply_job, apply_job_name, apply_jobs, forget_configmap,
-    forget_configmap_name, job_name, labels, selector, unlearn_command, unlearning_children, unlearning_job,
+    FORGET_DIR,
+    FORGET_FILE,
+    UNLEARNING_LABEL,
+    UNLEARNING_NS_LABEL,
+    apply_job,
+    apply_job_name,
+    apply_jobs,
+    forget_configmap,
+    forget_configmap_name,
+    job_name,
+    labels,
+    selector,
+    unlearn_command,
+    unlearning_children,
+    unlearning_job,
 )
 from .unlearning_refs import TERMINAL, Refused, Target, check_reference, parse_spec, silo_of
 from .unlearning_status import RECORD_FIELDS, Observed, compute_status, pick_record, unlearning_status

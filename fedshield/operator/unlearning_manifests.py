@@ -10,11 +10,21 @@ from __future__ import annotations
 
 from ..api.models import FederatedFinetuneSpec, SiloPlacement
 from ..api.unlearning import FederatedUnlearningSpec
-from .manifests import (
-    CONFIG_DIR, KEYS_DIR, OWNER_UID_LABEL, SILO_JOB_BACKOFF_LIMIT, SILO_LABEL, STATE_DIR, Owner, aggregator_url, child_name, silo_command,
-    silo_credentials, silo_pod,
-)
 from ..spec import commands
+from .manifests import (
+    CONFIG_DIR,
+    KEYS_DIR,
+    OWNER_UID_LABEL,
+    SILO_JOB_BACKOFF_LIMIT,
+    SILO_LABEL,
+    STATE_DIR,
+    Owner,
+    aggregator_url,
+    child_name,
+    silo_command,
+    silo_credentials,
+    silo_pod,
+)
 from .unlearning_refs import Target, silo_of
 
 UNLEARNING_LABEL, UNLEARNING_NS_LABEL = "fedshield.io/unlearning", "fedshield.io/unlearning-namespace"

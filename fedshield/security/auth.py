@@ -47,7 +47,7 @@ class TokenStore:
     hashes: dict[str, str]  # silo -> "sha256:<hex>"
 
     @classmethod
-    def load(cls, path: str | Path) -> "TokenStore":
+    def load(cls, path: str | Path) -> TokenStore:
         data = json.loads(Path(path).read_text())
         if not isinstance(data, dict) or not all(isinstance(v, str) and v.startswith(TOKEN_PREFIX) for v in data.values()):
             raise ValueError(f"{path}: expected a JSON object silo -> 'sha256:<hex>'")

@@ -10,8 +10,8 @@ modules are trained but never read into the update vector.
 from __future__ import annotations
 
 import json
-import math
 import logging
+import math
 import time
 import zlib
 from dataclasses import dataclass
@@ -22,6 +22,10 @@ import numpy as np
 from .. import metrics
 from ..config import FederationConfig
 from ..crypto import EnvelopeReader, Keys, decrypt_envelope, encrypt_update
+from ..learning.data import silo_examples
+from ..learning.dp_sgd import silo_dp_sgd
+from ..learning.model import base_model_path, check_context, load_base, with_lora, yes_probabilities
+from ..learning.training import create_engine, set_learning_rate, train_local_dp, train_local_stats
 from ..privacy import release
 from ..updates import VectorLayout, lora_parameters, next_residual, next_score, round_mask, scatter
 from ..wire.client import AggregatorClient, AggregatorRefused, ClientSecurity
@@ -30,10 +34,6 @@ from ..wire.messages import JoinRequest, UploadMetadata
 from ..workloads.scoring import auc, log_loss
 from .bounds import check_unlearning
 from .checkpoint import PendingUpload, SiloState, forgotten_users, load_state, save_state
-from ..learning.data import silo_examples
-from ..learning.model import base_model_path, check_context, load_base, with_lora, yes_probabilities
-from ..learning.dp_sgd import silo_dp_sgd
-from ..learning.training import create_engine, set_learning_rate, train_local_dp, train_local_stats
 
 log = logging.getLogger("fedshield.silo")
 

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from ..crypto import encrypt_update
+from ..learning.model import base_model_path
 from ..unlearning import UnlearningSpec, forget_split, score_adapter, unlearn
 from ..wire.unlearning import UnlearningAudit, UnlearningRecord
-from ..learning.model import base_model_path
 from .agent import SiloAgent
 from .checkpoint import remember_forgotten
 

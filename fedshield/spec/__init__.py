@@ -6,8 +6,19 @@ CLI defaults and the settings tables in docs/ are all derived from these models.
 
 from .base import FinetunePhase, SiloName, SiloPhase, Spec, UnlearningPhase
 from .federation import (
-    AggregationSpec, DataSpec, DPSpec, EncryptionSpec, FederationConfig, FederationSettings, LimitsSpec, LoraSpec, ModelSpec,
-    PrivacySpec, SiloSpec, TrainingSpec, load_config,
+    AggregationSpec,
+    DataSpec,
+    DPSpec,
+    EncryptionSpec,
+    FederationConfig,
+    FederationSettings,
+    LimitsSpec,
+    LoraSpec,
+    ModelSpec,
+    PrivacySpec,
+    SiloSpec,
+    TrainingSpec,
+    load_config,
 )
 from .unlearning import UnlearningSpec
 

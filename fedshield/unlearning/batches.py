@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Iterator
+from collections.abc import Iterator
 
 
 def epoch_batches(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:

@@ -8,8 +8,9 @@ current model and folds it in by truncated SVD (``fold.py``), as before; its fol
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal, Mapping, Sequence
+from typing import Literal
 
 import torch
 

@@ -8,8 +8,8 @@ learning the retained data while it forgets, the stronger baseline to beat.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import torch
 

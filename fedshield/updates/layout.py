@@ -9,9 +9,9 @@ trained locally and never leave the silo (PPLR flexible storage).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -46,7 +46,7 @@ class VectorLayout:
     entries: tuple[Entry, ...]
 
     @classmethod
-    def from_tensors(cls, tensors: Mapping[str, torch.Tensor], private_patterns: Sequence[str] = ()) -> "VectorLayout":
+    def from_tensors(cls, tensors: Mapping[str, torch.Tensor], private_patterns: Sequence[str] = ()) -> VectorLayout:
         entries, offset = [], 0
         for name in sorted(tensors):
             if is_private(name, private_patterns):

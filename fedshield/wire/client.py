@@ -18,15 +18,16 @@ import logging
 import random
 import ssl
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, TypeVar
+from typing import BinaryIO, TypeVar
 
 import httpx
 
-from .unlearning import AUDIT_HEADER, ApprovalRequest, PendingUnlearning, UnlearningAudit, UnlearningRecord
 from .errors import ErrorBody, ErrorCode, parse_error
 from .messages import JoinRequest, RoundPlan, UploadMetadata, UploadReceipt, WithdrawRequest
+from .unlearning import AUDIT_HEADER, ApprovalRequest, PendingUnlearning, UnlearningAudit, UnlearningRecord
 
 log = logging.getLogger("fedshield.client")
 T = TypeVar("T")

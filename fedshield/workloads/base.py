@@ -14,9 +14,10 @@ the registry by name), because ``learning/`` already builds on ``workloads/``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Generic, Sequence, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 E = TypeVar("E")
 

@@ -20,9 +20,9 @@ import json
 import random
 import re
 import unicodedata
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from .base import DataError, Split
 
@@ -55,7 +55,7 @@ class InstructionExample:
         return next((t.content for t in self.context if t.role == "system"), None)
 
     @classmethod
-    def of(cls, prompt: str, response: str, system: str | None = None, source: str = "", line: int = 0) -> "InstructionExample":
+    def of(cls, prompt: str, response: str, system: str | None = None, source: str = "", line: int = 0) -> InstructionExample:
         """A single user turn (after an optional system turn) and its response."""
         return cls(((Turn("system", system),) if system else ()) + (Turn("user", prompt),), response, source, line)
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import csv
 from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from .base import DataError
 
@@ -106,7 +106,7 @@ def _load_100k(path: Path) -> MovieLens:
     for number, line in _lines(path / "u.item", "latin-1"):
         fields = _fields(path / "u.item", number, line, "|", 2)
         flags = fields[5:5 + len(GENRES_100K)]
-        genres = tuple(g for g, flag in zip(GENRES_100K, flags) if flag.strip() == "1")
+        genres = tuple(g for g, flag in zip(GENRES_100K, flags, strict=False) if flag.strip() == "1")
         movies[fields[0]] = Movie(fields[0], fields[1], genres)
     ratings = [_rating(path / "u.data", n, *_fields(path / "u.data", n, line, "\t", 4)[:4])
                for n, line in _lines(path / "u.data", "latin-1")]
@@ -142,7 +142,7 @@ def _csv_rows(path: Path, columns: Sequence[str]) -> Iterator[tuple[int, dict[st
     missing = [c for c in columns if c not in (reader.fieldnames or ())]
     if missing:
         raise DataError(path, lines[0][0], f"header lacks {', '.join(missing)} (has {', '.join(reader.fieldnames or ())})")
-    for (number, _), row in zip(lines[1:], reader):
+    for (number, _), row in zip(lines[1:], reader, strict=False):
         if any(row.get(c) is None for c in columns):
             raise DataError(path, number, f"expected the columns {', '.join(columns)}; the row is short")
         yield number, row

@@ -21,8 +21,9 @@ import json
 import re
 import shutil
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -75,7 +76,7 @@ def by_dirichlet(classes: dict[str, str], silos: Sequence[str], alpha: float, se
         shares = rng.dirichlet(np.full(len(silos), alpha))
         cuts = np.round(np.cumsum(shares) * len(members)).astype(int)
         start = 0
-        for silo, end in zip(silos, cuts):
+        for silo, end in zip(silos, cuts, strict=False):
             out.update((u, silo) for u in members[start:end])
             start = end
     return out

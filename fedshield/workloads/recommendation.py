@@ -11,9 +11,9 @@ from __future__ import annotations
 import csv
 import random
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -100,7 +100,7 @@ def synthetic_silos(
     genre_of = {t: t.split()[-1] for t in titles}
     users = users or [int(40 * 0.6**i) + 12 for i in range(len(silos))]
     data: dict[str, list[Interaction]] = {}
-    for s, (silo, n_users) in enumerate(zip(silos, users)):
+    for silo, n_users in zip(silos, users, strict=False):
         taste = rng.dirichlet(np.full(len(GENRES), 0.3))
         records = []
         for u in range(n_users):

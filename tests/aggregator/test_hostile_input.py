@@ -53,7 +53,7 @@ class World:
         self.certs = root / "certs"
         issue_all(self.certs, [*SILOS, "mallory"])
         issue_all(root / "foreign", ["bank-a"])
-        past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=30)
+        past = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
         issue_silo(self.certs, "bank-a-expired", not_before=past, not_after=past + dt.timedelta(days=1))
         self.cert = {s: silo_files(self.certs, s) for s in (*SILOS, "mallory")}
         self.cert["foreign"] = silo_files(root / "foreign", "bank-a")

@@ -28,7 +28,7 @@ def _uploads(keys, silos, n=N, round=1, seed=0):
     updates = [rng.uniform(-1e-2, 1e-2, n) for _ in range(silos)]
     weights = rng.dirichlet(np.ones(silos))
     uploads = [
-        encrypt_update(keys, x, weight=float(w), round=round, silo=f"silo-{i}") for i, (x, w) in enumerate(zip(updates, weights))
+        encrypt_update(keys, x, weight=float(w), round=round, silo=f"silo-{i}") for i, (x, w) in enumerate(zip(updates, weights, strict=False))
     ]
     return updates, weights, uploads
 
@@ -40,10 +40,10 @@ def test_decrypted_weighted_sum_matches_plaintext(keys, public_keys, silos):
     for upload in uploads:
         total.add(EnvelopeReader.from_bytes(upload.data))
     result = decrypt_envelope(keys, EnvelopeReader.from_bytes(total.to_bytes()), round=1, count=N)
-    expected = sum(w * x for w, x in zip(weights, updates)) / weights.sum()
+    expected = sum(w * x for w, x in zip(weights, updates, strict=False)) / weights.sum()
     assert np.abs(result - expected).max() <= 1e-6
     # `sent` is exactly what the aggregate counts: the sum of the sent values matches to float precision.
-    sent = sum(w * u.sent for w, u in zip(weights, uploads)) / weights.sum()
+    sent = sum(w * u.sent for w, u in zip(weights, uploads, strict=False)) / weights.sum()
     assert np.abs(result - sent).max() <= 1e-12
 
 

@@ -230,7 +230,7 @@ def test_configmap_and_path_sources():
 def test_apply_jobs_run_the_silo_agent_unchanged_at_every_other_silo():
     jobs = fu.apply_jobs(TARGET, FT_OWNER, FT_SPEC, spec_with())
     assert [j["metadata"]["namespace"] for j in jobs] == ["org-hospital-b", "org-clinic-c"]
-    for job, silo in zip(jobs, FT_SPEC.silos[1:]):
+    for job, silo in zip(jobs, FT_SPEC.silos[1:], strict=False):
         assert job["spec"]["template"]["spec"] == silo_job(FT_OWNER, FT_SPEC, silo)["spec"]["template"]["spec"]
         assert job["metadata"]["name"] == fu.apply_job_name(TARGET, silo.name)
 

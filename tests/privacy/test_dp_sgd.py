@@ -64,7 +64,7 @@ def clip_reference(per_unit: list[list[torch.Tensor]], clip: float) -> list[torc
     for grads in per_unit:
         norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
         scale = min(1.0, clip / norm) if norm > 0 else 1.0
-        for t, g in zip(total, grads):
+        for t, g in zip(total, grads, strict=False):
             t += g * scale
     return total
 
@@ -74,7 +74,7 @@ def test_opacus_per_record_gradients_equal_a_naive_loop(tiny, examples):
     batch = examples[:8]
     naive = naive_record_grads(model, tokenizer, batch)
     fast = opacus_record_grads(model, tokenizer, batch)
-    for a, b in zip(naive, fast):
+    for a, b in zip(naive, fast, strict=False):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
 
 
@@ -92,7 +92,7 @@ def test_per_unit_clipping_equals_a_loop_over_units(tiny, examples, unit):
     got = privatised_gradient(grads, torch.tensor(units), n_units, params, expected_units=4.0)
     per_unit = [[sum(g[i] for i in range(len(batch)) if units[i] == u) for g in grads] for u in range(n_units)]
     want = [t / 4.0 for t in clip_reference(per_unit, clip)]
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=False):
         assert torch.allclose(a, b.float(), atol=1e-6, rtol=1e-4)
     if unit == "user":
         assert n_units == 3  # a user's records are one unit

@@ -40,7 +40,7 @@ def pki(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("pki")
     issue_all(root / "certs", [*SILOS, "mallory"])
     issue_all(root / "foreign", ["bank-a"])  # same silo name, another CA
-    past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=30)
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
     issue_silo(root / "certs", "bank-a-expired", not_before=past, not_after=past + dt.timedelta(days=1))
     return root
 
@@ -216,7 +216,7 @@ def test_a_retried_upload_is_a_duplicate_and_the_client_honours_429(pki, keys, p
     cfg = config(silo_uploads_per_minute=60, silo_upload_burst=1)
     with RunningAggregator(cfg, public_keys, tmp_path / "state", tls=mtls(pki), auth=Authenticator(mutual_tls=True)) as agg:
         a, b = (silo_files(pki / "certs", s) for s in SILOS)
-        clients = {s: AggregatorClient(agg.url, security=ClientSecurity(ca=f.ca, cert=f.cert, key=f.key)) for s, f in zip(SILOS, (a, b))}
+        clients = {s: AggregatorClient(agg.url, security=ClientSecurity(ca=f.ca, cert=f.cert, key=f.key)) for s, f in zip(SILOS, (a, b), strict=False)}
         for s, c in clients.items():
             plan = c.join(JoinRequest(silo=s, samples=100, vector_size=SIZE, layout=LAYOUT)).model_dump()
         data = upload_bytes(keys, plan, "bank-a")
@@ -230,7 +230,7 @@ def test_a_retried_upload_is_a_duplicate_and_the_client_honours_429(pki, keys, p
 
 def test_retry_after_is_read_as_seconds_or_an_http_date():
     assert retry_after_s(httpx.Response(429, headers={"retry-after": "3"})) == 3.0
-    when = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=30)).strftime("%a, %d %b %Y %H:%M:%S GMT")
+    when = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30)).strftime("%a, %d %b %Y %H:%M:%S GMT")
     assert 25 <= retry_after_s(httpx.Response(503, headers={"retry-after": when})) <= 31
     assert retry_after_s(httpx.Response(503, headers={"retry-after": "soon"})) is None
     assert retry_after_s(httpx.Response(503)) is None

@@ -41,7 +41,7 @@ class RunningAggregator:
         verify = client_context(self.tls.client_ca or self.tls.cert.parent / "ca.crt", cert, key) if self.tls else True
         return httpx.Client(base_url=self.url, verify=verify, **kw)
 
-    def __enter__(self) -> "RunningAggregator":
+    def __enter__(self) -> RunningAggregator:
         self.thread.start()
         deadline = time.monotonic() + 10
         with self.client(timeout=0.5) as http:

@@ -69,4 +69,4 @@ CASES = [(OPERATOR, ()), (SILO, ())] + [
 ] + [(OPERATOR if "operator" in f.name else SILO, ("-f", str(f))) for f in sorted((ROOT / "examples" / "values").glob("*.yaml"))]
 CASE_IDS = [f"{chart.name}:{Path(args[1]).name if args else 'defaults'}" for chart, args in CASES]
 SILO_CASES = [(args) for chart, args in CASES if chart == SILO]
-SILO_IDS = [i for i, (chart, _) in zip(CASE_IDS, CASES) if chart == SILO]
+SILO_IDS = [i for i, (chart, _) in zip(CASE_IDS, CASES, strict=False) if chart == SILO]

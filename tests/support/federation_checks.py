@@ -30,7 +30,7 @@ def expected_global(config: FederationConfig, out: Path) -> tuple[VectorLayout, 
         aggregate = EnvelopeReader.open(round_dir / "aggregate.fshe")
         uploads = [EnvelopeReader.open(round_dir / f"{s}.fshe") for s in aggregate.header.contributors]
         weights = np.array([u.header.weight for u in uploads])
-        average = sum(w * decrypt_envelope(keys, u, round=r) for w, u in zip(weights, uploads)) / weights.sum()
+        average = sum(w * decrypt_envelope(keys, u, round=r) for w, u in zip(weights, uploads, strict=False)) / weights.sum()
         assert np.abs(decrypt_envelope(keys, aggregate, round=r) - average).max() < 1e-12
         mask = round_mask(layout.size, config.privacy.pruning, r, config.seed, score=score, explore_share=config.privacy.explore_share)
         vector[mask] += average

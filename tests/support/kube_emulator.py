@@ -90,7 +90,7 @@ def drop_at(obj: dict, path: tuple) -> None:
             return
         parents.append(parents[-1][key])
     parents[-1].pop(path[-1], None)
-    for parent, key in zip(reversed(parents[:-1]), reversed(path[:-1])):
+    for parent, key in zip(reversed(parents[:-1]), reversed(path[:-1]), strict=False):
         if parent[key]:
             break
         del parent[key]
@@ -292,7 +292,7 @@ class Emulator(kmock.KubernetesEmulator):
             if request.namespace:
                 meta.setdefault("namespace", request.namespace)
             meta.setdefault("uid", str(uuid.uuid4()))
-            meta.setdefault("creationTimestamp", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+            meta.setdefault("creationTimestamp", datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
             meta.setdefault("generation", 1)
             meta["resourceVersion"] = self._next_rv()
             key = (request.resource, meta.get("namespace"), meta.get("name"))

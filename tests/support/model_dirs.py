@@ -3,8 +3,8 @@ with a byte-level BPE tokenizer that has an end-of-text token but no pad token."
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
