@@ -224,6 +224,14 @@ def default_model(cache: Path) -> Path:
     return import_model("smollm2-135m-instruct", cache / "smollm2-135m-instruct")[0]
 
 
+def model_name(path: str | Path) -> str:
+    """What the report calls the model: the GGUF file it was imported from, else its directory's name."""
+    from fedshield.learning.models import imported_source
+
+    source = imported_source(path)
+    return Path(source["gguf_file"]).stem if source and source.get("gguf_file") else Path(path).name
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="a Hugging Face model directory (default: SmolLM2 imported into --cache)")
@@ -244,11 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [0] if args.quick else list(range(args.seeds))
     if args.from_log:
         records = read_log(args.from_log)
-        model = args.model or "SmolLM2-135M-Instruct"
+        model = args.model or next((r["model"] for r in records if "model" in r), "SmolLM2-135M-Instruct")
         settings = records[0].get("settings", settings) if records else settings
     else:
         torch.set_num_threads(args.threads)
-        model = str(args.model or default_model(Path(args.cache)))
+        path = str(args.model or default_model(Path(args.cache)))
+        model = model_name(path)
         records = [r for r in read_log(args.log) if r.get("settings") == settings] if args.log else []
         done = {(r["task"], r["arm"], r["seed"]) for r in records}
         with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed's op build also prints on stdout
@@ -257,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
                     for arm in args.arms:
                         if (task, arm, seed) in done:
                             continue
-                        record = {**run_arm(task, arm, seed, model, settings), "settings": settings}
+                        record = {**run_arm(task, arm, seed, path, settings), "model": model, "settings": settings}
                         records.append(record)
                         line = json.dumps(record)
                         print(line, file=sys.stderr, flush=True)
@@ -265,8 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                             with open(args.log, "a", encoding="utf-8") as fh:
                                 fh.write(line + "\n")
         records = [r for r in records if r["seed"] in seeds and r["task"] in args.tasks and r["arm"] in args.arms]
-    print(json.dumps(report(records, Path(model).name if args.from_log is None else model, settings,
-                            time.perf_counter() - start)))
+    print(json.dumps(report(records, model, settings, time.perf_counter() - start)))
     return 0
 
 
