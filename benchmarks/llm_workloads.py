@@ -203,9 +203,19 @@ def summarise_task(task: str, records: list[dict]) -> dict:
     return out
 
 
+def complete_seeds(records: list[dict]) -> list[int]:
+    """Seeds for which every (task, arm) that appears in ``records`` is there."""
+    pairs = {(r["task"], r["arm"]) for r in records}
+    return sorted(s for s in {r["seed"] for r in records} if pairs <= {(r["task"], r["arm"]) for r in records if r["seed"] == s})
+
+
 def report(records: list[dict], model: str, settings: dict, wall_s: float) -> dict:
-    tasks = {t: summarise_task(t, [r for r in records if r["task"] == t]) for t in TASKS if any(r["task"] == t for r in records)}
-    return {"model": model, "seeds": sorted({r["seed"] for r in records}), "tasks": tasks, "settings": settings,
+    """The one JSON object; arms are compared on the seeds every arm finished (a cut-short seed is listed apart)."""
+    seeds = complete_seeds(records) or sorted({r["seed"] for r in records})
+    partial = sorted({r["seed"] for r in records} - set(seeds))
+    used = [r for r in records if r["seed"] in seeds]
+    tasks = {t: summarise_task(t, [r for r in used if r["task"] == t]) for t in TASKS if any(r["task"] == t for r in used)}
+    return {"model": model, "seeds": seeds, "tasks": tasks, "settings": settings, "partial_seeds": partial,
             "compute_s": round(sum(r["wall_s"] for r in records), 1), "wall_s": round(wall_s, 1)}
 
 

@@ -38,11 +38,13 @@ def test_the_report_from_a_log_has_the_promised_shape_intervals_and_targets(benc
     log = tmp_path / "log.jsonl"
     lines = [_record("instruction", arm, s, [v[s]] * 3) for arm, v in means.items() for s in range(3)]
     lines += [_record("recommendation", arm, s, [v[s] - 0.1, v[s], v[s] + 0.1]) for arm, v in rec.items() for s in range(3)]
+    lines.append(_record("instruction", "zero_shot", 3, [0.9] * 3))  # a seed cut short: left out of the comparison
     log.write_text("".join(json.dumps(r) + "\n" for r in lines))
     assert bench.main(["--from-log", str(log), "--model", "SmolLM2-135M-Instruct"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report) >= {"model", "seeds", "tasks", "wall_s"} and report["seeds"] == [0, 1, 2]
-    assert report["model"] == "SmolLM2-135M-Instruct" and report["compute_s"] == 24.0
+    assert report["partial_seeds"] == [3]
+    assert report["model"] == "SmolLM2-135M-Instruct" and report["compute_s"] == 25.0
     ins, rc = report["tasks"]["instruction"], report["tasks"]["recommendation"]
     assert ins["metric"] == "exact_match" and rc["metric"] == "auc"
     for block in (ins, rc):
