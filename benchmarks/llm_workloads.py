@@ -17,7 +17,7 @@ Arms, for the same seeds, LoRA (r=8 on q, k, v, o) and optimiser settings:
   federation's total number of steps).
 
 Every arm is scored on each silo's own validation set; an arm's score is the mean over silos,
-averaged over seeds, with a t-interval over seeds (ci95). Targets per task: federated >= local-only,
+averaged over the seeds every arm of the task finished, with a t-interval over seeds (ci95). Targets per task: federated >= local-only,
 federated within 0.02 of centralised, zero-shot below federated by more than 0.02.
 
 Prints one JSON object. Each finished (task, arm, seed) is a JSON line in ``--log``; a rerun with
@@ -210,13 +210,17 @@ def complete_seeds(records: list[dict]) -> list[int]:
 
 
 def report(records: list[dict], model: str, settings: dict, wall_s: float) -> dict:
-    """The one JSON object; arms are compared on the seeds every arm finished (a cut-short seed is listed apart)."""
-    seeds = complete_seeds(records) or sorted({r["seed"] for r in records})
-    partial = sorted({r["seed"] for r in records} - set(seeds))
-    used = [r for r in records if r["seed"] in seeds]
-    tasks = {t: summarise_task(t, [r for r in used if r["task"] == t]) for t in TASKS if any(r["task"] == t for r in used)}
-    return {"model": model, "seeds": seeds, "tasks": tasks, "settings": settings, "partial_seeds": partial,
-            "compute_s": round(sum(r["wall_s"] for r in records), 1), "wall_s": round(wall_s, 1)}
+    """The one JSON object; each task's arms are compared on the seeds all of them finished (others: partial_seeds)."""
+    tasks = {}
+    for task in TASKS:
+        mine = [r for r in records if r["task"] == task]
+        if not mine:
+            continue
+        seeds = complete_seeds(mine) or sorted({r["seed"] for r in mine})
+        tasks[task] = {**summarise_task(task, [r for r in mine if r["seed"] in seeds]), "seeds": seeds,
+                       "partial_seeds": sorted({r["seed"] for r in mine} - set(seeds))}
+    return {"model": model, "seeds": sorted({s for t in tasks.values() for s in t["seeds"]}), "tasks": tasks,
+            "settings": settings, "compute_s": round(sum(r["wall_s"] for r in records), 1), "wall_s": round(wall_s, 1)}
 
 
 def read_log(path: str | Path) -> list[dict]:

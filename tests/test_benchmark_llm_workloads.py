@@ -43,7 +43,7 @@ def test_the_report_from_a_log_has_the_promised_shape_intervals_and_targets(benc
     assert bench.main(["--from-log", str(log), "--model", "SmolLM2-135M-Instruct"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report) >= {"model", "seeds", "tasks", "wall_s"} and report["seeds"] == [0, 1, 2]
-    assert report["partial_seeds"] == [3]
+    assert report["tasks"]["instruction"]["partial_seeds"] == [3] and report["tasks"]["recommendation"]["seeds"] == [0, 1, 2]
     assert report["model"] == "SmolLM2-135M-Instruct" and report["compute_s"] == 25.0
     ins, rc = report["tasks"]["instruction"], report["tasks"]["recommendation"]
     assert ins["metric"] == "exact_match" and rc["metric"] == "auc"
