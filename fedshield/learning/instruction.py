@@ -132,15 +132,17 @@ def greedy_replies(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, e
     stop = torch.tensor(sorted(set(tokenizer.all_special_ids)), device=device)
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     out: list[list[int]] = [[] for _ in prompts]
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    past = None  # the key/value cache: each new token is one position's forward pass, not the whole sequence's
     for _ in range(max_new_tokens):
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        nxt = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1].argmax(dim=-1)
+        result = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=True)
+        nxt, past = result.logits[:, -1].argmax(dim=-1), result.past_key_values
         done |= torch.isin(nxt, stop)
         for i in torch.nonzero(~done).flatten().tolist():
             out[i].append(int(nxt[i]))
         if bool(done.all()):
             break
-        ids = torch.cat([ids, nxt[:, None]], dim=1)
+        ids, positions = nxt[:, None], positions[:, -1:] + 1
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
     # transformers types decode as str | list[str]; one sequence of ids decodes to one str
     return [cast(str, tokenizer.decode(o, skip_special_tokens=True)) for o in out]

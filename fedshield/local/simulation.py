@@ -9,6 +9,11 @@ persistence and the round deadline: the aggregator service and the silo agent ow
 
 ``encrypted=False`` is plaintext FedAvg (weighted mean of the released values, no
 quantisation): a reference arm for benchmarks, never how a federation runs.
+
+``workload`` runs any task (``learning.workloads``): training through ``train_workload``,
+evaluation through ``workload.evaluate`` (its headline score per silo), on each silo's
+``splits`` (or its configured data). Without one it is the recommendation task exactly as
+the silo agent trains it today.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from ..privacy import release
 from ..learning.data import silo_examples
 from ..learning.model import base_model_path, load_base, with_lora, yes_probabilities
 from ..learning.training import create_engine, set_learning_rate, train_local_stats
+from ..learning.workloads import train_workload
 from ..updates import VectorLayout, lora_parameters, next_residual, next_score, round_mask
+from ..workloads.base import Split, Workload
 from ..workloads.scoring import auc
 
 
@@ -45,10 +52,11 @@ class _Silo:
 @dataclass(frozen=True)
 class SimRound:
     round: int
-    auc: dict[str, float]  # per-silo validation AUC after applying the round's aggregate
+    auc: dict[str, float]  # per-silo validation AUC (a workload's headline score) after applying the round's aggregate
     coverage: float  # fraction of shared coordinates sent at least once so far
     upload_bytes: dict[str, int]  # 0 for plaintext rounds
     kept: int
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # per silo, a workload's evaluation metrics
 
     @property
     def mean_auc(self) -> float:
@@ -63,6 +71,8 @@ class InProcessFederation:
     workdir: Path
     encrypted: bool = True
     keys: Keys | None = None
+    workload: Workload | None = None  # None: the recommendation task as the silo agent trains it
+    splits: dict[str, Split] | None = None  # per silo; None: its configured data (``silo_examples``)
     silos: list[_Silo] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -77,7 +87,9 @@ class InProcessFederation:
             lora = config.lora
             model = with_lora(base, lora.r, lora.alpha, lora.dropout, lora.target_modules, seed=config.seed)
             params = lora_parameters(model)
-            train, val = silo_examples(config, name)
+            train, val = (self.splits[name].train, self.splits[name].validation) if self.splits else silo_examples(config, name)
+            if self.workload is not None:
+                self.workload.check(model, tokenizer, list(train) + list(val))
             self.silos.append(_Silo(name, model, tokenizer, params, create_engine(model, config.training), train, val))
         first = self.silos[0].params
         self.layout = VectorLayout.from_tensors(first, config.privacy.private_modules)
@@ -99,8 +111,13 @@ class InProcessFederation:
         upload_bytes: dict[str, int] = {}
         for silo in self.silos:
             set_learning_rate(silo.engine, config.training.learning_rate)
-            train_local_stats(silo.engine, silo.tokenizer, silo.train, config.training.local_steps, config.training.batch_size,
-                              seed=zlib.crc32(f"{config.seed}/{silo.name}/{round}".encode()))
+            seed = zlib.crc32(f"{config.seed}/{silo.name}/{round}".encode())
+            if self.workload is None:
+                train_local_stats(silo.engine, silo.tokenizer, silo.train, config.training.local_steps, config.training.batch_size,
+                                  seed=seed)
+            else:
+                train_workload(silo.engine, silo.tokenizer, self.workload, silo.train, config.training.local_steps,
+                               config.training.batch_size, seed=seed)
             delta = layout.flatten(silo.params) - self.global_shared
             update = release(delta, silo.residual, config.dp_budget(silo.name))
             weight = self.weights[silo.name]
@@ -123,11 +140,15 @@ class InProcessFederation:
         self.global_shared[mask] += average
         self.score = next_score(self.score, average, mask, layout.size)
         self.sent_ever[mask] = True
-        aucs = {}
+        aucs, metrics = {}, {}
         for silo in self.silos:
             layout.assign(silo.params, self.global_shared)
             if not evaluate:
                 continue
-            probs = yes_probabilities(silo.model, silo.tokenizer, [e.prompt for e in silo.val])
-            aucs[silo.name] = auc(np.array([e.label for e in silo.val]), probs)
-        return SimRound(round, aucs, float(self.sent_ever.mean()), upload_bytes, int(mask.size))
+            if self.workload is None:
+                probs = yes_probabilities(silo.model, silo.tokenizer, [e.prompt for e in silo.val])
+                aucs[silo.name] = auc(np.array([e.label for e in silo.val]), probs)
+            else:
+                evaluation = self.workload.evaluate(silo.model, silo.tokenizer, silo.val)
+                aucs[silo.name], metrics[silo.name] = evaluation.score, evaluation.metrics
+        return SimRound(round, aucs, float(self.sent_ever.mean()), upload_bytes, int(mask.size), metrics)
