@@ -21,17 +21,20 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
 
 from ..config import FederationConfig
 from ..crypto import EncryptedSum, EnvelopeReader, Keys, create_keys, decrypt_envelope, encrypt_update
 from ..fairness import fedavg_weights
-from ..privacy import release
 from ..learning.data import silo_examples
 from ..learning.model import base_model_path, load_base, with_lora, yes_probabilities
 from ..learning.training import create_engine, set_learning_rate, train_local_stats
 from ..learning.workloads import train_workload
+from ..privacy import release
 from ..updates import VectorLayout, lora_parameters, next_residual, next_score, round_mask
 from ..workloads.base import Split, Workload
 from ..workloads.scoring import auc
@@ -40,10 +43,10 @@ from ..workloads.scoring import auc
 @dataclass
 class _Silo:
     name: str
-    model: object
-    tokenizer: object
+    model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
     params: dict
-    engine: object
+    engine: Any
     train: list
     val: list
     residual: np.ndarray | None = None
@@ -98,6 +101,12 @@ class InProcessFederation:
         self.sent_ever = np.zeros(self.layout.size, dtype=bool)
         self.weights = fedavg_weights({s.name: len(s.train) for s in self.silos})
 
+    def _secret_keys(self) -> Keys:
+        """The silos' key set (an encrypted federation has one from ``__post_init__``)."""
+        if self.keys is None:
+            raise RuntimeError("this federation runs in plaintext: it has no key set")
+        return self.keys
+
     def run(self, rounds: int | None = None) -> list[SimRound]:
         return [self.run_round(r) for r in range(rounds if rounds is not None else self.config.rounds)]
 
@@ -122,7 +131,7 @@ class InProcessFederation:
             update = release(delta, silo.residual, config.dp_budget(silo.name))
             weight = self.weights[silo.name]
             if total is not None:
-                encrypted = encrypt_update(self.keys, update[mask], weight=weight, round=round, silo=silo.name,
+                encrypted = encrypt_update(self._secret_keys(), update[mask], weight=weight, round=round, silo=silo.name,
                                            packing=packing, layout=layout.digest, rng=np.random.default_rng(
                                                zlib.crc32(f"{config.seed}/{silo.name}/{round}/rounding".encode())))
                 total.add(EnvelopeReader.from_bytes(encrypted.data))
@@ -132,7 +141,7 @@ class InProcessFederation:
                 plain_sum += weight * sent
             silo.residual = next_residual(update, mask, sent)
         if total is not None:
-            average = decrypt_envelope(self.keys, EnvelopeReader.from_bytes(total.to_bytes()), round=round,
+            average = decrypt_envelope(self._secret_keys(), EnvelopeReader.from_bytes(total.to_bytes()), round=round,
                                        count=mask.size, layout=layout.digest)
         else:
             average = plain_sum / sum(self.weights.values())

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "llm_workloads.py"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "llm_workloads.py"
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def bench():
 
 def _record(task: str, arm: str, seed: int, scores: list[float]) -> dict:
     silos = ("a", "b", "c")
-    return {"task": task, "arm": arm, "seed": seed, "per_silo": dict(zip(silos, scores)), "mean": float(np.mean(scores)),
+    return {"task": task, "arm": arm, "seed": seed, "per_silo": dict(zip(silos, scores, strict=False)), "mean": float(np.mean(scores)),
             "metrics": {}, "steps": 0, "wall_s": 1.0, "settings": {"rounds": 1}}
 
 
