@@ -232,6 +232,46 @@ def slow_body(honest: int = 8, upload_mb: float = 10.0, slow_s: float = 20.0) ->
                 "slow_still_streaming_when_they_finished": slow_still_streaming, "slow_outcome": outcome}
 
 
+def waiting_silos(silos: int = 20, seconds: float = 10.0) -> float:
+    """Requests per waiting silo per second: ``silos`` silos wait ``seconds`` for the aggregate of a round that stays open."""
+    names = [f"silo-{i:03d}" for i in range(silos)]
+    with tempfile.TemporaryDirectory(prefix="fedshield-wait-") as tmp:
+        root = Path(tmp)
+        config = FederationConfig(name="wait", rounds=1, silos=tuple(SiloSpec(name=s) for s in names), aggregator_port=free_port(),
+                                  privacy=PrivacySpec(packing=PackingParams(max_silos=max(16, silos))))
+        proc, url, _ = start_aggregator(root, config, create_keys(CkksParams(scale_bits=scale_bits_for(silos))), names)
+        calls: dict[str, int] = {s: 0 for s in names}
+        clients = {s: AggregatorClient(url, timeout_s=60, security=ClientSecurity(ca=f.ca, cert=f.cert, key=f.key))
+                   for s in names for f in [silo_files(root / "certs", s)]}
+        try:
+            for silo, client in clients.items():
+                client.join(JoinRequest(silo=silo, samples=100, vector_size=1000, layout=LAYOUT))
+
+            def wait(silo: str) -> None:
+                client, real = clients[silo], clients[silo]._call
+
+                def counted(send, **kw):
+                    calls[silo] += 1
+                    return real(send, **kw)
+
+                client._call = counted  # type: ignore[method-assign]
+                try:
+                    client.aggregate(0, timeout_s=seconds)
+                except TimeoutError:
+                    pass
+
+            threads = [threading.Thread(target=wait, args=(s,)) for s in names]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        finally:
+            for client in clients.values():
+                client.close()
+            stop(proc)
+        return sum(calls.values()) / (silos * seconds)
+
+
 def run(uploads: int = 100, upload_mb: float = 10.0) -> dict:
     silos = [f"silo-{i:03d}" for i in range(uploads)]
     with tempfile.TemporaryDirectory(prefix="fedshield-load-") as tmp:
@@ -317,12 +357,13 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args.uploads, args.upload_mb)
     result["status_ms_at_4000_rounds"] = round(status_at_rounds(4000), 2)
     result["slow_body"] = slow_body(8, args.upload_mb)
+    result["wait_requests_per_silo_s"] = round(waiting_silos(20, 10.0), 3)
     text = json.dumps(result)
     print(text)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     ok = (result["accepted"] == args.uploads and result["peak_rss_mb"] <= 1024 and result["status_ms_at_4000_rounds"] <= 20
-          and result["slow_body"]["honest_completed"] == 8)
+          and result["slow_body"]["honest_completed"] == 8 and result["wait_requests_per_silo_s"] <= 0.5)
     return 0 if ok else 1
 
 

@@ -18,7 +18,8 @@ HTTP_CODES = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}
 async def api_error(_: Request, exc: ApiError) -> JSONResponse:
     if exc.code is not ErrorCode.ROUND_NOT_CLOSED:  # polled while a round is open: not a refusal
         metrics.UPLOADS_REJECTED.labels(exc.code).inc()
-    return JSONResponse(error_body(exc.code, exc.detail), status_code=exc.status)
+    headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
+    return JSONResponse(error_body(exc.code, exc.detail), status_code=exc.status, headers=headers)
 
 
 async def busy(_: Request, exc: Busy) -> JSONResponse:

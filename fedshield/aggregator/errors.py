@@ -27,10 +27,11 @@ CRYPTO_CODES: dict[type[CryptoError], ErrorCode] = {
 class ApiError(Exception):
     """A refused request: a stable code, a message for a person, and the code's HTTP status (unless ``status`` says otherwise)."""
 
-    def __init__(self, code: ErrorCode, detail: str, status: int | None = None):
+    def __init__(self, code: ErrorCode, detail: str, status: int | None = None, retry_after_s: int | None = None):
         super().__init__(detail)
         self.code, self.detail = ErrorCode(code), detail
         self.status = status if status is not None else self.code.status
+        self.retry_after_s = retry_after_s  # sent as Retry-After (425 while a round is open)
 
 
 def crypto_code(exc: CryptoError) -> ErrorCode:

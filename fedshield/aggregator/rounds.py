@@ -371,7 +371,8 @@ class Coordinator:
                 if self.finished:
                     raise ApiError(ErrorCode.FEDERATION_STOPPED, f"the federation stopped at round {round} with fewer than "
                                                               f"{MIN_CONTRIBUTORS} silos left: its aggregate is never published")
-                raise ApiError(ErrorCode.ROUND_NOT_CLOSED, f"round {round} is still open")
+                raise ApiError(ErrorCode.ROUND_NOT_CLOSED, f"round {round} is still open",
+                               retry_after_s=self.config.limits.aggregate_retry_after_s)
             others = [c for c in row["contributors"] or [] if c != silo]
             if len(others) < MIN_CONTRIBUTORS and (silo is None or silo not in (row["contributors"] or [])):
                 raise ApiError(ErrorCode.TOO_FEW_CONTRIBUTORS, f"round {round} summed {len(row['contributors'] or [])} uploads: too few to publish to a non-contributor")

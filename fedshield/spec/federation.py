@@ -156,6 +156,10 @@ class LimitsSpec(Spec):
     silo_uploads_per_minute: float = Field(12.0, gt=0, description="Per-silo upload rate (retries included).")
     silo_upload_burst: int = Field(4, ge=1, description="Uploads a silo may send at once above that rate.")
     retry_after_s: float = Field(1.0, gt=0, description="Retry-After sent with 503 when every upload slot is taken.")
+    aggregate_wait_s: float = Field(10.0, ge=0, le=120, description="A request for an open round's aggregate is held this long "
+                                                                   "(answered the moment the round closes) before a 425.")
+    aggregate_retry_after_s: int = Field(1, ge=1, le=300, description="Retry-After (seconds) of that 425: a waiting silo asks "
+                                                                      "again after it, so about once per aggregateWaitS + this.")
     header_timeout_s: float = Field(10.0, gt=0, description="A connection whose request headers are not complete by then is closed.")
     body_idle_timeout_s: float = Field(10.0, gt=0, description="An upload body that sends nothing for this long is refused (408).")
     min_upload_bytes_per_s: float = Field(256 * 1024, gt=0, description="An upload body must arrive within "

@@ -173,16 +173,23 @@ class AggregatorClient:
         response = self._ok(self._call(send))
         return UploadReceipt.model_validate(response.json())
 
-    def aggregate(self, round: int, timeout_s: float = 3600.0, poll_s: float = 0.2) -> bytes:
-        """The round's aggregate envelope, waiting while the round is still open."""
+    def aggregate(self, round: int, timeout_s: float = 3600.0, poll_s: float = 0.2,
+                  sleep: Callable[[float], None] = time.sleep) -> bytes:
+        """The round's aggregate envelope, waiting while the round is still open.
+
+        The aggregator answers 425 with a Retry-After while the round is open; the client waits
+        that long (plus up to 10% jitter, so waiting silos spread out), ``poll_s`` without one.
+        """
         deadline = time.monotonic() + timeout_s
         while True:
             response = self._call(lambda: self._http.get(f"/v1/rounds/{round}/aggregate"))
             if response.status_code != ErrorCode.ROUND_NOT_CLOSED.status:
                 return self._ok(response).content
-            if time.monotonic() > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise TimeoutError(f"round {round} did not close within {timeout_s} s")
-            time.sleep(poll_s)
+            wait = retry_after_s(response) or poll_s
+            sleep(min(wait * (1 + 0.1 * random.random()), left))
 
     def unlearnings(self) -> list[UnlearningRecord]:
         """The federation's published unlearnings (audit records), oldest first."""

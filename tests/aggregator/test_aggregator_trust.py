@@ -34,7 +34,8 @@ from fedshield.crypto.envelope import save_envelope
 from fedshield.updates import kept_count
 
 SIZE, LAYOUT = 3000, "layout-trust"
-FAST = LimitsSpec(silo_requests_per_s=1e6, silo_request_burst=10**6, silo_uploads_per_minute=1e8, silo_upload_burst=10**6)
+FAST = LimitsSpec(silo_requests_per_s=1e6, silo_request_burst=10**6, silo_uploads_per_minute=1e8, silo_upload_burst=10**6,
+                 aggregate_wait_s=0.0)  # an open round's aggregate: 425 at once, no long poll
 
 
 def config(silos=("bank-a", "bank-b"), samples=None, rounds=2, limits=FAST, **aggregation) -> FederationConfig:

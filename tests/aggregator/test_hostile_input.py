@@ -38,7 +38,8 @@ pytestmark = pytest.mark.slow
 
 SIZE, LAYOUT = 2000, "layout-hostile"
 SILOS = ("bank-a", "bank-b")
-LIMITS = LimitsSpec(silo_requests_per_s=1e6, silo_request_burst=10**6, silo_uploads_per_minute=1e8, silo_upload_burst=10**6)
+LIMITS = LimitsSpec(silo_requests_per_s=1e6, silo_request_burst=10**6, silo_uploads_per_minute=1e8, silo_upload_burst=10**6,
+                    aggregate_wait_s=0.0)  # an open round's aggregate: 425 at once, no long poll
 
 
 def cases(n: int) -> settings:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import numpy as np
 
-from fedshield.config import AggregationSpec, FederationConfig, SiloSpec
+from fedshield.config import AggregationSpec, FederationConfig, LimitsSpec, SiloSpec
 from fedshield.crypto import encrypt_update
 from fedshield.updates import kept_count
 
@@ -16,6 +16,7 @@ SAMPLES = {"bank-a": 300, "bank-b": 100, "bank-c": 100}
 
 def config(silos: tuple[str, ...] = SILOS, **kw) -> FederationConfig:
     """The test federation; its spec declares each silo's samples (weights come from there, not from claims)."""
+    kw.setdefault("limits", LimitsSpec(aggregate_wait_s=0.0))  # an open round's aggregate: 425 at once, no long poll
     return FederationConfig(silos=tuple(SiloSpec(name=n, samples=SAMPLES[n]) for n in silos), rounds=2,
                             aggregation=AggregationSpec(min_silos=2, round_deadline_seconds=kw.pop("deadline", 600)), **kw)
 

@@ -7,7 +7,7 @@ import pytest
 from support.aggregator_harness import RunningAggregator
 
 from fedshield.aggregator.errors import CRYPTO_CODES, ApiError, crypto_code, envelope_refused
-from fedshield.config import AggregationSpec, FederationConfig, SiloSpec
+from fedshield.config import AggregationSpec, FederationConfig, LimitsSpec, SiloSpec
 from fedshield.crypto import errors as crypto_errors
 from fedshield.crypto.errors import CryptoError, FormatError
 from fedshield.security.auth import Authenticator, TokenStore, hash_token
@@ -20,9 +20,10 @@ SIZE, LAYOUT, SILOS = 3000, "layout-1", ("bank-a", "bank-b")
 TOKENS = {silo: f"token-of-{silo}" for silo in SILOS}
 
 
-def config() -> FederationConfig:
+def config(**limits) -> FederationConfig:
     return FederationConfig(silos=tuple(SiloSpec(name=n, samples=100) for n in SILOS), rounds=2,
-                            aggregation=AggregationSpec(min_silos=2, round_deadline_seconds=600))
+                            aggregation=AggregationSpec(min_silos=2, round_deadline_seconds=600),
+                            limits=LimitsSpec(**({"aggregate_wait_s": 0.0} | limits)))
 
 
 def join(silo: str, **kw) -> JoinRequest:
@@ -179,3 +180,61 @@ def test_the_guard_refuses_with_codes(public_keys, tmp_path):
 def test_the_openapi_schema_lists_every_code(aggregator):
     schemas = httpx.get(f"{aggregator.url}/openapi.json").json()["components"]["schemas"]
     assert set(schemas["ErrorCode"]["enum"]) == {code.value for code in ErrorCode}
+
+
+def test_an_aggregate_request_is_held_until_the_round_closes_then_425_with_retry_after(public_keys, keys, tmp_path):
+    """A long poll: the request waits (limits.aggregateWaitS) and is answered as soon as the round closes; when the
+    wait runs out it is 425 with Retry-After (limits.aggregateRetryAfterS), which the client honours."""
+    import threading
+    import time
+
+    from support.aggregator_calls import make_upload
+
+    with RunningAggregator(config(aggregate_wait_s=1.5, aggregate_retry_after_s=1), public_keys, tmp_path / "s") as agg:
+        client = AggregatorClient(agg.url, retries=0)
+        try:
+            plan = {}
+            for silo in SILOS:
+                plan = client.join(join(silo)).model_dump()
+            t0 = time.monotonic()
+            raw = client._http.get("/v1/rounds/0/aggregate")
+            assert raw.status_code == 425 and raw.headers["retry-after"] == "1" and time.monotonic() - t0 >= 1.4
+            calls: list[int] = []
+            real_call = client._call
+            client._call = lambda send, **kw: calls.append(1) or real_call(send)  # type: ignore[method-assign]
+            with pytest.raises(TimeoutError):
+                client.aggregate(0, timeout_s=4.0)
+            assert len(calls) <= 3  # held 1.5 s + 1 s between asks (a poll every 0.2 s would make 20)
+            got: dict[str, float] = {}
+
+            def wait() -> None:
+                client.aggregate(0, timeout_s=30)
+                got["at"] = time.monotonic()
+
+            waiter = threading.Thread(target=wait)
+            waiter.start()
+            time.sleep(0.3)
+            for i, silo in enumerate(SILOS):
+                data, _ = make_upload(keys, silo, plan, seed=i)
+                closed_at = time.monotonic()
+                assert httpx.put(f"{agg.url}/v1/rounds/0/uploads/{silo}", content=data, params={"samples": 100}).status_code == 200
+            waiter.join(timeout=30)
+            assert got["at"] - closed_at < 1.2  # answered within a check of the close (or after one Retry-After)
+        finally:
+            client.close()
+
+
+def test_the_client_sleeps_the_servers_retry_after_with_jitter():
+    import time as time_module
+
+    waits: list[float] = []
+    answers = iter([httpx.Response(425, headers={"Retry-After": "3"}, json=error_body(ErrorCode.ROUND_NOT_CLOSED, "open")),
+                    httpx.Response(425, json=error_body(ErrorCode.ROUND_NOT_CLOSED, "open")),
+                    httpx.Response(200, content=b"aggregate")])
+    client = AggregatorClient("http://127.0.0.1:1", retries=0)
+    client._call = lambda send, sleep=time_module.sleep: next(answers)  # type: ignore[method-assign]
+    try:
+        assert client.aggregate(0, poll_s=0.2, sleep=waits.append) == b"aggregate"
+    finally:
+        client.close()
+    assert 3.0 <= waits[0] <= 3.3 and 0.2 <= waits[1] <= 0.22  # the server's wait, else poll_s; plus at most 10% jitter

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -17,6 +18,7 @@ from ..state import caller, upload_limit
 from .common import BINARY_ANSWER, BINARY_BODY, ERRORS, Finite, Round, State
 
 router = APIRouter(tags=["rounds"])
+AGGREGATE_CHECK_S = 0.1  # how often a held aggregate request looks whether its round has closed
 
 
 @router.put("/v1/rounds/{round}/uploads/{silo}", response_model=UploadReceipt, responses=ERRORS, openapi_extra=BINARY_BODY)
@@ -45,7 +47,21 @@ async def upload(round: Round, silo: str, request: Request, state: State, sample
 
 
 @router.get("/v1/rounds/{round}/aggregate", responses=BINARY_ANSWER)
-def aggregate(round: Round, request: Request, state: State) -> FileResponse:
-    """The round's aggregate envelope (425 while the round is open). Individual uploads are never served."""
+async def aggregate(round: Round, request: Request, state: State) -> FileResponse:
+    """The round's aggregate envelope. Individual uploads are never served.
+
+    A long poll: while the round is open the request is held (up to ``limits.aggregateWaitS``,
+    checked every ``AGGREGATE_CHECK_S``), answered as soon as the aggregate exists, else 425 with
+    a Retry-After. A waiting silo so sends about one request per wait instead of polling.
+    """
     silo = state.joined_caller(request)
-    return FileResponse(state.coordinator.aggregate_path(round, silo), media_type="application/octet-stream")
+    coordinator = state.coordinator
+    deadline = asyncio.get_running_loop().time() + coordinator.config.limits.aggregate_wait_s
+    while True:
+        try:
+            path = await run_in_threadpool(coordinator.aggregate_path, round, silo)
+            return FileResponse(path, media_type="application/octet-stream")
+        except ApiError as exc:
+            if exc.code is not ErrorCode.ROUND_NOT_CLOSED or asyncio.get_running_loop().time() >= deadline:
+                raise
+        await asyncio.sleep(AGGREGATE_CHECK_S)
