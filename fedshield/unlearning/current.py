@@ -19,20 +19,24 @@ def accelerator_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def current_model(base_path: str | Path, lora: LoraSpec, adapter: Mapping[str, torch.Tensor]):
-    """Base + the current adapter (shared and private tensors, by full PEFT name) folded into the weights.
-
-    Returns ``(model, tokenizer)``; the model is frozen, so anything trained on top is a new LoRA.
-    """
+def with_adapter(base_path: str | Path, lora: LoraSpec, adapter: Mapping[str, torch.Tensor]) -> tuple[PeftModel, PreTrainedTokenizerBase]:
+    """Base + the current adapter (shared and private tensors, by full PEFT name) as an unmerged PEFT model."""
     base, tokenizer = load_base(base_path)
-    wrapped = with_lora(base, lora.r, lora.alpha, 0.0, lora.target_modules, seed=0)
-    params = {n: p for n, p in wrapped.named_parameters() if "lora_" in n}
+    model = with_lora(base, lora.r, lora.alpha, 0.0, lora.target_modules, seed=0)
+    params = {n: p for n, p in model.named_parameters() if "lora_" in n}
     if set(params) != set(adapter):
         missing, extra = sorted(set(params) - set(adapter)), sorted(set(adapter) - set(params))
         raise ValueError(f"adapter does not match the LoRA config (missing {missing[:3]}, unexpected {extra[:3]})")
     with torch.no_grad():
         for name, tensor in adapter.items():
             params[name].copy_(tensor.to(params[name].dtype))
+    return model, tokenizer
+
+
+def current_model(base_path: str | Path, lora: LoraSpec, adapter: Mapping[str, torch.Tensor]):
+    """Base + the current adapter folded into the weights. Returns ``(model, tokenizer)``; the model is frozen,
+    so anything trained on top is a new LoRA."""
+    wrapped, tokenizer = with_adapter(base_path, lora, adapter)
     model = wrapped.merge_and_unload()
     model.requires_grad_(False)
     return model.to(accelerator_device()), tokenizer
@@ -44,15 +48,7 @@ def adapter_student(base_path: str | Path, lora: LoraSpec, adapter: Mapping[str,
     Training it changes the federation's own A and B (same rank, same layout), so its result
     needs no fold and loses nothing to truncation. Returns ``(model, tokenizer)``.
     """
-    base, tokenizer = load_base(base_path)
-    model = with_lora(base, lora.r, lora.alpha, 0.0, lora.target_modules, seed=0)
-    params = {n: p for n, p in model.named_parameters() if "lora_" in n}
-    if set(params) != set(adapter):
-        missing, extra = sorted(set(params) - set(adapter)), sorted(set(adapter) - set(params))
-        raise ValueError(f"adapter does not match the LoRA config (missing {missing[:3]}, unexpected {extra[:3]})")
-    with torch.no_grad():
-        for name, tensor in adapter.items():
-            params[name].copy_(tensor.to(params[name].dtype))
+    model, tokenizer = with_adapter(base_path, lora, adapter)
     return model.to(accelerator_device()), tokenizer
 
 

@@ -1,19 +1,14 @@
 """The quick benchmark runs end to end and its JSON has the promised shape (no timing asserted)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "he_updates.py"
+from support.benchmarks import load_benchmark
 
 
 @pytest.mark.slow
 def test_quick_benchmark_prints_the_promised_json(capsys):
-    spec = importlib.util.spec_from_file_location("he_updates", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("he_updates")
     assert module.main(["--quick"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["silos"] == 10 and report["params"] == 262_144

@@ -4,23 +4,16 @@ The fast tests run on a synthetic log and on the tiny random model; the slow one
 in-process federation round (CKKS, pruning 0.5) of the instruction workload on SmolLM2.
 """
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "llm_workloads.py"
+from support.benchmarks import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCH.parent))
-    spec = importlib.util.spec_from_file_location("llm_workloads_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("llm_workloads")
     return module
 
 

@@ -1,21 +1,14 @@
 """The pruning benchmark's smoke run prints the promised JSON (no accuracy asserted: that needs the full run)."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "pruning.py"
+from support.benchmarks import load_benchmark
 
 
 @pytest.mark.slow
 def test_quick_pruning_benchmark_prints_the_promised_json(capsys):
-    sys.path.insert(0, str(BENCH.parent))
-    spec = importlib.util.spec_from_file_location("pruning_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("pruning")
     assert module.main(["--quick", "--arms", "plain_fedavg", "p0.9", "p0.9_4digits"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["seeds"] == [0] and report["rounds"] == 2

@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 
 import jsonschema
-import kopf
 import kubernetes_validate
 import pytest
 import yaml
@@ -16,8 +15,8 @@ from pydantic import ValidationError
 from support.aggregator_harness import RunningAggregator
 from support.aggregator_status import status_of
 from support.crd_schema import to_jsonschema
-from support.kube_emulator import CONFIGMAPS, CR, JOBS, MERGE, UNLEARNING_CR, Emulator, declare_resources, writes_in
-from support.operator_harness import NotKopfTasks, alive, consent, emulator_urls, eventually, kmock_server, raw
+from support.kube_emulator import CONFIGMAPS, CR, JOBS, MERGE, UNLEARNING_CR, writes_in
+from support.operator_harness import alive, consent, eventually, raw, running_operator
 
 from fedshield.api import unlearning as fu_api
 from fedshield.api.crd import crd_yaml, unlearning_crd
@@ -28,7 +27,6 @@ from fedshield.config import FederationConfig
 from fedshield.config import SiloSpec as ConfigSilo
 from fedshield.operator import unlearning as fu
 from fedshield.operator.aggregator_http import CA_ENV, CERT_ENV, KEY_ENV
-from fedshield.operator.kube import Kube
 from fedshield.operator.manifests import STATE_DIR, Owner, aggregator_url, silo_job, silo_job_name
 from fedshield.security.auth import Authenticator, observer_uri
 from fedshield.security.certs import issue_all, issue_observer
@@ -331,27 +329,11 @@ class FakeAggregator:
 
 
 @pytest.fixture
-async def k8s():
-    async with Emulator() as handler, kmock_server(handler):
-        declare_resources(handler)
-        yield handler
-
-
-@pytest.fixture
 async def operator(k8s):
-    url = str(k8s.url).rstrip("/")
-    emulator_urls.append(url)
+    """The operator with a fake aggregator that also serves the unlearning ledger (overrides conftest's)."""
     aggregator = FakeAggregator()
-    kube = Kube.for_url(url)
-    stop, ready = asyncio.Event(), asyncio.Event()
-    tasks = await kopf.spawn_tasks(standalone=True, clusterwide=True, stop_flag=stop, ready_flag=ready, memo=kopf.Memo(
-        kube=kube, aggregator_status=aggregator.plan_status, unlearning_records=aggregator.unlearnings))
-    runner = asyncio.create_task(kopf.run_tasks(tasks, ignored=NotKopfTasks()))
-    await asyncio.wait_for(ready.wait(), timeout=30)
-    yield aggregator
-    stop.set()
-    await asyncio.wait_for(runner, timeout=30)  # a loaded machine stops kopf slowly
-    await kube.close()
+    async with running_operator(k8s, aggregator_status=aggregator.plan_status, unlearning_records=aggregator.unlearnings):
+        yield aggregator
 
 
 def fu_status(k8s) -> dict:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import kopf
 import yaml
 
 from fedshield.operator import handlers  # noqa: F401  (registers the handlers in kopf's default registry)
+from fedshield.operator.kube import Kube
 from fedshield.operator.manifests import Owner, silo_job_name
 from fedshield.wire.messages import Status
 from support.aggregator_status import status_of
@@ -118,3 +121,22 @@ async def create_cr(k8s, spec: dict | None = None, namespace: str = NS, uid: str
 async def set_job_status(k8s, silo: str, **job_status) -> None:
     response = await k8s.patch(f"/apis/batch/v1/namespaces/{SILO_NS[silo]}/jobs/{job(silo)}/status", json={"status": job_status}, headers=MERGE)
     assert response.status == 200, await response.text()
+
+
+@contextlib.asynccontextmanager
+async def running_operator(k8s, **memo) -> AsyncIterator[Kube]:
+    """The real kopf operator (the handlers in kopf's default registry) against the emulator, with ``memo``."""
+    url = str(k8s.url).rstrip("/")
+    emulator_urls.append(url)
+    kube = Kube.for_url(url)
+    stop, ready = asyncio.Event(), asyncio.Event()
+    tasks = await kopf.spawn_tasks(standalone=True, clusterwide=True, stop_flag=stop, ready_flag=ready,
+                                   memo=kopf.Memo(kube=kube, **memo))
+    runner = asyncio.create_task(kopf.run_tasks(tasks, ignored=NotKopfTasks()))
+    await asyncio.wait_for(ready.wait(), timeout=30)
+    try:
+        yield kube
+    finally:
+        stop.set()
+        await asyncio.wait_for(runner, timeout=30)  # a loaded machine stops kopf slowly
+        await kube.close()
