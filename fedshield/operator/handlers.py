@@ -177,7 +177,6 @@ def immutable_changes(old: dict | None, new: dict) -> list[str]:
 
 
 REFUSALS = ("InvalidSpec", "ImmutableFieldChanged")
-NOT_ADMITTED = ("ConsentMissing", "NameConflict", "RoleMissing", "FieldConflict", "MultiNodeDisabled", "JobSetMissing")  # retried by the timer: an admin may consent, an owner may remove a clash
 
 
 def _refuse(patch, meta, reason: str, message: str) -> kopf.PermanentError:

@@ -197,15 +197,6 @@ class Kube:
             raise (Conflict if status == 409 else ApiError)(method, path, status, data)
         return json.loads(data) if data else {}
 
-    async def _request(self, method: str, path: str, **_) -> httpx.Response:
-        """Compatibility for callers not yet moved to :meth:`read`: a GET answered as an ``httpx.Response``."""
-        try:
-            found = await self._call(method, path, missing_ok=True)
-        except ApiError as exc:
-            return exc.response
-        request = httpx.Request(method, f"https://kubernetes{path}")
-        return httpx.Response(404, request=request) if found is None else httpx.Response(200, json=found, request=request)
-
     # --- reads -----------------------------------------------------------------------------
 
     async def read(self, api_version: str, kind: str, namespace: str, name: str) -> dict | None:

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 from pydantic import ValidationError
-from support.crd_schema import crd_validator
+from support.crd_schema import crd_validator, schema_nodes
 
 from fedshield.api.crd import crd, crd_yaml
 from fedshield.api.models import IMMUTABLE, INSECURE_MESSAGE, FederatedFinetuneSpec
@@ -24,19 +24,11 @@ def test_crd_command_prints_it(capsys):
     assert capsys.readouterr().out == crd_yaml()
 
 
-def _walk(node, path="spec"):
-    yield path, node
-    for name, prop in node.get("properties", {}).items():
-        yield from _walk(prop, f"{path}.{name}")
-    if isinstance(node.get("items"), dict):
-        yield from _walk(node["items"], f"{path}[]")
-
-
 def test_schema_is_structural_and_every_field_is_described():
     version = crd()["spec"]["versions"][0]
     root = version["schema"]["openAPIV3Schema"]
     for part in ("spec", "status"):
-        for path, node in _walk(root["properties"][part], part):
+        for path, node in schema_nodes(root["properties"][part], part):
             assert "type" in node, f"{path} has no type"
             assert path.endswith("[]") or node.get("description"), f"{path} has no description (kubectl explain)"
             assert "$ref" not in node and "anyOf" not in node and "title" not in node, path

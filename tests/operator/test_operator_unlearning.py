@@ -14,7 +14,7 @@ import yaml
 from pydantic import ValidationError
 from support.aggregator_harness import RunningAggregator
 from support.aggregator_status import status_of
-from support.crd_schema import to_jsonschema
+from support.crd_schema import schema_nodes, to_jsonschema
 from support.kube_emulator import CONFIGMAPS, CR, JOBS, MERGE, UNLEARNING_CR, writes_in
 from support.operator_harness import alive, consent, eventually, raw, running_operator
 
@@ -74,14 +74,6 @@ def test_checked_in_crd_is_the_generated_one_and_the_cli_prints_it(capsys):
     assert main(["crd"]) == 0 and "kind: FederatedFinetune\n" in capsys.readouterr().out  # the default is unchanged
 
 
-def _walk(node, path):
-    yield path, node
-    for name, prop in node.get("properties", {}).items():
-        yield from _walk(prop, f"{path}.{name}")
-    if isinstance(node.get("items"), dict):
-        yield from _walk(node["items"], f"{path}[]")
-
-
 def test_schema_is_structural_described_immutable_and_names_the_kind():
     crd = unlearning_crd()
     assert crd["spec"]["names"]["kind"] == "FederatedUnlearning" and crd["spec"]["names"]["shortNames"] == ["fu"]
@@ -89,7 +81,7 @@ def test_schema_is_structural_described_immutable_and_names_the_kind():
     version = crd["spec"]["versions"][0]
     root = version["schema"]["openAPIV3Schema"]
     for part in ("spec", "status"):
-        for path, node in _walk(root["properties"][part], part):
+        for path, node in schema_nodes(root["properties"][part], part):
             assert "type" in node, f"{path} has no type"
             assert path.endswith("[]") or node.get("description"), f"{path} has no description (kubectl explain)"
             assert "$ref" not in node and "anyOf" not in node and "title" not in node, path

@@ -26,6 +26,15 @@ def to_jsonschema(node):
     return node
 
 
+def schema_nodes(node: dict, path: str = "spec"):
+    """Every (path, node) of an OpenAPI schema: properties and list items, depth first."""
+    yield path, node
+    for name, prop in node.get("properties", {}).items():
+        yield from schema_nodes(prop, f"{path}.{name}")
+    if isinstance(node.get("items"), dict):
+        yield from schema_nodes(node["items"], f"{path}[]")
+
+
 def crd_validator() -> jsonschema.Draft202012Validator:
     schema = to_jsonschema(copy.deepcopy(crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]))
     schema["properties"]["metadata"] = {"type": "object"}
