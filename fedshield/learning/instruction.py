@@ -5,8 +5,9 @@ reply begins, when the model has one; else the plain prompt and a newline) follo
 response (the rest of the rendered conversation, i.e. the reply and the template's end of turn;
 else the reply and the end-of-text token). Prompt and response are tokenised separately, so
 the label mask is exact: -100 on every prompt token and on padding, the token ids on the
-response. Evaluation reports the mean response-token loss, its perplexity, and exact match
-(greedy decoding, normalised strings) when every reference response is a short label.
+response. Evaluation reports the mean response-token loss, its perplexity, token accuracy,
+and exact match (greedy decoding, normalised strings) when every reference response is a
+short label; the headline is exact match then, token accuracy otherwise.
 """
 
 from __future__ import annotations
@@ -103,12 +104,17 @@ def collate(tokenizer: PreTrainedTokenizerBase, encoded: Sequence[Encoded]) -> d
     return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask), "labels": torch.tensor(labels)}
 
 
-def token_losses(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """(sum of the next-token cross-entropy over response tokens, how many there are)."""
+def _response_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(next-token logits, their targets: -100 off the response) of a collated batch."""
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
-    target = batch["labels"][:, 1:]
+    return logits, batch["labels"][:, 1:]
+
+
+def token_losses(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """(sum of the next-token cross-entropy over response tokens, how many there are)."""
+    logits, target = _response_logits(model, batch)
     total = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
                                               ignore_index=IGNORE, reduction="sum")
     return total, int((target != IGNORE).sum())
@@ -118,6 +124,13 @@ def sft_loss(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, example
     """Mean cross-entropy over the batch's response tokens (prompt tokens are context only)."""
     total, count = token_losses(model, collate(tokenizer, [encode(tokenizer, e) for e in examples]))
     return total / max(count, 1)
+
+
+def example_losses(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, examples: Sequence[InstructionExample]) -> torch.Tensor:
+    """Each example's mean cross-entropy over its own response tokens (DP-SGD clips these one by one)."""
+    logits, target = _response_logits(model, collate(tokenizer, [encode(tokenizer, e) for e in examples]))
+    per_token = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=IGNORE, reduction="none")
+    return per_token.sum(dim=1) / (target != IGNORE).sum(dim=1).clamp(min=1)
 
 
 @torch.no_grad()
@@ -151,19 +164,23 @@ def greedy_replies(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, e
 @torch.no_grad()
 def evaluate_instruction(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, examples: Sequence[InstructionExample],
                          max_label_tokens: int = 8, batch_size: int = 16) -> Evaluation:
-    """Mean response-token loss and perplexity; exact match when every response is at most ``max_label_tokens`` tokens."""
+    """Mean response-token loss, its perplexity and token accuracy (teacher-forced argmax on response tokens); exact
+    match (greedy decoding) as the headline when every response is at most ``max_label_tokens`` tokens, else token accuracy."""
     if not examples:
         raise ValueError("no examples to evaluate")
     was_training = model.training
     model.eval()
     try:
-        total, count = 0.0, 0
+        total, count, correct = 0.0, 0, 0
         for i in range(0, len(examples), batch_size):
-            chunk = examples[i:i + batch_size]
-            s, n = token_losses(model, collate(tokenizer, [encode(tokenizer, e) for e in chunk]))
-            total, count = total + float(s), count + n
+            logits, target = _response_logits(model, collate(tokenizer, [encode(tokenizer, e) for e in examples[i:i + batch_size]]))
+            learned = target != IGNORE
+            total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                                             ignore_index=IGNORE, reduction="sum"))
+            count += int(learned.sum())
+            correct += int(((logits.argmax(dim=-1) == target) & learned).sum())
         loss = total / max(count, 1)
-        metrics = {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+        metrics = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "token_accuracy": correct / max(count, 1)}
         longest = max(label_tokens(tokenizer, e) for e in examples)
         if longest <= max_label_tokens:
             hits = 0
@@ -173,7 +190,7 @@ def evaluate_instruction(model: torch.nn.Module, tokenizer: PreTrainedTokenizerB
                 hits += sum(normalise(r) == normalise(e.response) for r, e in zip(replies, chunk, strict=False))
             metrics["exact_match"] = hits / len(examples)
             return Evaluation(metrics, "exact_match")
-        return Evaluation(metrics, "perplexity", higher_is_better=False)
+        return Evaluation(metrics, "token_accuracy")
     finally:
         model.train(was_training)
 
@@ -184,8 +201,10 @@ class InstructionWorkload(Workload[InstructionExample]):
 
     name: ClassVar[str] = "instruction"
     columns: ClassVar[tuple[Column, ...]] = (
-        Column("loss", "loss"), Column("perplexity", "ppl", ".2f"), Column("exact_match", "EM", ".3f"),
+        Column("loss", "loss"), Column("perplexity", "ppl", ".2f"), Column("token_accuracy", "tok-acc", ".3f"),
+        Column("exact_match", "EM", ".3f"),
     )
+    loss_metric: ClassVar[str] = "loss"
     val_fraction: float = 0.1
     seed: int = 0
     max_label_tokens: int = 8
@@ -199,6 +218,12 @@ class InstructionWorkload(Workload[InstructionExample]):
 
     def loss(self, model, tokenizer, batch) -> torch.Tensor:
         return sft_loss(model, tokenizer, batch)
+
+    def record_losses(self, model, tokenizer, batch) -> torch.Tensor:
+        return example_losses(model, tokenizer, batch)
+
+    def tokens(self, tokenizer, batch) -> int:
+        return sum(len(encode(tokenizer, e).input_ids) for e in batch)
 
     def evaluate(self, model, tokenizer, examples) -> Evaluation:
         return evaluate_instruction(model, tokenizer, examples, self.max_label_tokens, self.eval_batch_size)

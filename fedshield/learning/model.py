@@ -29,9 +29,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from ..config import FederationConfig
 from ..workloads.recommendation import ANSWER_NO, ANSWER_YES, prompt_for
-from .data import public_corpus
 
 ANSWER_SEPARATOR = " "  # what comes between a prompt and its answer
 PROBE_PROMPT = prompt_for(["x"], ["y"], "z")  # answers are located after a prompt of this shape by default
@@ -48,7 +46,8 @@ def build_tiny_base(out_dir: str | Path, corpus: Sequence[str], seed: int = 0, h
         return out
     out.mkdir(parents=True, exist_ok=True)
     tok = Tokenizer(models.WordLevel(unk_token=SPECIAL_TOKENS["unk_token"]))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    # words and punctuation, and digits one by one ("34yo" is 3, 4, yo): numbers never fall out of the vocabulary
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=True)])
     trainer = trainers.WordLevelTrainer(special_tokens=list(SPECIAL_TOKENS.values()))
     tok.train_from_iterator(list(corpus) + [f"{ANSWER_YES} {ANSWER_NO}"], trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
@@ -212,10 +211,3 @@ def yes_probabilities(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase
         out.append(torch.softmax(logits[:, [yes, no]].float(), dim=-1)[:, 0].cpu().numpy())
     model.train(was_training)
     return np.concatenate(out) if out else np.empty(0)
-
-
-def base_model_path(config: FederationConfig, cache_dir: Path) -> Path:
-    """The configured model directory, or the tiny demo model (built once into ``cache_dir``)."""
-    if config.model.path:
-        return Path(config.model.path)
-    return build_tiny_base(cache_dir / "tiny-llama", public_corpus(config), seed=config.seed)

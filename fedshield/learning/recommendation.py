@@ -15,7 +15,7 @@ import torch
 from ..workloads.base import Column, Evaluation, Split, Workload
 from ..workloads.recommendation import Example, build_examples, load_movielens, split_examples, temporal_examples
 from ..workloads.scoring import auc, log_loss
-from .model import answer_ids, answer_loss, check_context, last_token_logits, yes_probabilities
+from .model import answer_ids, answer_loss, answer_losses, check_context, last_token_logits, yes_probabilities
 
 
 @dataclass
@@ -28,6 +28,7 @@ class RecommendationWorkload(Workload[Example]):
 
     name: ClassVar[str] = "recommendation"
     columns: ClassVar[tuple[Column, ...]] = (Column("auc", "AUC", ".3f"), Column("log_loss", "LogLoss", ".3f"))
+    loss_metric: ClassVar[str] = "log_loss"
     history: int = 5
     like_threshold: float = 4.0
     val_fraction: float = 0.2
@@ -35,7 +36,10 @@ class RecommendationWorkload(Workload[Example]):
     holdout: int | None = None
 
     def examples(self, path) -> Split[Example]:
-        interactions = load_movielens(path)
+        return self.split(load_movielens(path))
+
+    def split(self, interactions) -> Split[Example]:
+        """Train and validation examples from a silo's interactions (read from files, or synthetic)."""
         if self.holdout:
             train, val = temporal_examples(interactions, self.holdout, self.history, self.like_threshold)
         else:
@@ -49,6 +53,14 @@ class RecommendationWorkload(Workload[Example]):
         yes, no = answer_ids(tokenizer, batch[0].prompt)
         logits = last_token_logits(model, tokenizer, [e.prompt for e in batch])
         return answer_loss(logits.float(), torch.tensor([e.label for e in batch]), yes, no)
+
+    def record_losses(self, model, tokenizer, batch) -> torch.Tensor:
+        yes, no = answer_ids(tokenizer, batch[0].prompt)
+        logits = last_token_logits(model, tokenizer, [e.prompt for e in batch])
+        return answer_losses(logits.float(), torch.tensor([e.label for e in batch]), yes, no)
+
+    def tokens(self, tokenizer, batch) -> int:
+        return sum(len(ids) for ids in tokenizer([e.prompt for e in batch])["input_ids"]) if batch else 0
 
     def evaluate(self, model, tokenizer, examples) -> Evaluation:
         probs = yes_probabilities(model, tokenizer, [e.prompt for e in examples])

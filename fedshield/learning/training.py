@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from ..config import TrainingSpec
-from ..workloads.recommendation import Example
+from ..workloads.base import Workload
 from .dp_sgd import DpSgd, dp_sgd_step, sample_records, secure_generator, unit_ids
-from .model import answer_ids, answer_loss, answer_losses, last_token_logits
+from .recommendation import RecommendationWorkload
 
 
 def _free_port() -> int:
@@ -82,33 +82,36 @@ class LocalTraining(NamedTuple):
     tokens: int  # prompt tokens processed (padding excluded)
 
 
-def train_local_stats(engine, tokenizer, examples: Sequence[Example], steps: int, batch_size: int, seed: int) -> LocalTraining:
-    """``steps`` optimiser steps on seeded random batches; returns the mean loss and the tokens processed."""
-    yes, no = answer_ids(tokenizer, examples[0].prompt if examples else None)
+def train_local_stats(engine, tokenizer, examples: Sequence, steps: int, batch_size: int, seed: int,
+                      workload: Workload | None = None) -> LocalTraining:
+    """``steps`` optimiser steps on seeded random batches of ``workload``'s loss (default: recommendation);
+    returns the mean loss and the tokens processed."""
+    workload = workload or RecommendationWorkload()
     rng = random.Random(seed)
+    pool = list(examples)
     engine.train()
     losses, tokens = [], 0
     for _ in range(steps):
-        batch = rng.sample(list(examples), min(batch_size, len(examples)))
-        prompts = [e.prompt for e in batch]
-        tokens += sum(len(ids) for ids in tokenizer(prompts)["input_ids"])
-        logits = last_token_logits(engine, tokenizer, prompts)
-        loss = answer_loss(logits.float(), torch.tensor([e.label for e in batch]), yes, no)
+        batch = rng.sample(pool, min(batch_size, len(pool)))
+        tokens += workload.tokens(tokenizer, batch)
+        loss = workload.loss(engine, tokenizer, batch)
         engine.backward(loss)
         engine.step()
         losses.append(float(loss.detach()))
     return LocalTraining(float(np.mean(losses)), tokens)
 
 
-def train_local_dp(engine, tokenizer, examples: Sequence[Example], steps: int, dp: DpSgd, seed: int,
-                   generator: torch.Generator | None = None, micro_batch: int = 16) -> LocalTraining:
-    """``steps`` DP-SGD steps (``fedshield.learning.dp_sgd``) on Poisson batches of records or users.
+def train_local_dp(engine, tokenizer, examples: Sequence, steps: int, dp: DpSgd, seed: int,
+                   generator: torch.Generator | None = None, micro_batch: int = 16,
+                   workload: Workload | None = None) -> LocalTraining:
+    """``steps`` DP-SGD steps (``fedshield.learning.dp_sgd``) on Poisson batches of records or users, on
+    ``workload``'s per-example losses (default: recommendation).
 
     ``engine`` comes from ``create_engine(..., dp=True)``. The batch sampling is seeded (it is
     not secret: what protects a record is the noise); the noise comes from ``generator``, OS
     entropy unless a test passes one.
     """
-    yes, no = answer_ids(tokenizer, examples[0].prompt if examples else None)
+    workload = workload or RecommendationWorkload()
     units = unit_ids([e.user for e in examples], dp.unit)
     n_units = max(units, default=-1) + 1
     trainable = [p for p in engine.module.parameters() if p.requires_grad]
@@ -116,20 +119,19 @@ def train_local_dp(engine, tokenizer, examples: Sequence[Example], steps: int, d
     engine.train()
 
     def per_record_loss(idx: Sequence[int]) -> torch.Tensor:
-        logits = last_token_logits(engine, tokenizer, [examples[i].prompt for i in idx])
-        return answer_losses(logits.float(), torch.tensor([examples[i].label for i in idx]), yes, no)
+        return workload.record_losses(engine, tokenizer, [examples[i] for i in idx])
 
     losses, tokens = [], 0
     for _ in range(steps):
         records = sample_records(units, n_units, dp.sampling_rate, rng)
-        tokens += sum(len(ids) for ids in tokenizer([examples[r].prompt for r in records])["input_ids"]) if records else 0
+        tokens += workload.tokens(tokenizer, [examples[r] for r in records])
         step = dp_sgd_step(engine, trainable, per_record_loss, records, units, n_units, dp, generator, micro_batch)
         if step.records:
             losses.append(step.loss)
     return LocalTraining(float(np.mean(losses)) if losses else float("nan"), tokens)
 
 
-def train_local(engine, tokenizer, examples: Sequence[Example], steps: int, batch_size: int, seed: int) -> float:
+def train_local(engine, tokenizer, examples: Sequence, steps: int, batch_size: int, seed: int) -> float:
     """``steps`` optimiser steps on seeded random batches; returns the mean loss."""
     return train_local_stats(engine, tokenizer, examples, steps, batch_size, seed).loss
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 from rich.console import Console
@@ -19,12 +20,39 @@ from rich.table import Table
 from ..crypto import create_keys, write_key_pair
 from ..crypto.keys import PUBLIC_FILE, SECRET_FILE
 from ..fairness import fairness_indices
-from ..learning.model import base_model_path
+from ..learning.data import base_model_path, silo_split
+from ..learning.workloads import workload_for
 from ..security.auth import create_tokens
 from ..security.certs import issue_all
 from ..security.tls import client_context
 from ..spec.commands import ClientCredentials, ServerCredentials, aggregator_command, silo_command
-from ..spec.federation import FederationConfig, config_yaml
+from ..spec.federation import DataSpec, FederationConfig, LoraSpec, ModelSpec, SiloSpec, TrainingSpec, config_yaml
+
+LLM_DEMO_MODEL = "smollm2-135m-instruct"  # a packaged model (``fedshield models list``)
+LLM_DEMO_SILOS = ("emergency", "general-practice", "childrens-clinic")  # the synthetic triage task's three domains
+
+
+def with_declared_samples(config: FederationConfig) -> FederationConfig:
+    """``config`` with every silo's agreed sample count: the size of its training data (FedAvg weights use it)."""
+    silos = tuple(s.model_copy(update={"samples": len(silo_split(config, s.name).train)}) for s in config.silos)
+    return config.model_copy(update={"silos": silos})
+
+
+def demo_config(rounds: int | None = None, llm: bool = False, models_dir: str | Path = "models") -> FederationConfig:
+    """The demo's federation: the tiny model on synthetic recommendation data, or (``llm``) SmolLM2-135M-Instruct,
+    imported once into ``models_dir``, learning the synthetic triage task (instruction workload) at three clinics."""
+    overrides: dict[str, Any] = {"rounds": rounds} if rounds else {}
+    if not llm:
+        return with_declared_samples(FederationConfig(**overrides))
+    from ..learning.models import import_model
+
+    model, _ = import_model(LLM_DEMO_MODEL, Path(models_dir) / LLM_DEMO_MODEL)
+    return with_declared_samples(FederationConfig(
+        name="triage", workload="instruction", silos=tuple(SiloSpec(name=s) for s in LLM_DEMO_SILOS),
+        model=ModelSpec(path=str(model)), lora=LoraSpec(target_modules=("q_proj", "k_proj", "v_proj", "o_proj")),
+        training=TrainingSpec(learning_rate=2e-3, batch_size=4, local_steps=6), data=DataSpec(val_fraction=0.15),
+        **({"rounds": 4} | overrides),
+    ))
 
 
 def free_port() -> int:
@@ -174,40 +202,52 @@ class Federation:
                 proc.kill()
 
 
-def round_table(round: int, rows: list[dict]) -> Table:
+def round_table(config: FederationConfig, round: int, rows: list[dict]) -> Table:
+    """One round's table: the workload's metrics of the global model at each silo, then bytes and times."""
     table = Table(title=f"round {round}")
     table.add_column("silo", no_wrap=True)
-    for col in ("loss", "AUC", "up B", "down B", "enc s", "dec s", "round s"):
+    columns = workload_for(config).columns
+    for col in [c.header for c in columns] + ["up B", "down B", "enc s", "dec s", "round s"]:
         table.add_column(col, justify="right", no_wrap=True)
     for r in sorted(rows, key=lambda r: r["silo"]):
-        table.add_row(r["silo"], f"{r['val_loss']:.4f}", f"{r['auc']:.3f}", f"{r['upload_bytes']:,}", f"{r['download_bytes']:,}",
-                      f"{r['encrypt_s']:.3f}", f"{r['decrypt_s']:.3f}", f"{r['round_s']:.1f}")
+        table.add_row(r["silo"], *(c.render(r.get("metrics") or {}) for c in columns), f"{r['upload_bytes']:,}",
+                      f"{r['download_bytes']:,}", f"{r['encrypt_s']:.3f}", f"{r['decrypt_s']:.3f}", f"{r['round_s']:.1f}")
     return table
 
 
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
 def build_report(config: FederationConfig, records: list[dict], wall_s: float) -> dict:
-    rounds = []
+    rounds: list[dict[str, Any]] = []
     for r in range(config.rounds):
         rows = {x["silo"]: x for x in records if x["round"] == r}
         if not rows:
             continue
         rounds.append({
             "round": r,
-            "mean_auc": sum(x["auc"] for x in rows.values()) / len(rows),
-            "silos": {s: {k: x.get(k) for k in ("val_loss", "auc", "train_loss", "upload_bytes", "download_bytes", "encrypt_s",
-                                                 "decrypt_s", "kept", "round_s", "weight", "lr_scale", "epsilon",
-                                                 "epsilon_unit")}
+            "mean_score": _mean(x["score"] for x in rows.values()),
+            "silos": {s: {k: x.get(k) for k in ("val_loss", "score", "metric", "metrics", "start_score", "start_metrics", "train_loss", "upload_bytes",
+                                                 "download_bytes", "encrypt_s", "decrypt_s", "kept", "round_s", "weight", "lr_scale",
+                                                 "epsilon", "epsilon_unit")}
                       | {"loss": x["val_loss"]} for s, x in sorted(rows.items())},
         })
+    metric = next((x["metric"] for x in records), None)
     return {
         "name": config.name,
         "rounds": rounds,
         "summary": {
             "rounds": len(rounds),
             "silos": list(config.silo_names),
-            "first_mean_auc": rounds[0]["mean_auc"] if rounds else None,
-            "final_fairness": fairness_indices({s: x["auc"] for s, x in rounds[-1]["silos"].items()}) if rounds else None,
-            "final_mean_auc": rounds[-1]["mean_auc"] if rounds else None,
+            "workload": config.workload,
+            "metric": metric,
+            "model": config.model.path or "tiny (random-initialised demo model)",
+            "start_mean_score": _mean(x.get("start_score") for x in rounds[0]["silos"].values()) if rounds else None,
+            "first_mean_score": rounds[0]["mean_score"] if rounds else None,
+            "final_fairness": fairness_indices({s: x["score"] for s, x in rounds[-1]["silos"].items()}) if rounds else None,
+            "final_mean_score": rounds[-1]["mean_score"] if rounds else None,
             "upload_bytes_total": sum(x["upload_bytes"] for x in records),
             "download_bytes_total": sum(x["download_bytes"] for x in records),
             "wall_s": wall_s,
@@ -216,7 +256,7 @@ def build_report(config: FederationConfig, records: list[dict], wall_s: float) -
     }
 
 
-def plot_auc(report: dict, path: Path) -> None:
+def plot_scores(report: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -224,13 +264,16 @@ def plot_auc(report: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for silo in report["summary"]["silos"]:
-        points = [(r["round"], r["silos"][silo]["auc"]) for r in report["rounds"] if silo in r["silos"]]
+        points = [(r["round"], r["silos"][silo]["score"]) for r in report["rounds"] if silo in r["silos"]]
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=silo)
-    ax.plot([r["round"] for r in report["rounds"]], [r["mean_auc"] for r in report["rounds"]], "k--", label="mean")
-    ax.axhline(0.5, color="grey", linewidth=0.8)
+    ax.plot([r["round"] for r in report["rounds"]], [r["mean_score"] for r in report["rounds"]], "k--", label="mean")
+    start = report["summary"]["start_mean_score"]
+    if start is not None:
+        ax.axhline(start, color="grey", linewidth=0.8, linestyle=":", label="before round 0")
+    metric = report["summary"]["metric"] or "score"
     ax.set_xlabel("round")
-    ax.set_ylabel("validation AUC")
-    ax.set_title("FedShield: per-silo AUC")
+    ax.set_ylabel(f"validation {metric}")
+    ax.set_title(f"FedShield: per-silo {metric} ({report['summary']['workload']})")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -242,7 +285,7 @@ _SECURITY_NOTE = {"mtls": "mutual TLS, certificates in certs/", "token": "TLS + 
 
 def run_local(config: FederationConfig, out: str | Path, console: Console | None = None, timeout_s: float = 3600.0,
               security: str = "mtls") -> dict:
-    """Run the federation to the end; write ``report.json`` and ``auc.png`` into ``out``."""
+    """Run the federation to the end; write ``report.json`` and ``scores.png`` into ``out``."""
     console = console or Console()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -251,8 +294,9 @@ def run_local(config: FederationConfig, out: str | Path, console: Console | None
     start = time.monotonic()
     shown: set[int] = set()
     try:
-        console.print(f"[bold]FedShield[/bold]: {len(config.silos)} silos, {config.rounds} rounds, "
-                      f"pruning {config.privacy.pruning}, CKKS encryption; files in {out}")
+        console.print(f"[bold]FedShield[/bold]: {len(config.silos)} silos, {config.rounds} rounds, {config.workload} workload on "
+                      f"{config.model.path or 'the tiny demo model'}, pruning {config.privacy.pruning}, CKKS encryption; "
+                      f"files in {out}")
         federation.start()
         console.print(f"aggregator {federation.url} ({_SECURITY_NOTE[security]})  metrics: aggregator :{config.aggregator_metrics_port}, "
                       + ", ".join(f"{s.name} :{s.metrics_port}" for s in config.silos))
@@ -268,7 +312,7 @@ def run_local(config: FederationConfig, out: str | Path, console: Console | None
                 for r in range(config.rounds):
                     rows = [x for x in records if x["round"] == r]
                     if r not in shown and len(rows) == len(config.silos):
-                        progress.console.print(round_table(r, rows))
+                        progress.console.print(round_table(config, r, rows))
                         shown.add(r)
                 time.sleep(0.5)
         federation.check_alive()
@@ -276,15 +320,17 @@ def run_local(config: FederationConfig, out: str | Path, console: Console | None
         for r in range(config.rounds):
             rows = [x for x in records if x["round"] == r]
             if r not in shown and rows:
-                console.print(round_table(r, rows))
+                console.print(round_table(config, r, rows))
     finally:
         federation.stop()
     report = build_report(config, records, time.monotonic() - start)
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    plot_auc(report, out / "auc.png")
+    plot_scores(report, out / "scores.png")
     s = report["summary"]
-    console.print(f"[bold]done[/bold] in {s['wall_s']:.0f} s: mean AUC {s['first_mean_auc']:.3f} (round 0) -> "
-                  f"{s['final_mean_auc']:.3f} (round {len(report['rounds']) - 1}); "
+    before = f"{s['start_mean_score']:.3f} before round 0 ({'zero-shot' if config.model.path else 'untrained'}), " \
+        if s["start_mean_score"] is not None else ""
+    console.print(f"[bold]done[/bold] in {s['wall_s']:.0f} s: mean {s['metric']} {before}{s['first_mean_score']:.3f} after round 0 -> "
+                  f"{s['final_mean_score']:.3f} after round {len(report['rounds']) - 1}; "
                   f"{s['upload_bytes_total']:,} bytes up, {s['download_bytes_total']:,} down. "
-                  f"report: {out / 'report.json'}, plot: {out / 'auc.png'}; adapters: {out / 'silos'}/<silo>/adapter")
+                  f"report: {out / 'report.json'}, plot: {out / 'scores.png'}; adapters: {out / 'silos'}/<silo>/adapter")
     return report

@@ -56,7 +56,7 @@ def run_federation(config: FederationConfig, data: Mapping[str, Sequence[Interac
     excluded = set(exclude_users)
     for silo in config.silo_names:
         write_movielens([it for it in data[silo] if it.user not in excluded], out / "data" / silo)
-    data_spec = DataSpec(**(config.data.model_dump() | {"movielens_path": str(out / "data")}))
+    data_spec = DataSpec(**(config.data.model_dump() | {"path": str(out / "data")}))
     config = config.model_copy(update={"data": data_spec})
     start, cpu = time.perf_counter(), children_cpu_seconds()
     with without_distributed_env():

@@ -10,10 +10,9 @@ persistence and the round deadline: the aggregator service and the silo agent ow
 ``encrypted=False`` is plaintext FedAvg (weighted mean of the released values, no
 quantisation): a reference arm for benchmarks, never how a federation runs.
 
-``workload`` runs any task (``learning.workloads``): training through ``train_workload``,
-evaluation through ``workload.evaluate`` (its headline score per silo), on each silo's
-``splits`` (or its configured data). Without one it is the recommendation task exactly as
-the silo agent trains it today.
+``workload`` runs any task (``learning.workloads``; default: the config's) with the silo
+agent's training loop, evaluated by ``workload.evaluate`` (its headline score per silo),
+on each silo's ``splits`` (default: its configured data, as the silo agent reads it).
 """
 
 from __future__ import annotations
@@ -30,14 +29,13 @@ from transformers import PreTrainedTokenizerBase
 from ..config import FederationConfig
 from ..crypto import EncryptedSum, EnvelopeReader, Keys, create_keys, decrypt_envelope, encrypt_update
 from ..fairness import fedavg_weights
-from ..learning.data import silo_examples
-from ..learning.model import base_model_path, load_base, with_lora, yes_probabilities
+from ..learning.data import base_model_path, silo_split
+from ..learning.model import load_base, with_lora
 from ..learning.training import create_engine, set_learning_rate, train_local_stats
-from ..learning.workloads import train_workload
+from ..learning.workloads import workload_for
 from ..privacy import release
 from ..updates import VectorLayout, lora_parameters, next_residual, next_score, round_mask
 from ..workloads.base import Split, Workload
-from ..workloads.scoring import auc
 
 
 @dataclass
@@ -55,15 +53,15 @@ class _Silo:
 @dataclass(frozen=True)
 class SimRound:
     round: int
-    auc: dict[str, float]  # per-silo validation AUC (a workload's headline score) after applying the round's aggregate
+    scores: dict[str, float]  # per-silo headline validation score (e.g. AUC) after applying the round's aggregate
     coverage: float  # fraction of shared coordinates sent at least once so far
     upload_bytes: dict[str, int]  # 0 for plaintext rounds
     kept: int
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # per silo, a workload's evaluation metrics
 
     @property
-    def mean_auc(self) -> float:
-        return float(np.mean(list(self.auc.values())))
+    def mean_score(self) -> float:
+        return float(np.mean(list(self.scores.values())))
 
 
 @dataclass
@@ -74,8 +72,9 @@ class InProcessFederation:
     workdir: Path
     encrypted: bool = True
     keys: Keys | None = None
-    workload: Workload | None = None  # None: the recommendation task as the silo agent trains it
-    splits: dict[str, Split] | None = None  # per silo; None: its configured data (``silo_examples``)
+    workload: Workload | None = None  # None: the config's (``workload_for``)
+    splits: dict[str, Split] | None = None  # per silo; None: its configured data (``silo_split``)
+    task: Workload = field(init=False)  # the workload this federation runs
     silos: list[_Silo] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -83,6 +82,7 @@ class InProcessFederation:
         if self.encrypted and self.keys is None:
             self.keys = create_keys()
         self.public = self.keys.public() if self.keys is not None else None  # what the aggregator holds
+        self.task = self.workload or workload_for(config)
         base_dir = base_model_path(config, Path(self.workdir))
         self.silos = []
         for name in config.silo_names:
@@ -90,9 +90,9 @@ class InProcessFederation:
             lora = config.lora
             model = with_lora(base, lora.r, lora.alpha, lora.dropout, lora.target_modules, seed=config.seed)
             params = lora_parameters(model)
-            train, val = (self.splits[name].train, self.splits[name].validation) if self.splits else silo_examples(config, name)
-            if self.workload is not None:
-                self.workload.check(model, tokenizer, list(train) + list(val))
+            split = self.splits[name] if self.splits else silo_split(config, name)
+            train, val = list(split.train), list(split.validation)
+            self.task.check(model, tokenizer, train + val)
             self.silos.append(_Silo(name, model, tokenizer, params, create_engine(model, config.training), train, val))
         first = self.silos[0].params
         self.layout = VectorLayout.from_tensors(first, config.privacy.private_modules)
@@ -121,12 +121,8 @@ class InProcessFederation:
         for silo in self.silos:
             set_learning_rate(silo.engine, config.training.learning_rate)
             seed = zlib.crc32(f"{config.seed}/{silo.name}/{round}".encode())
-            if self.workload is None:
-                train_local_stats(silo.engine, silo.tokenizer, silo.train, config.training.local_steps, config.training.batch_size,
-                                  seed=seed)
-            else:
-                train_workload(silo.engine, silo.tokenizer, self.workload, silo.train, config.training.local_steps,
-                               config.training.batch_size, seed=seed)
+            train_local_stats(silo.engine, silo.tokenizer, silo.train, config.training.local_steps, config.training.batch_size,
+                              seed=seed, workload=self.task)
             delta = layout.flatten(silo.params) - self.global_shared
             update = release(delta, silo.residual, config.dp_budget(silo.name))
             weight = self.weights[silo.name]
@@ -149,15 +145,10 @@ class InProcessFederation:
         self.global_shared[mask] += average
         self.score = next_score(self.score, average, mask, layout.size)
         self.sent_ever[mask] = True
-        aucs, metrics = {}, {}
+        scores, metrics = {}, {}
         for silo in self.silos:
             layout.assign(silo.params, self.global_shared)
-            if not evaluate:
-                continue
-            if self.workload is None:
-                probs = yes_probabilities(silo.model, silo.tokenizer, [e.prompt for e in silo.val])
-                aucs[silo.name] = auc(np.array([e.label for e in silo.val]), probs)
-            else:
-                evaluation = self.workload.evaluate(silo.model, silo.tokenizer, silo.val)
-                aucs[silo.name], metrics[silo.name] = evaluation.score, evaluation.metrics
-        return SimRound(round, aucs, float(self.sent_ever.mean()), upload_bytes, int(mask.size), metrics)
+            if evaluate:
+                evaluation = self.task.evaluate(silo.model, silo.tokenizer, silo.val)
+                scores[silo.name], metrics[silo.name] = evaluation.score, evaluation.metrics
+        return SimRound(round, scores, float(self.sent_ever.mean()), upload_bytes, int(mask.size), metrics)

@@ -120,6 +120,11 @@ def _tls(secret: str) -> tuple[dict, dict]:
             {"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
 
 
+def silo_data_dir(silo: str) -> str:
+    """Where a silo's pod mounts its datasetVolume (and where its config says its data is)."""
+    return f"{DATA_DIR}/{silo}"
+
+
 def silo_job_name(owner: Owner, silo: str) -> str:
     return child_name(owner, silo)
 
@@ -131,9 +136,8 @@ def plan_name(owner: Owner) -> str:
 def federation_config(owner: Owner, spec: FederatedFinetuneSpec) -> FederationConfig:
     """The config every pod loads: the CR's settings sections unchanged, plus what the operator places (name, ports, paths)."""
     settings = {name: getattr(spec, name) for name in FederationSettings.model_fields}
-    settings["data"] = spec.data.model_copy(update={"movielens_path": DATA_DIR})
-    silos = tuple(SiloSpec.model_validate(s.model_dump(include=set(SiloSpec.model_fields)) | {"metrics_port": METRICS_PORT})
-                  for s in spec.silos)
+    silos = tuple(SiloSpec.model_validate(s.model_dump(include=set(SiloSpec.model_fields))
+                                          | {"metrics_port": METRICS_PORT, "data_path": silo_data_dir(s.name)}) for s in spec.silos)
     return FederationConfig(**settings, name=owner.name, silos=silos, aggregator_port=AGGREGATOR_PORT,
                             aggregator_metrics_port=METRICS_PORT, model=ModelSpec(path=spec.base_model.path))
 
@@ -276,7 +280,7 @@ def silo_command(owner: Owner, silo: SiloPlacement) -> list[str]:
 def silo_pod(owner: Owner, spec: FederatedFinetuneSpec, silo: SiloPlacement, command: list[str]) -> dict:
     """The pod spec of a silo's Jobs: image, key Secret, data, plan, state volume, GPUs, security context."""
     scratch, scratch_mounts = _scratch_volumes()
-    data = {"name": "data", "mountPath": f"{DATA_DIR}/{silo.name}", "readOnly": True}
+    data = {"name": "data", "mountPath": silo_data_dir(silo.name), "readOnly": True}
     if silo.dataset_volume.sub_path:
         data["subPath"] = silo.dataset_volume.sub_path
     mounts = [{"name": "keys", "mountPath": KEYS_DIR, "readOnly": True}, data,

@@ -2,9 +2,11 @@
 
 Per round: wait for the plan; train locally at the planned learning rate; take the
 shared update (``delta`` against the global state), add error feedback, keep the
-round's masked coordinates, encrypt and upload them; fetch the aggregate, decrypt
-it and apply it to the shared LoRA tensors; evaluate; checkpoint. Private LoRA
-modules are trained but never read into the update vector.
+round's masked coordinates, encrypt and upload them with the loss and score of the
+global model the round started from; fetch the aggregate, decrypt it and apply it to
+the shared LoRA tensors; evaluate; checkpoint. Private LoRA modules are trained but
+never read into the update vector. What is learned, from which files and how it is
+scored is the federation's workload (``learning.workloads``).
 """
 
 from __future__ import annotations
@@ -22,16 +24,17 @@ import numpy as np
 from .. import metrics
 from ..config import FederationConfig
 from ..crypto import EnvelopeReader, Keys, decrypt_envelope, encrypt_update
-from ..learning.data import silo_examples
+from ..learning.data import base_model_path, silo_split
 from ..learning.dp_sgd import silo_dp_sgd
-from ..learning.model import base_model_path, check_context, load_base, with_lora, yes_probabilities
+from ..learning.model import load_base, with_lora
 from ..learning.training import create_engine, set_learning_rate, train_local_dp, train_local_stats
+from ..learning.workloads import workload_for
 from ..privacy import release
 from ..updates import VectorLayout, lora_parameters, next_residual, next_score, round_mask, scatter
 from ..wire.client import AggregatorClient, AggregatorRefused, ClientSecurity
 from ..wire.errors import FEDERATION_OVER, ErrorCode
 from ..wire.messages import JoinRequest, UploadMetadata
-from ..workloads.scoring import auc, log_loss
+from ..workloads.base import Evaluation
 from .bounds import check_unlearning
 from .checkpoint import PendingUpload, SiloState, forgotten_users, load_state, save_state
 
@@ -43,8 +46,9 @@ class RoundRecord:
     round: int
     silo: str
     train_loss: float | None  # None when the silo missed the round
-    val_loss: float
-    auc: float
+    val_loss: float  # the workload's validation loss of the global model after this round
+    score: float  # its headline score (``metric``), in [0, 1]
+    metric: str
     upload_bytes: int
     download_bytes: int
     kept: int
@@ -58,6 +62,9 @@ class RoundRecord:
     lr_scale: float
     epsilon: float | None
     epsilon_unit: str | None = None  # what epsilon protects: silo, record or user (None without DP)
+    metrics: dict[str, float] | None = None  # every metric of the workload's evaluation
+    start_score: float | None = None  # the score of the global model the round started from (round 0: the base model's)
+    start_metrics: dict[str, float] | None = None  # and all its metrics
 
 
 class SiloAgent:
@@ -73,10 +80,12 @@ class SiloAgent:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.client = AggregatorClient(aggregator_url, security=security)
         gone = forgotten_users(self.workdir)  # users this silo has unlearned: their records are never used again
-        self.train, self.val = ([e for e in part if e.user not in gone] for part in silo_examples(config, silo))
+        self.workload = workload_for(config)
+        split = silo_split(config, silo)  # bad files: a DataError naming file and line, before anything is trained
+        self.train, self.val = ([e for e in part if e.user not in gone] for part in (split.train, split.validation))
         self.model_cache = Path(model_cache or self.workdir)
         base, self.tokenizer = load_base(base_model_path(config, self.model_cache))
-        check_context(base, self.tokenizer, [e.prompt for e in self.train + self.val])  # refused before round 1
+        self.workload.check(base, self.tokenizer, self.train + self.val)  # e.g. longer than the context: refused before round 1
         lora = config.lora
         self.model = with_lora(base, lora.r, lora.alpha, lora.dropout, lora.target_modules, seed=config.seed)
         self.params = lora_parameters(self.model)
@@ -109,10 +118,16 @@ class SiloAgent:
         self.state.optimizer = self.engine.optimizer.state_dict()
         save_state(self.workdir, self.state)
 
-    def evaluate(self) -> tuple[float, float]:
-        probs = yes_probabilities(self.model, self.tokenizer, [e.prompt for e in self.val])
-        labels = np.array([e.label for e in self.val])
-        return log_loss(labels, probs), auc(labels, probs)
+    def evaluate(self) -> Evaluation:
+        """The workload's metrics of the model as it stands on this silo's validation examples."""
+        return self.workload.evaluate(self.model, self.tokenizer, self.val)
+
+    def _global_evaluation(self) -> Evaluation:
+        """The evaluation of the global model this round starts from: the last round's, else the initial adapter's."""
+        if self.state.history and self.state.history[-1].get("metrics"):
+            last = self.state.history[-1]
+            return Evaluation(last["metrics"], last["metric"])
+        return self.evaluate()
 
     def run(self) -> list[dict]:
         """Take part in every remaining round, then save the federated adapter.
@@ -125,7 +140,8 @@ class SiloAgent:
         metrics.SILO_SHARED_PARAMETERS.labels(self.silo).set(self.layout.size)
         metrics.SILO_ROUND.labels(self.silo).set(self.state.round_done)
         self._count_history()
-        log.info("%s joined: %d training examples, %d shared values", self.silo, len(self.train), self.layout.size)
+        log.info("%s joined: %s workload, %d training examples, %d shared values", self.silo, self.workload.name, len(self.train),
+                 self.layout.size)
         budget = self.budget or (self.dp_sgd[1] if self.dp_sgd else None)
         while self.state.round_done + 1 < plan.rounds_total:
             contributions = self.state.round_done + 2  # every round so far, and the next one
@@ -160,10 +176,10 @@ class SiloAgent:
         train_loss: float | None
         if self.dp_sgd is not None:
             train_loss, tokens = train_local_dp(self.engine, self.tokenizer, self.train, training.local_steps, self.dp_sgd[0],
-                                                seed=seed, micro_batch=training.batch_size)
+                                                seed=seed, micro_batch=training.batch_size, workload=self.workload)
         else:
             train_loss, tokens = train_local_stats(self.engine, self.tokenizer, self.train, training.local_steps,
-                                                   training.batch_size, seed=seed)
+                                                   training.batch_size, seed=seed, workload=self.workload)
         if not math.isfinite(train_loss):
             train_loss = None  # every Poisson batch was empty: no loss to report (the noise-only steps still happened)
         train_s = time.perf_counter() - t
@@ -195,15 +211,17 @@ class SiloAgent:
         pending = state.pending if state.pending is not None and state.pending.round == round else None
         train_s = encrypt_s = 0.0
         tokens = 0
+        started_from = self._global_evaluation() if pending is None else None  # before local training moves the weights
         if pending is None and plan.state == "open" and plan.round == round:
             pending, train_s, encrypt_s, tokens = self._prepare_upload(round, plan)
         upload_bytes, spent, residual = 0, None, state.residual
         if pending is not None:
-            val_loss, val_auc = self.evaluate()
+            started_from = started_from or self._global_evaluation()
             spent = self._epsilon_after(round)
             try:
                 receipt = self.client.upload(round, self.silo, pending.data, UploadMetadata(
-                    samples=len(self.train), train_loss=pending.train_loss, val_loss=val_loss, val_auc=val_auc, epsilon=spent,
+                    samples=len(self.train), train_loss=pending.train_loss, epsilon=spent,
+                    val_loss=started_from.metrics[self.workload.loss_metric], val_score=started_from.score,
                 ))
                 upload_bytes, residual = receipt.bytes, pending.residual
             except AggregatorRefused as exc:
@@ -228,10 +246,13 @@ class SiloAgent:
         state.residual = residual
         self.layout.assign(self.params, state.global_shared)
         state.pending, state.round_done = None, round
-        val_loss, val_auc = self.evaluate()
+        evaluation = self.evaluate()
         self._checkpoint()
         record = RoundRecord(
-            round=round, silo=self.silo, train_loss=pending.train_loss if pending else None, val_loss=val_loss, auc=val_auc,
+            round=round, silo=self.silo, train_loss=pending.train_loss if pending else None,
+            val_loss=evaluation.metrics[self.workload.loss_metric], score=evaluation.score, metric=evaluation.headline,
+            metrics=dict(evaluation.metrics), start_score=started_from.score if started_from else None,
+            start_metrics=dict(started_from.metrics) if started_from else None,
             upload_bytes=upload_bytes, download_bytes=len(aggregate), kept=int(mask.size),
             encrypt_s=encrypt_s, decrypt_s=decrypt_s, train_s=train_s, round_s=time.perf_counter() - start, train_tokens=tokens,
             ciphertexts=self.config.packing().ciphertexts_for(int(mask.size), self.keys.params) if upload_bytes else 0,
@@ -240,7 +261,7 @@ class SiloAgent:
             epsilon_unit=self.config.privacy.dp.unit if spent is not None else None,
         )
         self._export(record)
-        log.info("%s round %d: loss %.4f auc %.3f", self.silo, round, val_loss, val_auc)
+        log.info("%s round %d: loss %.4f %s %.3f", self.silo, round, record.val_loss, record.metric, record.score)
         return record
 
     def _dp_releases(self, rounds: int) -> int:
@@ -275,7 +296,8 @@ class SiloAgent:
             metrics.SILO_TRAIN_LOSS.labels(silo).set(r.train_loss)
             metrics.SILO_TRAIN_TOKENS.labels(silo).inc(r.train_tokens)
             metrics.SILO_TOKENS_PER_SECOND.labels(silo).set(r.train_tokens / max(r.train_s, 1e-9))
-        metrics.SILO_VALIDATION_AUC.labels(silo).set(r.auc)
+        metrics.SILO_VALIDATION_SCORE.labels(silo).set(r.score)
+        metrics.SILO_WORKLOAD.labels(silo, self.workload.name, r.metric).set(1)
         metrics.SILO_VALIDATION_LOSS.labels(silo).set(r.val_loss)
         metrics.SILO_ROUND.labels(silo).set(r.round)  # last: a scrape showing the round shows all of it
 

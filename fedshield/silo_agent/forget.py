@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..crypto import encrypt_update
-from ..learning.model import base_model_path
+from ..learning.data import base_model_path
 from ..unlearning import UnlearningSpec, forget_split, score_adapter, unlearn
 from ..wire.unlearning import UnlearningAudit, UnlearningRecord
 from .agent import SiloAgent
@@ -37,6 +37,9 @@ class ForgetRequest:
 
 def run_unlearning(agent: SiloAgent, request: ForgetRequest, spec: UnlearningSpec = UnlearningSpec()) -> UnlearningRecord:
     """Forget ``request``'s users at ``agent``'s silo and have the aggregator publish the new global adapter."""
+    if agent.workload.name != "recommendation":
+        raise ValueError(f"unlearning is implemented for the recommendation workload (E2URec scores forgetting by AUC on "
+                         f"users' records); this federation's workload is {agent.workload.name}")
     plan = agent.client.plan()
     if plan.state != "finished":
         raise RuntimeError(f"the federation is still running (round {plan.round} open): unlearn once it has finished")

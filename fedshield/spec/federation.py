@@ -126,13 +126,22 @@ class ModelSpec(Spec):
 
 
 class DataSpec(Spec):
-    """How each silo's examples are built and split."""
+    """Where each silo's files are and how its examples are built and split."""
 
-    movielens_path: str | None = Field(None, description="MovieLens-format directory; None generates synthetic data "
-                                                         "(under the operator: each silo's datasetVolume, never set in a CR).")
+    path: str | None = Field(None, description="Local runs: a directory with one folder per silo, named after it (MovieLens files "
+                                               "for recommendation, JSONL for instruction); None generates the workload's synthetic "
+                                               "data. Under the operator each silo reads its own datasetVolume, never this.")
     seed: int = Field(0, description="Seed of the synthetic data and of the train/validation split.")
-    history: int = Field(5, ge=1, description="Items of a user's history in each example.")
-    val_fraction: float = Field(0.2, gt=0, lt=1, description="Share of each silo's examples held out for validation.")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="Share of each silo's examples held out for validation (when its "
+                                                             "files have no validation file or split).")
+    history: int = Field(5, ge=1, description="recommendation: items of a user's history in each example.")
+    like_threshold: float = Field(4.0, description="recommendation: a rating at or above this is a like.")
+    holdout: int | None = Field(None, ge=1, description="recommendation: validate on each user's last this many interactions (a "
+                                                        "temporal split, nothing from the future in training); None: a random "
+                                                        "valFraction of the examples.")
+    max_label_tokens: int = Field(8, ge=1, le=64, description="instruction: exact match is the headline metric when every "
+                                                              "validation response is at most this many tokens; else token "
+                                                              "accuracy on the responses.")
 
 
 class SiloSpec(Spec):
@@ -145,6 +154,8 @@ class SiloSpec(Spec):
     epsilon_budget: float | None = Field(None, gt=0, description="This organisation's own DP budget (overrides privacy.dp.epsilonBudget).")
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Port of this silo's /metrics (local runs; the operator "
                                                                        "always uses 9090, never set in a CR).")
+    data_path: str | None = Field(None, description="This silo's own data folder (local runs; default data.path/<name>). Under the "
+                                                    "operator: /data, where its datasetVolume is mounted, never set in a CR.")
 
 
 class LimitsSpec(Spec):
@@ -171,6 +182,10 @@ class LimitsSpec(Spec):
 class FederationSettings(Spec):
     """The sections a FederatedFinetune and a local config share: what to train, how, and under which privacy settings."""
 
+    workload: Literal["recommendation", "instruction"] = Field(
+        "recommendation", description="The task: recommendation (TALLRec-style yes/no on MovieLens-format ratings; AUC) or "
+                                      "instruction (supervised fine-tuning on JSONL prompt/response, alpaca or chat files; exact "
+                                      "match or token accuracy).")
     rounds: int = Field(5, ge=1, le=100000, description="Federated rounds to run.")
     seed: int = Field(0, description="Seed of LoRA initialisation, pruning masks and batches.")
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA adapter shape.")
@@ -268,7 +283,8 @@ PLACED_BY_OPERATOR = {
     "aggregator_port": "8470",
     "aggregator_metrics_port": "9090",
     "model.path": "spec.baseModel.path",
-    "data.movielens_path": "/data (each silo's spec.silos[].datasetVolume)",
+    "data.path": "- (each silo reads its own datasetVolume)",
+    "silos[].data_path": "/data (the silo's spec.silos[].datasetVolume)",
     "silos[].metrics_port": "9090",
 }
 

@@ -28,8 +28,11 @@ class UploadMetadata(Message):
 
     samples: int = Field(ge=1, le=MAX_INT)
     train_loss: float | None = Field(None, ge=0, le=MAX_LOSS)
-    val_loss: float | None = Field(None, ge=0, le=MAX_LOSS, description="Weighs the next round under dynamic balance.")
-    val_auc: float | None = Field(None, ge=0, le=1)
+    val_loss: float | None = Field(None, ge=0, le=MAX_LOSS, description="Validation loss of the global model the silo last received "
+                                                                         "(the round's starting point): weighs the next round under "
+                                                                         "dynamic balance.")
+    val_score: float | None = Field(None, ge=0, le=1, description="The workload's headline validation score of that global model "
+                                                                   "(AUC, exact match or token accuracy; higher is better).")
     epsilon: float | None = Field(None, ge=0, le=MAX_EPSILON, description="Privacy budget the silo has spent including this upload.")
 
 

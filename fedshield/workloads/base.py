@@ -1,8 +1,10 @@
 """The one interface a workload implements, and the typed error for bad data files.
 
 A workload says how a silo's files become train/validation examples, what the training
-loss on a batch is for a model and tokenizer, which metrics an evaluation reports (one of
-them the headline), and which columns the round table and the report show. It is the
+loss on a batch is for a model and tokenizer (and per example, for DP-SGD's clipping),
+which metrics an evaluation reports (one of them the headline: a score in [0, 1], higher
+is better, that silos report, the aggregator's fairness compares and the dashboard plots),
+and which columns the round table and the report show. It is the
 extension point for tasks, as Flower's ``Strategy`` is for aggregation: a new task is one
 new class.
 
@@ -46,15 +48,16 @@ class Column:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Metrics by name, with the headline one named (and whether higher is better for it)."""
+    """Metrics by name, with the headline one named: a score in [0, 1] where higher is better."""
 
     metrics: dict[str, float]
     headline: str
-    higher_is_better: bool = True
 
     def __post_init__(self) -> None:
         if self.headline not in self.metrics:
             raise ValueError(f"headline metric {self.headline!r} is not among {sorted(self.metrics)}")
+        if not 0.0 <= self.metrics[self.headline] <= 1.0:
+            raise ValueError(f"headline metric {self.headline!r} must be a score in [0, 1], got {self.metrics[self.headline]}")
 
     @property
     def score(self) -> float:
@@ -74,6 +77,7 @@ class Workload(ABC, Generic[E]):
 
     name: ClassVar[str]
     columns: ClassVar[tuple[Column, ...]]
+    loss_metric: ClassVar[str]  # which of the evaluation's metrics is the validation loss
 
     @abstractmethod
     def examples(self, path: str | Path) -> Split[E]:
@@ -86,6 +90,14 @@ class Workload(ABC, Generic[E]):
     @abstractmethod
     def loss(self, model: Any, tokenizer: Any, batch: Sequence[E]) -> Any:
         """The training loss (a scalar tensor with a gradient) of ``model`` on ``batch``."""
+
+    @abstractmethod
+    def record_losses(self, model: Any, tokenizer: Any, batch: Sequence[E]) -> Any:
+        """Each example's own loss (a tensor of ``len(batch)``): what DP-SGD clips per record or user."""
+
+    @abstractmethod
+    def tokens(self, tokenizer: Any, batch: Sequence[E]) -> int:
+        """Tokens the model reads to train on ``batch`` (padding excluded): the throughput metrics count these."""
 
     @abstractmethod
     def evaluate(self, model: Any, tokenizer: Any, examples: Sequence[E]) -> Evaluation:

@@ -8,6 +8,8 @@ Each line is one JSON object in one of three layouts:
 - chat: ``{"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]}``; the
   last message is the assistant's reply that is learned, the earlier ones are its context.
 
+Any layout may carry a ``"user"`` string: whose example it is, for user-level DP-SGD.
+
 Anything else is a ``DataError`` naming the file and the line: a file that is empty, bytes
 that are not UTF-8, a line that is not JSON or not an object, a missing or non-text field.
 The model-side checks (an example longer than the context) and the loss are in
@@ -21,7 +23,7 @@ import random
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .base import DataError, Split
@@ -44,6 +46,7 @@ class InstructionExample:
     response: str
     source: str = ""
     line: int = 0
+    user: str = ""  # whose example it is ("" when the file does not say): the unit of user-level DP-SGD
 
     @property
     def prompt(self) -> str:
@@ -89,9 +92,15 @@ def _messages(path: Path, line: int, messages) -> InstructionExample:
 
 
 def parse_record(path: Path, line: int, record) -> InstructionExample:
-    """One JSON object in any of the three layouts."""
+    """One JSON object in any of the three layouts (and its optional ``user``)."""
     if not isinstance(record, dict):
         raise DataError(path, line, f"expected a JSON object, got {type(record).__name__}")
+    example = _parse_layout(path, line, record)
+    user = _text(path, line, record, "user", required=False)
+    return replace(example, user=user) if user else example
+
+
+def _parse_layout(path: Path, line: int, record: dict) -> InstructionExample:
     if "messages" in record:
         return _messages(path, line, record["messages"])
     if "instruction" in record:
@@ -181,5 +190,7 @@ def write_jsonl(examples: Sequence[InstructionExample], path: str | Path) -> Pat
             else:
                 record = {"messages": [{"role": t.role, "content": t.content} for t in e.context]
                           + [{"role": "assistant", "content": e.response}]}
+            if e.user:
+                record = dict(record, user=e.user)
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
     return path

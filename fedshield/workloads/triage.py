@@ -86,6 +86,15 @@ def note(domain: Domain, department: str, rng: random.Random) -> str:
     return f"{patient}, {rng.choice(domain.findings[department])}, {rng.choice(domain.durations)}."
 
 
+def vocabulary() -> list[str]:
+    """Every phrase a note can contain (the generator's public tables, ages included) and the question."""
+    phrases = [f"Triage note: {QUESTION}", *DEPARTMENTS, "0 1 2 3 4 5 6 7 8 9"]
+    for d in DOMAINS.values():
+        phrases += [p.format(age=1, young=1) for p in d.patients] + list(d.durations)
+        phrases += [f for findings in d.findings.values() for f in findings]
+    return phrases
+
+
 def examples(domain: str | Domain, n: int, seed: int = 0) -> list[InstructionExample]:
     """``n`` seeded triage examples from ``domain``, labels drawn from its department mix."""
     domain = DOMAINS[domain] if isinstance(domain, str) else domain

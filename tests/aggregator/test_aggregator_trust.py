@@ -126,7 +126,7 @@ def test_a_silo_weight_is_capped(public_keys, tmp_path):
 
 
 @pytest.mark.parametrize("field, value", [("val_loss", 1e300), ("val_loss", 1.7e308), ("val_loss", -1.0), ("train_loss", 1e5),
-                                          ("val_auc", 2.0), ("epsilon", -0.5), ("val_loss", "nan"), ("val_loss", "inf")])
+                                          ("val_score", 2.0), ("epsilon", -0.5), ("val_loss", "nan"), ("val_loss", "inf")])
 def test_out_of_range_reports_are_a_4xx_naming_the_field_and_change_nothing(public_keys, keys, tmp_path, field, value):
     with RunningAggregator(config(), public_keys, tmp_path / "s") as agg:
         plan = join_all(agg.url)
@@ -385,7 +385,7 @@ def test_status_costs_the_same_at_4000_rounds(public_keys, tmp_path):
     store = Store(tmp_path / "s")
     for silo in ("bank-a", "bank-b"):
         store.add_silo(silo, 100, SIZE, LAYOUT)
-    meta = json.dumps({"samples": 100, "train_loss": 0.5, "val_loss": 0.5, "val_auc": 0.7, "epsilon": None})
+    meta = json.dumps({"samples": 100, "train_loss": 0.5, "val_loss": 0.5, "val_score": 0.7, "epsilon": None})
     statements = []
     for r in range(4000):
         statements.append(("INSERT INTO rounds VALUES (?, ?, ?, ?, ?, ?)", (r, 1.0, 2.0, json.dumps(["bank-a", "bank-b"]), 1.0, 0.1)))
@@ -444,7 +444,7 @@ def test_observers_see_a_rate_limited_summary_and_silos_their_own_reports(tmp_pa
             plan = http[silo].post("/v1/join", json={"silo": silo, "samples": 100, "vector_size": SIZE, "layout": LAYOUT}).json()
         for i, silo in enumerate(files):
             r = http[silo].put(f"/v1/rounds/0/uploads/{silo}", content=envelope(keys, plan, silo, seed=i).data,
-                               params={"samples": 100, "val_loss": 0.3 + i, "val_auc": 0.6 + i / 10, "epsilon": 1.0 + i})
+                               params={"samples": 100, "val_loss": 0.3 + i, "val_score": 0.6 + i / 10, "epsilon": 1.0 + i})
             assert r.status_code == 200, r.text
         mine = http["bank-a"].get("/v1/status").json()
         assert list(mine["closed"][0]["metadata"]) == ["bank-a"] and mine["joined"] == {"bank-a": 100, "bank-b": 0}

@@ -270,7 +270,7 @@ def test_replay_of_another_silos_upload(world, as_url, round, samples, val_loss)
 
 # --- reports a silo makes about itself (issue 17): out of range, with a valid envelope -------------
 
-RANGES = {"train_loss": (0.0, 1e4), "val_loss": (0.0, 1e4), "val_auc": (0.0, 1.0), "epsilon": (0.0, 1e6)}
+RANGES = {"train_loss": (0.0, 1e4), "val_loss": (0.0, 1e4), "val_score": (0.0, 1.0), "epsilon": (0.0, 1e6)}
 
 
 def _outside(field: str) -> st.SearchStrategy:

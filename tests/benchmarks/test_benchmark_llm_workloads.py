@@ -110,5 +110,5 @@ def test_one_encrypted_pruned_federation_round_of_the_instruction_workload_on_sm
     assert all(n > 0 for n in result.upload_bytes.values())  # CKKS envelopes were sent
     assert set(result.metrics) == set(splits)
     assert all({"loss", "perplexity", "exact_match"} <= set(m) for m in result.metrics.values())
-    assert result.auc == {name: m["exact_match"] for name, m in result.metrics.items()}
+    assert result.scores == {name: m["exact_match"] for name, m in result.metrics.items()}
     assert np.any(federation.global_shared != before)  # the decrypted aggregate moved the shared adapter

@@ -43,6 +43,6 @@ def test_one_encrypted_pruned_round_on_smollm2(smollm2_dir, keys, tmp_path, one_
         assert np.array_equal(fed.layout.flatten(silo.params), fed.global_shared.astype(np.float32))
         after = yes_probabilities(silo.model, silo.tokenizer, [e.prompt for e in silo.val])
         assert ((after > 0) & (after < 1)).all() and not np.allclose(after, before[silo.name])
-        assert 0 <= result.auc[silo.name] <= 1
+        assert 0 <= result.scores[silo.name] <= 1
     assert result.kept == fed.layout.size // 2 and all(n > 0 for n in result.upload_bytes.values())
     assert time.monotonic() - start < 600

@@ -134,7 +134,7 @@ def test_evaluation_reports_exact_match_for_short_labels_and_perplexity(tiny):
     model = type(model).from_pretrained(model.name_or_path) if model.name_or_path else model  # a copy to train
     examples = [InstructionExample.of(p, r) for p, r in TASK]
     before = evaluate_instruction(model, tokenizer, examples)
-    assert before.headline == "exact_match" and set(before.metrics) == {"loss", "perplexity", "exact_match"}
+    assert before.headline == "exact_match" and set(before.metrics) == {"loss", "perplexity", "token_accuracy", "exact_match"}
     torch.manual_seed(0)
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-2)
     for _ in range(40):
@@ -145,9 +145,10 @@ def test_evaluation_reports_exact_match_for_short_labels_and_perplexity(tiny):
     after = evaluate_instruction(model, tokenizer, examples)
     assert after.metrics["exact_match"] == 1.0 and after.metrics["loss"] < before.metrics["loss"]
     assert math.isclose(after.metrics["perplexity"], math.exp(after.metrics["loss"]))
+    assert after.metrics["token_accuracy"] == 1.0 > before.metrics["token_accuracy"]
     assert greedy_replies(model, tokenizer, examples, 3) == ["blue", "green", "white", "black"]
     long = evaluate_instruction(model, tokenizer, [InstructionExample.of("what is", " ".join(["blue"] * 9))])
-    assert long.headline == "perplexity" and not long.higher_is_better and "exact_match" not in long.metrics
+    assert long.headline == "token_accuracy" and 0 <= long.score <= 1 and "exact_match" not in long.metrics
 
 
 def test_normalised_exact_match():
@@ -155,6 +156,8 @@ def test_normalised_exact_match():
     assert normalise("Two  words!") == "two words" and normalise("ﬁne") == "fine"
     with pytest.raises(ValueError, match="headline metric 'auc'"):
         Evaluation({"loss": 1.0}, "auc")
+    with pytest.raises(ValueError, match="score in \\[0, 1\\]"):
+        Evaluation({"perplexity": 3.2}, "perplexity")  # fairness and the dashboard compare silos by a bounded score
 
 
 def test_workloads_by_name_share_one_interface(tiny, tmp_path):

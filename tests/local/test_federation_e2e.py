@@ -34,7 +34,7 @@ def federation(tmp_path_factory):
 
 
 def _base(config, out):
-    model, tokenizer = load_base(out / "model-cache" / "tiny-llama")
+    model, tokenizer = load_base(out / "model-cache" / "tiny-llama-recommendation")
     return model, tokenizer
 
 
@@ -86,8 +86,10 @@ def test_report_and_plot_are_written(federation):
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["summary"]["rounds"] == config.rounds
     row = on_disk["rounds"][0]["silos"][config.silo_names[0]]
-    assert {"loss", "auc", "upload_bytes", "download_bytes", "encrypt_s", "round_s"} <= set(row)
-    assert (out / "auc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {"loss", "score", "metric", "metrics", "start_score", "upload_bytes", "download_bytes", "encrypt_s", "round_s"} <= set(row)
+    assert row["metric"] == "auc" and row["score"] == row["metrics"]["auc"] and row["loss"] == row["metrics"]["log_loss"]
+    assert on_disk["summary"]["workload"] == "recommendation" and 0 <= on_disk["summary"]["start_mean_score"] <= 1
+    assert (out / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_aggregator_is_only_ever_given_the_public_context(federation, capsys):

@@ -26,7 +26,7 @@ def test_killed_silo_resumes_from_its_checkpoint(tmp_path):
         scraped = httpx.get(f"http://127.0.0.1:{config.aggregator_metrics_port}/metrics").text
         assert 'fedshield_aggregator_uploads_accepted_total{silo="bank-a"}' in scraped
         silo_port = next(s.metrics_port for s in config.silos if s.name == "bank-b")
-        assert 'fedshield_silo_validation_auc{silo="bank-b"}' in httpx.get(f"http://127.0.0.1:{silo_port}/metrics").text
+        assert 'fedshield_silo_validation_score{silo="bank-b"}' in httpx.get(f"http://127.0.0.1:{silo_port}/metrics").text
         federation.kill("bank-a")
         federation.restart("bank-a")
         wait_for(federation.silos_done, 300, federation)

@@ -130,7 +130,7 @@ def test_every_dashboard_query_returns_data_and_matches_the_report(tmp_path, mon
             "received": prometheus.value("sum(fedshield_aggregator_received_bytes_total)", at),
             "download": prometheus.value("sum(fedshield_silo_download_bytes_total)", at),
             "per_silo_upload": {s["metric"]["silo"]: float(s["value"][1]) for s in prometheus.query("fedshield_silo_upload_bytes_total", at)},
-            "auc": {s["metric"]["silo"]: float(s["value"][1]) for s in prometheus.query("fedshield_silo_validation_auc", at)},
+            "score": {s["metric"]["silo"]: float(s["value"][1]) for s in prometheus.query("fedshield_silo_validation_score", at)},
             "epsilon": {s["metric"]["silo"]: float(s["value"][1]) for s in prometheus.query("fedshield_epsilon_spent", at)},
             "fairness": {title: prometheus.query(substitute(expr), at) for title, expr in _fairness_exprs().items()},
         }
@@ -147,11 +147,12 @@ def test_every_dashboard_query_returns_data_and_matches_the_report(tmp_path, mon
     for silo in config.silo_names:
         assert answers["per_silo_upload"][silo] == sum(r["silos"][silo]["upload_bytes"] for r in report["rounds"])
 
-    # fairness: the dashboard's PromQL over the silos' AUC == report.json's final fairness
-    assert answers["auc"] == pytest.approx({s: x["auc"] for s, x in last.items()}, rel=1e-12)
+    # fairness: the dashboard's PromQL over the silos' scores (AUC here) == report.json's final fairness
+    assert answers["score"] == pytest.approx({s: x["score"] for s, x in last.items()}, rel=1e-12)
+    assert {x["metric"] for x in last.values()} == {"auc"}
     fairness = summary["final_fairness"]
     assert float(answers["fairness"]["Jain's index"][0]["value"][1]) == pytest.approx(fairness["jain"], rel=1e-9)
-    assert float(answers["fairness"]["Max–min AUC gap"][0]["value"][1]) == pytest.approx(fairness["gap"], rel=1e-9, abs=1e-12)
+    assert float(answers["fairness"]["Max–min score gap"][0]["value"][1]) == pytest.approx(fairness["gap"], rel=1e-9, abs=1e-12)
     assert answers["fairness"]["Worst silo"][0]["metric"]["silo"] == fairness["worst_silo"]
 
     # privacy: the epsilon each silo reported with its last upload
@@ -162,4 +163,4 @@ def _fairness_exprs() -> dict[str, str]:
     from fedshield.dashboard import ROWS
 
     panels = {p.title: p for title, row in ROWS if title == "Fairness" for p in row}
-    return {title: panels[title].exprs[0][0] for title in ("Jain's index", "Max–min AUC gap", "Worst silo")}
+    return {title: panels[title].exprs[0][0] for title in ("Jain's index", "Max–min score gap", "Worst silo")}

@@ -46,7 +46,8 @@ def test_names_follow_prometheus_conventions():
 def test_labels_are_bounded():
     for registry in REGISTRIES:
         for collector in registry._collector_to_names:  # noqa: SLF001 - the registered metric objects
-            assert set(getattr(collector, "_labelnames", ())) <= {"silo", "error", "kind", "phase"}, collector
+            # workload and metric: the registry's workloads and their headline metrics, closed sets
+            assert set(getattr(collector, "_labelnames", ())) <= {"silo", "error", "kind", "phase", "workload", "metric"}, collector
 
 
 def test_no_series_is_exported_by_two_kinds_of_process():
@@ -60,7 +61,7 @@ def test_dashboard_uses_only_catalogued_metrics_and_covers_each_area():
     used = used_names("\n".join(expressions()))
     assert used <= set(catalogue()), used - set(catalogue())
     for needed in ("fedshield_silo_upload_bytes_total", "fedshield_silo_encrypt_seconds", "fedshield_round_stragglers",
-                   "fedshield_silo_validation_auc", "fedshield_aggregation_weight", "fedshield_lr_scale",
+                   "fedshield_silo_validation_score", "fedshield_aggregation_weight", "fedshield_lr_scale",
                    "fedshield_epsilon_spent", "fedshield_silo_train_tokens_per_second"):
         assert needed in used
 

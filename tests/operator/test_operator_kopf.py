@@ -75,7 +75,7 @@ async def test_status_follows_pods_and_rounds_and_does_not_busy_loop(k8s, operat
         await set_job_status(k8s, silo, active=1)
     names = list(SILO_NS)
     aggregator.status = {"plan": {"state": "open"}, "closed": [
-        {"round": 0, "contributors": names, "metadata": {n: {"val_auc": a} for n, a in zip(names, (0.61, 0.7, 0.66), strict=False)}}]}
+        {"round": 0, "contributors": names, "metadata": {n: {"val_score": a} for n, a in zip(names, (0.61, 0.7, 0.66), strict=False)}}]}
     await eventually(lambda: status(k8s).get("phase") == "Running" and status(k8s).get("round") == 1
                      and status(k8s).get("silosReady") == "3/3", what="Running, round 1, 3/3 ready")
     current = status(k8s)

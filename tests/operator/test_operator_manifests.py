@@ -142,7 +142,7 @@ def test_status_follows_jobs_and_aggregator_progress():
     assert pending["phase"] == "Pending" and pending["silosReady"] == "0/3"
     running_obs = Observed(jobs={n: _job(active=1) for n in names}, aggregator_ready=True, aggregator=status_of({
         "plan": {"state": "open"}, "closed": [{"round": 0, "contributors": names,
-                                                "metadata": {n: {"val_auc": a} for n, a in zip(names, (0.6, 0.7, 0.65), strict=False)}}]}))
+                                                "metadata": {n: {"val_score": a} for n, a in zip(names, (0.6, 0.7, 0.65), strict=False)}}]}))
     running = compute_status(spec, running_obs, pending, "2026-11-23T08:05:00Z", 1)
     assert running["phase"] == "Running" and running["round"] == 1 and running["fairnessGap"] == 0.1
     assert running["startTime"] == "2026-11-23T08:05:00Z"

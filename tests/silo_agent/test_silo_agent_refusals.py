@@ -22,6 +22,7 @@ def stub_agent(tmp_path, refusal: AggregatorRefused, rounds_ok: int = 1) -> Silo
     agent = SiloAgent.__new__(SiloAgent)
     plan = RoundPlan(state="open", round=0, rounds_total=3, pruning=0.5, explore_share=0.1)
     agent.silo, agent.workdir, agent.budget, agent.dp_sgd, agent.train = "bank-a", tmp_path, None, None, [object()] * 4
+    agent.workload = SimpleNamespace(name="recommendation")
     agent.client = SimpleNamespace(join=lambda request: plan)
     agent.layout = SimpleNamespace(size=10, digest="layout")
     agent.state = SimpleNamespace(round_done=-1, history=[])

@@ -10,7 +10,7 @@ def test_state_round_trips_with_a_pending_upload(tmp_path):
         round_done=2, global_shared=np.arange(5.0), lora={"x.lora_A.weight": torch.ones(2, 3)},
         residual=np.full(5, 0.5), score=np.zeros(5),
         pending=PendingUpload(3, b"envelope", np.array([1, 3]), np.full(5, 0.25), 0.7),
-        history=[{"round": 2, "auc": 0.6}],
+        history=[{"round": 2, "score": 0.6, "metric": "auc"}],
     )
     save_state(tmp_path, state)
     loaded = load_state(tmp_path)

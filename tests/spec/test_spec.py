@@ -79,7 +79,7 @@ def test_the_cr_and_the_yaml_config_accept_the_same_settings():
     placed = {camel[s] for s in PLACED_BY_OPERATOR}
     cr = _crd_paths(_spec_schema(crd))
     assert set(camel.values()) - placed <= cr, "a config setting a CR cannot set"
-    assert placed & cr == {"data.movielensPath", "silos[].metricsPort"}  # in the schema (shared section), refused by rules
+    assert placed & cr == {"data.path", "silos[].metricsPort", "silos[].dataPath"}  # in the schema (shared section), refused by rules
     sections = {FederationSettings.model_fields[n].alias or n for n in FederationSettings.model_fields}
     placement = cr - set(camel.values())
     assert placement and not {p.split(".")[0] for p in placement} & sections, "a CR-only field inside a settings section"
@@ -88,17 +88,20 @@ def test_the_cr_and_the_yaml_config_accept_the_same_settings():
 
 
 def test_placed_settings_are_refused_in_a_cr():
-    with pytest.raises(ValueError, match="data.movielensPath"):
-        FederatedFinetuneSpec.model_validate(dict(EXAMPLE["spec"], data={"movielensPath": "/elsewhere"}))
+    with pytest.raises(ValueError, match="data.path"):
+        FederatedFinetuneSpec.model_validate(dict(EXAMPLE["spec"], data={"path": "/elsewhere"}))
     silos = [dict(EXAMPLE["spec"]["silos"][0], metricsPort=1234), *EXAMPLE["spec"]["silos"][1:]]
     with pytest.raises(ValueError, match="metricsPort"):
+        FederatedFinetuneSpec.model_validate(dict(EXAMPLE["spec"], silos=silos))
+    silos = [dict(EXAMPLE["spec"]["silos"][0], dataPath="/elsewhere"), *EXAMPLE["spec"]["silos"][1:]]
+    with pytest.raises(ValueError, match="dataPath"):
         FederatedFinetuneSpec.model_validate(dict(EXAMPLE["spec"], silos=silos))
 
 
 def _every_setting_changed() -> dict:
     spec = copy.deepcopy(EXAMPLE["spec"])
     spec.update(rounds=7, seed=3, maxUploadBytes=1 << 20, limits={"maxConcurrentUploads": 3, "observerBurst": 4},
-                data={"seed": 5, "history": 4, "valFraction": 0.25})
+                workload="instruction", data={"seed": 5, "history": 4, "valFraction": 0.25, "maxLabelTokens": 4})
     spec["aggregation"] = {"strategy": "dynamic_balance", "q": 2.0, "gamma": 0.5, "minSilos": 2, "roundDeadlineSeconds": 120.0,
                            "maxWeight": 0.6, "uploadRetentionRounds": 2}
     spec["privacy"] = {"pruning": 0.37, "exploreShare": 0.25, "packing": {"valueBound": 0.125, "maxSilos": 20},
@@ -116,10 +119,8 @@ def test_a_cr_reaches_the_pods_config_unchanged():
     dumped = spec.model_dump(mode="json", by_alias=True)
     for name in FederationSettings.model_fields:
         key = FederationSettings.model_fields[name].alias or name
-        if key == "data":
-            assert pod[key] == dict(dumped[key], movielensPath="/data")  # where the operator mounts each silo's data
-        else:
-            assert pod[key] == dumped[key], key
+        assert pod[key] == dumped[key], key
+    assert [s["dataPath"] for s in pod["silos"]] == [f"/data/{s['name']}" for s in raw["silos"]]  # where each pod mounts its data
     for section, values in raw.items():  # what the CR said, key for key
         if isinstance(values, dict) and section in pod:
             for key, value in values.items():

@@ -19,7 +19,7 @@ def status_of(partial: dict | None) -> Status | None:
     plan = RoundPlan(**{"state": "open", "round": 0, "rounds_total": 1, "pruning": 0.9, "explore_share": 0.1, **partial.get("plan", {})})
     closed = [round_summary(c) for c in partial.get("closed", [])]
     last_round = {silo: c.round for c in closed for silo in c.contributors}
-    aucs = [m.val_auc for m in closed[-1].metadata.values() if m.val_auc is not None] if closed else []
+    aucs = [m.val_score for m in closed[-1].metadata.values() if m.val_score is not None] if closed else []
     spent = [m.epsilon for c in closed for m in c.metadata.values() if m.epsilon is not None]
     summary = StatusSummary(rounds_closed=len(closed), last_round=last_round, fairness_gap=round_gap(aucs),
                             max_epsilon=max(spent) if spent else None)

@@ -21,7 +21,7 @@ KEEP_UPLOADS = AggregationSpec(upload_retention_rounds=10**6)
 def expected_global(config: FederationConfig, out: Path) -> tuple[VectorLayout, np.ndarray]:
     """Initial shared adapter plus, per round, the weighted average of the uploads the aggregator accepted."""
     keys = load_keys(out / "keys" / "secret.ckks")
-    base, _ = load_base(out / "model-cache" / "tiny-llama")
+    base, _ = load_base(out / "model-cache" / "tiny-llama-recommendation")
     initial = with_lora(base, config.lora.r, config.lora.alpha, config.lora.dropout, config.lora.target_modules, seed=config.seed)
     layout = VectorLayout.from_tensors(lora_parameters(initial), config.privacy.private_modules)
     vector, score = layout.flatten(lora_parameters(initial)), None
@@ -40,7 +40,7 @@ def expected_global(config: FederationConfig, out: Path) -> tuple[VectorLayout, 
 
 
 def saved_shared_vector(layout: VectorLayout, out: Path, silo: str) -> np.ndarray:
-    base, _ = load_base(out / "model-cache" / "tiny-llama")
+    base, _ = load_base(out / "model-cache" / "tiny-llama-recommendation")
     adapter = PeftModel.from_pretrained(base, out / "silos" / silo / "adapter")
     return layout.flatten(lora_parameters(adapter))
 

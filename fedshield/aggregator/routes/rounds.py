@@ -23,12 +23,12 @@ AGGREGATE_CHECK_S = 0.1  # how often a held aggregate request looks whether its 
 
 @router.put("/v1/rounds/{round}/uploads/{silo}", response_model=UploadReceipt, responses=ERRORS, openapi_extra=BINARY_BODY)
 async def upload(round: Round, silo: str, request: Request, state: State, samples: Annotated[int, Query(ge=1, le=MAX_INT)],
-                 train_loss: Finite = None, val_loss: Finite = None, val_auc: Finite = None,
+                 train_loss: Finite = None, val_loss: Finite = None, val_score: Finite = None,
                  epsilon: Finite = None) -> UploadReceipt:
     """Upload a silo's encrypted update (an envelope) with its plaintext metadata."""
     caller(request, silo)
     try:
-        metadata = UploadMetadata(samples=samples, train_loss=train_loss, val_loss=val_loss, val_auc=val_auc, epsilon=epsilon)
+        metadata = UploadMetadata(samples=samples, train_loss=train_loss, val_loss=val_loss, val_score=val_score, epsilon=epsilon)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
