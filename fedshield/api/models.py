@@ -30,7 +30,7 @@ EXTENDED_RESOURCE = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/[A-Za-z0-9]([-A-Za-z
 MAX_SILO_NODES = 64  # one silo's pods; beyond that a silo is a cluster of its own, and pod hostnames stay short
 GPUS_TWICE_MESSAGE = "silos[]: gpus and gpusPerNode disagree: give one of them (gpusPerNode is the GPUs of each pod)"
 # Fields the CRD marks immutable (x-kubernetes-validations: self == oldSelf).
-IMMUTABLE = ("baseModel", "lora", "rounds", "seed", "training", "privacy", "data", "silos")
+IMMUTABLE = ("baseModel", "workload", "lora", "rounds", "seed", "training", "privacy", "data", "silos")
 
 
 class BaseModelSpec(Model):
