@@ -17,6 +17,7 @@ from ..workloads import triage
 from ..workloads.base import Split
 from ..workloads.recommendation import catalog, load_movielens, prompt_for, synthetic_silos
 from .model import build_tiny_base
+from .recommendation import RecommendationWorkload
 from .workloads import workload_for
 
 SYNTHETIC_TRIAGE_EXAMPLES = 160  # per silo, before the validation share is held out
@@ -39,10 +40,8 @@ def synthetic_split(config: FederationConfig, silo: str) -> Split:
         rows = list({e.prompt: e for e in triage.examples(domain, SYNTHETIC_TRIAGE_EXAMPLES, seed=data.seed)}.values())
         n_val = max(1, round(len(rows) * data.val_fraction))
         return Split(rows[n_val:], rows[:n_val])  # distinct notes: no validation note is also a training note
-    from .recommendation import RecommendationWorkload
-
     workload = workload_for(config)
-    assert isinstance(workload, RecommendationWorkload)
+    assert isinstance(workload, RecommendationWorkload)  # the only other workload
     return workload.split(synthetic_silos(config.silo_names, seed=data.seed)[silo])
 
 

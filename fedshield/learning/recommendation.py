@@ -15,7 +15,7 @@ import torch
 from ..workloads.base import Column, Evaluation, Split, Workload
 from ..workloads.recommendation import Example, build_examples, load_movielens, split_examples, temporal_examples
 from ..workloads.scoring import auc, log_loss
-from .model import answer_ids, answer_loss, answer_losses, check_context, last_token_logits, yes_probabilities
+from .model import answer_ids, answer_losses, check_context, last_token_logits, yes_probabilities
 
 
 @dataclass
@@ -50,9 +50,7 @@ class RecommendationWorkload(Workload[Example]):
         check_context(model, tokenizer, [e.prompt for e in examples])
 
     def loss(self, model, tokenizer, batch) -> torch.Tensor:
-        yes, no = answer_ids(tokenizer, batch[0].prompt)
-        logits = last_token_logits(model, tokenizer, [e.prompt for e in batch])
-        return answer_loss(logits.float(), torch.tensor([e.label for e in batch]), yes, no)
+        return self.record_losses(model, tokenizer, batch).mean()  # = answer_loss: the mean of the per-record losses
 
     def record_losses(self, model, tokenizer, batch) -> torch.Tensor:
         yes, no = answer_ids(tokenizer, batch[0].prompt)

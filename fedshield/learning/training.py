@@ -86,19 +86,18 @@ def train_local_stats(engine, tokenizer, examples: Sequence, steps: int, batch_s
                       workload: Workload | None = None) -> LocalTraining:
     """``steps`` optimiser steps on seeded random batches of ``workload``'s loss (default: recommendation);
     returns the mean loss and the tokens processed."""
-    workload = workload or RecommendationWorkload()
+    task = workload or RecommendationWorkload()
     rng = random.Random(seed)
     pool = list(examples)
-    engine.train()
-    losses, tokens = [], 0
-    for _ in range(steps):
+    tokens = 0
+
+    def step_loss(_: int) -> torch.Tensor:
+        nonlocal tokens
         batch = rng.sample(pool, min(batch_size, len(pool)))
-        tokens += workload.tokens(tokenizer, batch)
-        loss = workload.loss(engine, tokenizer, batch)
-        engine.backward(loss)
-        engine.step()
-        losses.append(float(loss.detach()))
-    return LocalTraining(float(np.mean(losses)), tokens)
+        tokens += task.tokens(tokenizer, batch)
+        return task.loss(engine, tokenizer, batch)
+
+    return LocalTraining(float(np.mean(train_steps(engine, steps, step_loss))), tokens)
 
 
 def train_local_dp(engine, tokenizer, examples: Sequence, steps: int, dp: DpSgd, seed: int,
