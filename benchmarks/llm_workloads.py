@@ -46,8 +46,8 @@ import torch
 
 from fedshield.config import DataSpec, FederationConfig, LoraSpec, ModelSpec, PrivacySpec, SiloSpec, TrainingSpec
 from fedshield.learning.model import load_base, with_lora
-from fedshield.learning.training import create_engine
-from fedshield.learning.workloads import get_workload, train_workload
+from fedshield.learning.training import create_engine, train_local_stats
+from fedshield.learning.workloads import get_workload
 from fedshield.local.simulation import InProcessFederation
 from fedshield.workloads import triage
 from fedshield.workloads.base import Split, Workload
@@ -119,7 +119,7 @@ def _scores(workload: Workload, model, tokenizer, splits: dict[str, Split]) -> t
 def _train_alone(config: FederationConfig, workload: Workload, train: list, steps: int, seed: int):
     model, tokenizer = _fresh(config)
     engine = create_engine(model, config.training)
-    train_workload(engine, tokenizer, workload, train, steps, config.training.batch_size, seed)
+    train_local_stats(engine, tokenizer, train, steps, config.training.batch_size, seed, workload=workload)
     return model, tokenizer
 
 

@@ -5,14 +5,10 @@ A new workload is one class implementing ``workloads.base.Workload`` and one ent
 
 from __future__ import annotations
 
-import random
-from collections.abc import Sequence
-
 from ..config import FederationConfig
 from ..workloads.base import Workload
 from .instruction import InstructionWorkload
 from .recommendation import RecommendationWorkload
-from .training import train_steps
 
 WORKLOADS: dict[str, type[Workload]] = {w.name: w for w in (RecommendationWorkload, InstructionWorkload)}
 
@@ -31,11 +27,3 @@ def workload_for(config: FederationConfig) -> Workload:
         return InstructionWorkload(val_fraction=data.val_fraction, seed=data.seed, max_label_tokens=data.max_label_tokens)
     return RecommendationWorkload(history=data.history, like_threshold=data.like_threshold, val_fraction=data.val_fraction,
                                   seed=data.seed, holdout=data.holdout)
-
-
-def train_workload(engine, tokenizer, workload: Workload, examples: Sequence, steps: int, batch_size: int, seed: int) -> list[float]:
-    """``steps`` optimiser steps of ``engine`` (the DeepSpeed engine around the PEFT model) on ``workload``'s loss,
-    seeded random batches as ``training.train_local_stats`` draws them; returns the losses."""
-    rng = random.Random(seed)
-    pool = list(examples)
-    return train_steps(engine, steps, lambda _: workload.loss(engine, tokenizer, rng.sample(pool, min(batch_size, len(pool)))))

@@ -280,13 +280,15 @@ def plot_scores(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
+LOG_WIDTH = 160  # columns of the round tables when stdout is a file or pipe (rich would cut them at 80)
+
 _SECURITY_NOTE = {"mtls": "mutual TLS, certificates in certs/", "token": "TLS + bearer tokens", "none": "plain HTTP, no identities"}
 
 
 def run_local(config: FederationConfig, out: str | Path, console: Console | None = None, timeout_s: float = 3600.0,
               security: str = "mtls") -> dict:
     """Run the federation to the end; write ``report.json`` and ``scores.png`` into ``out``."""
-    console = console or Console()
+    console = console or Console(width=None if sys.stdout.isatty() else LOG_WIDTH)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config = with_local_ports(config)

@@ -20,7 +20,7 @@ from fedshield.learning.instruction import (
 )
 from fedshield.learning.model import build_tiny_base, load_base
 from fedshield.learning.recommendation import RecommendationWorkload
-from fedshield.learning.workloads import WORKLOADS, get_workload, train_workload
+from fedshield.learning.workloads import WORKLOADS, get_workload
 from fedshield.workloads.base import DataError, Evaluation
 from fedshield.workloads.instruction import InstructionExample, Turn, load_split, normalise, read_jsonl, write_jsonl
 from fedshield.workloads.recommendation import Interaction, write_movielens
@@ -205,7 +205,7 @@ def test_triage_silos_are_seeded_and_differ_in_words_and_labels(tmp_path):
 def test_the_instruction_loss_trains_lora_through_the_deepspeed_engine(tmp_path):
     from fedshield.config import TrainingSpec
     from fedshield.learning.model import with_lora
-    from fedshield.learning.training import create_engine
+    from fedshield.learning.training import create_engine, train_local_stats
     from fedshield.updates import VectorLayout, lora_parameters
 
     folders = write_silos(tmp_path / "data", train=24, validation=8)
@@ -219,8 +219,8 @@ def test_the_instruction_loss_trains_lora_through_the_deepspeed_engine(tmp_path)
     layout = VectorLayout.from_tensors(params)
     before = layout.flatten(params)
     engine = create_engine(peft, TrainingSpec(local_steps=3, batch_size=4, learning_rate=5e-3))
-    losses = train_workload(engine, tokenizer, workload, split.train, steps=3, batch_size=4, seed=0)
-    assert len(losses) == 3 and all(x > 0 for x in losses) and (layout.flatten(params) != before).any()
+    trained = train_local_stats(engine, tokenizer, split.train, steps=3, batch_size=4, seed=0, workload=workload)
+    assert trained.loss > 0 and trained.tokens > 0 and (layout.flatten(params) != before).any()
     result = workload.evaluate(engine, tokenizer, split.validation)
     assert result.headline == "exact_match" and 0.0 <= result.score <= 1.0
 
