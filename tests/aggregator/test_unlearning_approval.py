@@ -7,6 +7,8 @@ are refused with a nonzero exit; the operator's observer identity may read what 
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 from support.aggregator_harness import RunningAggregator
@@ -14,6 +16,7 @@ from support.aggregator_harness import RunningAggregator
 from fedshield.cli import main
 from fedshield.config import AggregationSpec, FederationConfig, LimitsSpec, PrivacySpec, SiloSpec
 from fedshield.crypto import EnvelopeReader, decrypt_envelope, encrypt_update
+from fedshield.operator.aggregator_http import CA_ENV, CERT_ENV, KEY_ENV, fetch_pending_unlearnings
 from fedshield.security.auth import Authenticator, observer_uri
 from fedshield.security.certs import issue_all, issue_observer, silo_files
 from fedshield.security.tls import ServerTLS
@@ -105,8 +108,12 @@ def test_by_default_an_upload_is_pending_until_another_silo_approves_it_with_the
     assert "no unlearning is waiting" in capsys.readouterr().out
 
 
-def test_the_operators_observer_reads_what_is_pending_and_cannot_approve(federation):
+def test_the_operators_observer_reads_what_is_pending_and_cannot_approve(federation, monkeypatch):
     agg, http, files, observer, up, receipt = federation
+    for env, path in ((CA_ENV, files["bank-a"].ca), (CERT_ENV, observer.cert), (KEY_ENV, observer.key)):
+        monkeypatch.setenv(env, str(path))
+    [seen] = asyncio.run(fetch_pending_unlearnings(agg.url))  # the operator's own client and certificate
+    assert (seen.silo, seen.sha256, seen.approvals) == ("bank-a", receipt["sha256"], [])
     with agg.client(observer.cert, observer.key, timeout=10) as operator:
         [pending] = operator.get("/v1/unlearning/pending").json()
         assert (pending["silo"], pending["sha256"], pending["approvals"], pending["needed"]) == ("bank-a", receipt["sha256"], [], 1)
