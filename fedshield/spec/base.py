@@ -26,7 +26,6 @@ class FinetunePhase(str, Enum):
 
     PENDING = "Pending"
     RUNNING = "Running"
-    WAITING_FOR_APPROVAL = "WaitingForApproval"  # uploaded; other silos must approve its SHA-256 (privacy.unlearningApprovals)
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     SUSPENDED = "Suspended"
