@@ -186,7 +186,6 @@ def _unlearn(args: argparse.Namespace) -> int:
     else:
         from .config import load_config
         from .silo_agent.agent import SiloAgent
-        from .silo_agent.forget import run_unlearning
 
         missing = [f"--{n.replace('_', '-')}" for n in ("config", "silo", "secret_key", "workdir", "aggregator") if not getattr(args, n)]
         if missing:
@@ -194,8 +193,64 @@ def _unlearn(args: argparse.Namespace) -> int:
             return 2
         agent = SiloAgent(load_config(args.config), args.silo, load_keys(args.secret_key), args.workdir, args.aggregator,
                           model_cache=args.model_cache, security=_client_security(args))
-        record = run_unlearning(agent, request, spec)
+        found = _unlearn_at_silo(agent, request, spec, args.aggregator, args.approval_timeout_s)
+        if found is None:
+            return 3
+        record = found
     print(record.model_dump_json(indent=2))
+    return 0
+
+
+def _unlearn_at_silo(agent, request, spec, aggregator: str, timeout_s: float):
+    """Silo mode: forget and upload; while the upload is pending, say which command other silos must run and wait for
+    it to be published (None when it is still pending after ``timeout_s``)."""
+    from .silo_agent.approval import approve_command
+    from .silo_agent.forget import forget_and_upload, wait_published
+
+    uploaded = forget_and_upload(agent, request, spec)
+    if uploaded.receipt.pending:
+        needed = agent.config.privacy.unlearning_approvals
+        print(f"unlearning {uploaded.version} is pending: {needed} other silo(s) must approve exactly these bytes "
+              f"(sha256 {uploaded.receipt.sha256}). Each runs:\n  "
+              f"{approve_command(aggregator, uploaded.version, uploaded.receipt.sha256)}", file=sys.stderr, flush=True)
+        if timeout_s > 0:
+            print(f"waiting up to {timeout_s:g} s for the approvals", file=sys.stderr, flush=True)
+    try:
+        return wait_published(agent, uploaded.version, timeout_s)
+    except TimeoutError as exc:
+        print(f"pending: {exc}", file=sys.stderr)
+        return None
+
+
+def _approve(args: argparse.Namespace) -> int:
+    from .silo_agent.approval import approve, pending_table
+    from .wire.client import AggregatorClient, AggregatorRefused
+
+    if args.aggregator.startswith("https://") and not args.ca:
+        print("error: an https aggregator needs --ca (and --cert/--key, or --token-file)", file=sys.stderr)
+        return 2
+    if (args.cert or args.key or args.token_file) and not args.aggregator.startswith("https://"):
+        print("error: credentials are only sent to an https:// aggregator", file=sys.stderr)
+        return 2
+    if args.list == (args.version is not None or args.sha256 is not None):
+        print("error: give --list, or --version N --sha256 HEX", file=sys.stderr)
+        return 2
+    if not args.list and (args.version is None or args.sha256 is None or not args.silo):
+        print("error: approving needs --silo, --version and --sha256 (the exact bytes you approve)", file=sys.stderr)
+        return 2
+    client = AggregatorClient(args.aggregator, retries=3, security=_client_security(args))
+    try:
+        if args.list:
+            print(pending_table(client.pending_unlearnings()))
+            return 0
+        result = approve(client, args.silo, args.version, args.sha256)
+    except AggregatorRefused as exc:
+        print(f"error: {exc.code.value}: {exc.detail}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    state = "published" if result.published else f"pending ({len(result.approvals)}/{result.needed} approvals)"
+    print(f"unlearning {result.version} from silo {result.silo} (sha256 {result.sha256}): {state}")
     return 0
 
 
@@ -347,7 +402,21 @@ def build_parser() -> argparse.ArgumentParser:
                         ("--model-cache", "where the tiny demo model is cached"), ("--ca", "CA of the aggregator's certificate"),
                         ("--cert", "this silo's client certificate"), ("--key", "its private key"), ("--token-file", "bearer token file")):
         forget.add_argument(flag, default=None, help=help_)
+    forget.add_argument("--approval-timeout-s", type=float, default=86400.0,
+                        help="silo mode: how long to wait for other silos to approve the upload (0: print the approve command "
+                             "and end with exit code 3 while it is pending)")
     forget.set_defaults(func=_unlearn)
+
+    approve = sub.add_parser("approve", help="a silo approves another silo's pending unlearning (exactly its SHA-256), or lists them")
+    approve.add_argument("--aggregator", required=True, help="aggregator base URL")
+    approve.add_argument("--silo", default=None, help="this silo's name (the approver; needed to approve)")
+    approve.add_argument("--list", action="store_true", help="show pending unlearnings: version, uploader, SHA-256, approvals so far")
+    approve.add_argument("--version", type=int, default=None, help="the pending unlearning to approve")
+    approve.add_argument("--sha256", default=None, help="SHA-256 of the upload you approve (from --list or the uploader)")
+    for flag, help_ in (("--ca", "CA of the aggregator's certificate"), ("--cert", "this silo's client certificate"),
+                        ("--key", "its private key"), ("--token-file", "bearer token file")):
+        approve.add_argument(flag, default=None, help=help_)
+    approve.set_defaults(func=_approve)
 
     certs = sub.add_parser("certs", help="issue a CA, the aggregator's server certificate and per-silo client certificates")
     certs.add_argument("--out", required=True, help="directory (an existing ca.crt/ca.key there is reused)")

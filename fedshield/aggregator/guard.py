@@ -12,7 +12,8 @@ from ..wire.errors import ErrorCode, error_body
 IDENTITY = "fedshield.silo"  # scope key the guard sets: the authenticated silo, or None without authentication
 OBSERVER = "fedshield.observer"  # scope key the guard sets for a certified observer
 OPEN_PATHS = ("/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
-OBSERVER_READS = ("/v1/status", "/v1/unlearning")  # what a certified observer (Authenticator.observers) may GET, and nothing else
+# what a certified observer (Authenticator.observers) may GET, and nothing else
+OBSERVER_READS = ("/v1/status", "/v1/unlearning", "/v1/unlearning/pending")
 OBSERVER_LIMITED = ("/v1/status",)  # observer reads that share the observers' rate limit
 OBSERVER_BUCKET = "observer"  # the one rate-limit bucket all observers share
 

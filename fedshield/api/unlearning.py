@@ -81,6 +81,11 @@ class FederatedUnlearningStatus(Model):
     conditions: list[Condition] = Field([], description="Standard conditions: Progressing, Forgotten, Applied, Failed.")
     job_name: str | None = Field(None, description="The unlearning Job, in jobNamespace.")
     job_namespace: str | None = Field(None, description="The forgetting silo's namespace.")
+    upload_sha256: str | None = Field(None, description="SHA-256 of the uploaded replacement: what other silos approve "
+                                                       "(`fedshield approve --version N --sha256 ...`).")
+    approvals: int | None = Field(None, description="Other silos that approved the upload so far (while it waits for approval).")
+    approvals_needed: int | None = Field(None, description="Approvals the aggregator needs before it publishes the upload "
+                                                          "(privacy.unlearningApprovals).")
     unlearning_version: int | None = Field(None, description="Version of this unlearning in the aggregator's ledger (0 for the first).")
     users_count: int | None = Field(None, description="Users forgotten (from the aggregator's audit record).")
     users_sha256: str | None = Field(None, description="SHA-256 of the sorted user ids, one per line (from the audit record).")

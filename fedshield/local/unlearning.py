@@ -1,8 +1,10 @@
 """`fedshield unlearn --run-dir`: federated unlearning on a finished local run.
 
 The run's aggregator is started again on its state; the forgetting silo runs E2URec in
-this process and uploads the encrypted replacement; every other silo agent is started
-once, applies the published replacement and exits. The audit record is printed and
+this process and uploads the encrypted replacement; as many other silos of the run as
+``privacy.unlearning_approvals`` asks approve its exact SHA-256, each over HTTP with its own
+credentials (as ``fedshield approve`` would); every other silo agent is started once,
+applies the published replacement and exits. The audit record is printed and
 appended to ``<run>/unlearning.jsonl``.
 """
 
@@ -16,9 +18,10 @@ from ..crypto import load_keys
 from ..crypto.keys import SECRET_FILE
 from ..security.certs import silo_files
 from ..silo_agent.agent import SiloAgent
-from ..silo_agent.forget import ForgetRequest, run_unlearning
+from ..silo_agent.approval import approve_all
+from ..silo_agent.forget import ForgetRequest, forget_and_upload, wait_published
 from ..unlearning import UnlearningSpec
-from ..wire.client import ClientSecurity
+from ..wire.client import AggregatorClient, ClientSecurity
 from ..wire.unlearning import UnlearningRecord
 from .demo import Federation, free_port
 
@@ -39,6 +42,17 @@ def silo_security(run_dir: Path, security: str, silo: str) -> ClientSecurity | N
     return ClientSecurity(ca=str(files.ca), cert=str(files.cert), key=str(files.key))
 
 
+def approve_locally(url: str, run_dir: Path, security: str, silos: tuple[str, ...], version: int, sha256: str,
+                    needed: int) -> None:
+    """The first ``needed`` of ``silos`` approve unlearning ``version`` (exactly ``sha256``), each with its own credentials."""
+    clients = {s: AggregatorClient(url, security=silo_security(run_dir, security, s)) for s in silos[:needed]}
+    try:
+        approve_all(clients, version, sha256, needed)
+    finally:
+        for client in clients.values():
+            client.close()
+
+
 def unlearn_local(run_dir: str | Path, silo: str, request: ForgetRequest, spec: UnlearningSpec = UnlearningSpec(),
                   timeout_s: float = 1800.0) -> UnlearningRecord:
     """Forget ``request``'s users at ``silo`` of the finished local run in ``run_dir``; every silo applies the result."""
@@ -56,8 +70,12 @@ def unlearn_local(run_dir: str | Path, silo: str, request: ForgetRequest, spec: 
         federation.start(resume=True, silos=())
         agent = SiloAgent(config, silo, load_keys(run_dir / "keys" / SECRET_FILE), run_dir / "silos" / silo, federation.url,
                           model_cache=run_dir / "model-cache", security=silo_security(run_dir, security, silo))
-        record = run_unlearning(agent, request, spec)
+        uploaded = forget_and_upload(agent, request, spec)
         others = tuple(s for s in config.silo_names if s != silo)
+        if uploaded.receipt.pending:
+            approve_locally(federation.url, run_dir, security, others, uploaded.version, uploaded.receipt.sha256,
+                            config.privacy.unlearning_approvals)
+        record = wait_published(agent, uploaded.version, timeout_s=60.0)
         federation.start_silos(others)
         deadline = time.monotonic() + timeout_s
         while not federation.silos_done():

@@ -1,4 +1,4 @@
-"""How the operator talks to aggregators (read-only: /v1/status and /v1/unlearning).
+"""How the operator talks to aggregators (read-only: /v1/status, /v1/unlearning and /v1/unlearning/pending).
 
 An aggregator runs an image a tenant chose, so its answers are untrusted input: each read
 has an overall deadline and a size cap, and anything over either is treated as no answer.
@@ -17,7 +17,7 @@ import httpx
 from pydantic import TypeAdapter, ValidationError
 
 from ..wire.messages import Status
-from ..wire.unlearning import UnlearningRecord
+from ..wire.unlearning import PendingUnlearning, UnlearningRecord
 
 CA_ENV = "FEDSHIELD_AGGREGATOR_CA"
 CERT_ENV, KEY_ENV = "FEDSHIELD_AGGREGATOR_CERT", "FEDSHIELD_AGGREGATOR_KEY"
@@ -73,6 +73,7 @@ async def get_json(url: str, limit: int | None = None, deadline_s: float | None 
 
 
 RECORDS = TypeAdapter(list[UnlearningRecord])
+PENDING = TypeAdapter(list[PendingUnlearning])
 
 
 async def fetch_status(url: str) -> Status | None:
@@ -89,5 +90,14 @@ async def fetch_unlearning_records(url: str) -> list[UnlearningRecord] | None:
     body = await get_json(f"{url}/v1/unlearning")
     try:
         return RECORDS.validate_python(body) if body is not None else None
+    except ValidationError:
+        return None
+
+
+async def fetch_pending_unlearnings(url: str) -> list[PendingUnlearning] | None:
+    """The aggregator's ``GET /v1/unlearning/pending`` (uploads waiting for approval), or None when unreachable or malformed."""
+    body = await get_json(f"{url}/v1/unlearning/pending")
+    try:
+        return PENDING.validate_python(body) if body is not None else None
     except ValidationError:
         return None

@@ -102,6 +102,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None
         memo.aggregator_status = fetch_aggregator_status
     if getattr(memo, "unlearning_records", None) is None:
         memo.unlearning_records = unlearning.fetch_unlearning_records
+    if getattr(memo, "unlearning_pending", None) is None:
+        memo.unlearning_pending = unlearning.fetch_pending_unlearnings
     if getattr(memo, "site", None) is None:
         memo.site = Site.from_environment()
 
@@ -366,7 +368,7 @@ async def _unlearning_step(meta, spec, status, patch, memo) -> None:
     previous = dict(status or {})
     try:
         new = await unlearning.step(memo.kube, memo.unlearning_records, _unlearning_target(meta), dict(spec), previous, now(),
-                                    meta.get("generation"))
+                                    meta.get("generation"), pending_of=memo.unlearning_pending)
     except unlearning.Refused as exc:
         patch.status["message"] = str(exc)
         telemetry.observe_phase(unlearning_api.KIND, f"{meta['namespace']}/{meta['name']}", "Failed")

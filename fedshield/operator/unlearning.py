@@ -21,9 +21,9 @@ import httpx
 from ..api.membership import KIND as MEMBERSHIP_KIND
 from ..api.models import GROUP, VERSION, FederatedFinetuneSpec, SiloPlacement
 from ..api.models import PLURAL as FINETUNE_PLURAL
-from ..wire.unlearning import UnlearningRecord
+from ..wire.unlearning import PendingUnlearning, UnlearningRecord
 from . import consent
-from .aggregator_http import fetch_unlearning_records
+from .aggregator_http import fetch_pending_unlearnings, fetch_unlearning_records
 from .kube import Kube, get_custom_object
 from .manifests import SILO_LABEL, Owner, aggregator_url, owned_by
 from .status import silo_phase
@@ -45,17 +45,20 @@ from .unlearning_manifests import (
     unlearning_job,
 )
 from .unlearning_refs import TERMINAL, Refused, Target, check_reference, parse_spec, silo_of
-from .unlearning_status import RECORD_FIELDS, Observed, compute_status, pick_record, unlearning_status
+from .unlearning_status import RECORD_FIELDS, Observed, compute_status, pick_pending, pick_record, unlearning_status
 
 __all__ = [  # the pure parts, importable from here as before the split
     "FORGET_DIR", "FORGET_FILE", "RECORD_FIELDS", "TERMINAL", "UNLEARNING_LABEL", "UNLEARNING_NS_LABEL", "Observed", "Refused", "Target",
-    "apply_job", "apply_job_name", "apply_jobs", "check_reference", "cleanup", "compute_status", "fetch_unlearning_records",
-    "forget_configmap", "forget_configmap_name", "get_finetune", "job_name", "labels", "memberships", "parse_spec", "pick_record",
+    "apply_job", "apply_job_name", "apply_jobs", "check_reference", "cleanup", "compute_status", "fetch_pending_unlearnings",
+    "fetch_unlearning_records",
+    "forget_configmap", "forget_configmap_name", "get_finetune", "job_name", "labels", "memberships", "parse_spec", "pick_pending",
+    "pick_record",
     "selector", "silo_of", "step", "unlearn_command", "unlearning_children", "unlearning_job", "unlearning_status",
 ]
 
 
 RecordsFn = Callable[[str], Awaitable["list[UnlearningRecord] | None"]]
+PendingFn = Callable[[str], Awaitable["list[PendingUnlearning] | None"]]
 
 
 async def get_finetune(kube: Kube, namespace: str, name: str) -> dict | None:
@@ -96,8 +99,11 @@ async def _apply_owned(kube: Kube, target: Target, children: list[dict]) -> None
 
 
 async def step(kube: Kube, records_of: RecordsFn, target: Target, raw_spec: dict, previous: dict, now: str,
-               generation: int | None) -> dict:
-    """Validate, create what is due, observe, and return the new status (raises Refused)."""
+               generation: int | None, pending_of: PendingFn | None = None) -> dict:
+    """Validate, create what is due, observe, and return the new status (raises Refused).
+
+    ``pending_of`` reads the uploads waiting for approval (`GET /v1/unlearning/pending`, as an observer): while the
+    Job's upload waits there, the phase is WaitingForApproval."""
     if previous.get("phase") in TERMINAL:
         return previous
     spec = parse_spec(raw_spec)
@@ -119,16 +125,21 @@ async def step(kube: Kube, records_of: RecordsFn, target: Target, raw_spec: dict
             if p["metadata"].get("labels", {}).get(UNLEARNING_LABEL) == target.name
             and p["metadata"]["labels"].get("app.kubernetes.io/component") == "unlearning"
             and p.get("status", {}).get("phase") == "Failed"]
-    record, live = None, None
-    if job is not None and silo_phase(job, False) == "Succeeded" and "adapterVersionAfter" not in previous:
-        record = pick_record(await records_of(aggregator_url(owner, tls=ft_spec.aggregator.tls is not None)), spec.silo)
+    record, live, pending = None, None, None
+    url = aggregator_url(owner, tls=ft_spec.aggregator.tls is not None)
+    job_phase = silo_phase(job, False) if job is not None else None
+    if job_phase == "Succeeded" and "adapterVersionAfter" not in previous:
+        record = pick_record(await records_of(url), spec.silo)
+    if record is None and job_phase in ("Running", "Succeeded") and "adapterVersionAfter" not in previous and pending_of is not None:
+        pending = pick_pending(await pending_of(url), spec.silo)
     if record is not None or "adapterVersionAfter" in previous:  # published: every other silo applies it
         wanted = apply_jobs(target, owner, ft_spec, spec)
         if record is not None:  # first sight of the record: the apply Jobs are due now
             await _admit(kube, owner, ft_spec, [s for s in ft_spec.silos if s.name != spec.silo])
             await _apply_owned(kube, target, wanted)
         live = {child["metadata"]["labels"][SILO_LABEL]: await kube.get(child) for child in wanted}
-    observed = Observed(finetune_phase=ft_phase, job_created=True, job=job, failed_pods=pods, record=record, apply_jobs=live)
+    observed = Observed(finetune_phase=ft_phase, job_created=True, job=job, failed_pods=pods, record=record, apply_jobs=live,
+                        pending=pending)
     return compute_status(spec, ft_spec, target, observed, previous, now, generation)
 
 

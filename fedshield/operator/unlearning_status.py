@@ -8,11 +8,12 @@ from pydantic import ValidationError
 
 from ..api.models import FederatedFinetuneSpec
 from ..api.unlearning import ApplyJobStatus, FederatedUnlearningSpec, FederatedUnlearningStatus
-from ..wire.unlearning import UnlearningRecord
+from ..wire.unlearning import PendingUnlearning, UnlearningRecord
 from .status import condition, last_termination, silo_phase, status_body
 from .unlearning_manifests import apply_job_name, job_name
 from .unlearning_refs import TERMINAL, Target, silo_of
 
+APPROVAL_FIELDS = ("uploadSha256", "approvals", "approvalsNeeded")  # status fields read from a pending upload
 RECORD_FIELDS = ("unlearningVersion", "adapterVersionBefore", "adapterVersionAfter", "usersCount", "usersSha256", "durationSeconds",
                  "forgetAucBefore", "forgetAucAfter", "testAucBefore", "testAucAfter")  # status fields read from the audit record
 
@@ -21,6 +22,12 @@ def pick_record(records: list[UnlearningRecord] | None, silo: str) -> Unlearning
     """The newest published unlearning of ``silo`` in the aggregator's ledger (`GET /v1/unlearning`)."""
     mine = [r for r in records or [] if r.silo == silo]
     return max(mine, key=lambda r: r.version) if mine else None
+
+
+def pick_pending(pending: list[PendingUnlearning] | None, silo: str) -> PendingUnlearning | None:
+    """The newest upload of ``silo`` waiting for approval (`GET /v1/unlearning/pending`)."""
+    mine = [p for p in pending or [] if p.silo == silo]
+    return max(mine, key=lambda p: p.version) if mine else None
 
 
 def _four(value: float | None) -> float | None:
@@ -42,7 +49,7 @@ def from_record(record: UnlearningRecord) -> dict:
 def _kept(previous: dict) -> dict:
     """What earlier ticks wrote and this one keeps: the record's fields and the start and completion times (valid ones only)."""
     out = {}
-    for key in (*RECORD_FIELDS, "startTime", "completionTime"):
+    for key in (*RECORD_FIELDS, *APPROVAL_FIELDS, "startTime", "completionTime"):
         if key in previous:
             try:
                 FederatedUnlearningStatus.model_validate({key: previous[key]})
@@ -62,6 +69,7 @@ class Observed:
     failed_pods: list[dict] = field(default_factory=list)  # its failed pods, oldest first
     record: UnlearningRecord | None = None  # its record in the aggregator's ledger, None when not (yet) read
     apply_jobs: dict[str, dict | None] | None = None  # silo -> apply Job (None: missing); None: not created yet
+    pending: PendingUnlearning | None = None  # its upload waiting for other silos' approval, None when none (or not read)
 
 
 def unlearning_status(spec: FederatedUnlearningSpec, ft_spec: FederatedFinetuneSpec, target: Target, observed: Observed,
@@ -70,8 +78,11 @@ def unlearning_status(spec: FederatedUnlearningSpec, ft_spec: FederatedFinetuneS
     previous = previous or {}
     silo = silo_of(ft_spec, spec.silo)
     kept = _kept(previous)
+    if observed.pending is not None:
+        kept.update(uploadSha256=observed.pending.sha256, approvals=len(observed.pending.approvals),
+                    approvalsNeeded=observed.pending.needed, unlearningVersion=observed.pending.version)
     if observed.record is not None:
-        kept.update(from_record(observed.record))
+        kept.update(from_record(observed.record), uploadSha256=observed.record.sha256)
     forgotten = "adapterVersionAfter" in kept
     job_phase = silo_phase(observed.job, False) if observed.job is not None else None
     others = [s for s in ft_spec.silos if s.name != spec.silo]
@@ -89,6 +100,12 @@ def unlearning_status(spec: FederatedUnlearningSpec, ft_spec: FederatedFinetuneS
         phase, reason = "Failed", "JobFailed"
         message = (f"unlearning {where} failed ({why or 'unknown'}, exit code {code})" if observed.job is not None
                    else f"unlearning {where} disappeared before it finished")
+    elif not forgotten and observed.pending is not None:
+        pending = observed.pending
+        phase, reason = "WaitingForApproval", "WaitingForApproval"
+        message = (f"unlearning {pending.version} uploaded by silo {silo.name} waits for approval: {len(pending.approvals)}/"
+                   f"{pending.needed} other silos approved; each runs `fedshield approve --silo <its name> --version "
+                   f"{pending.version} --sha256 {pending.sha256}` against the aggregator")
     elif not forgotten:
         phase, reason = "Running", "Forgetting"
         message = (f"unlearning {where} succeeded; waiting for its record in the aggregator's ledger" if job_phase == "Succeeded"
@@ -105,7 +122,7 @@ def unlearning_status(spec: FederatedUnlearningSpec, ft_spec: FederatedFinetuneS
         message = f"published as adapter version {kept['adapterVersionAfter']}; applied at {applied}/{len(ft_spec.silos)} silos"
     prev = [c for c in previous.get("conditions", []) or [] if isinstance(c, dict)]
     conditions = [
-        condition(prev, "Progressing", phase in ("Pending", "Running"), reason, message if phase not in TERMINAL else "", now, generation),
+        condition(prev, "Progressing", phase in ("Pending", "Running", "WaitingForApproval"), reason, message if phase not in TERMINAL else "", now, generation),
         condition(prev, "Forgotten", forgotten, "Published" if forgotten else "NotPublished",
                   f"adapter version {kept.get('adapterVersionBefore')} -> {kept.get('adapterVersionAfter')}" if forgotten else "",
                   now, generation),

@@ -39,5 +39,6 @@ class UnlearningPhase(str, Enum):
 
     PENDING = "Pending"
     RUNNING = "Running"
+    WAITING_FOR_APPROVAL = "WaitingForApproval"  # uploaded; other silos must approve its SHA-256 (privacy.unlearningApprovals)
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"

@@ -115,8 +115,10 @@ class PrivacySpec(Spec):
     dp: DPSpec = Field(default_factory=DPSpec, description="Differential privacy (DP-LoRA).")
     unlearning_bound: float = Field(1.0, gt=0, le=2.0**10, description="Largest |change| of one coordinate an unlearning may "
                                                                      "publish; the aggregator and every silo enforce it.")
-    unlearning_approvals: int = Field(0, ge=0, description="Other silos that must approve an unlearning (by its SHA-256) "
-                                                          "before the aggregator publishes it; 0 publishes at once.")
+    unlearning_approvals: int = Field(1, ge=0, description="Other silos that must approve an unlearning (by its SHA-256, "
+                                                          "`fedshield approve`) before the aggregator publishes it; at most the "
+                                                          "number of silos - 1; 0 publishes at once (one silo can then replace "
+                                                          "everyone's adapter).")
 
 
 class ModelSpec(Spec):

@@ -563,7 +563,10 @@ def test_an_unlearning_packed_as_its_uploader_likes_is_refused(public_keys, keys
         delta = np.random.default_rng(0).uniform(-0.1, 0.1, SIZE)
         good = encrypt_update(keys, delta, weight=1.0, round=cfg.rounds, silo="bank-a", packing=cfg.unlearning_packing(), layout=LAYOUT)
         r = _put_unlearning(agg.url, good.data, reason="line one\nFORGED line two")
-        assert r.status_code == 200, r.text
+        assert r.status_code == 200 and r.json()["pending"] is True, r.text  # by default another silo must approve it
+        assert httpx.get(f"{agg.url}/v1/unlearning").json() == []
+        approved = httpx.post(f"{agg.url}/v1/unlearning/0/approvals/bank-b", json={"sha256": r.json()["sha256"]})
+        assert approved.status_code == 200 and approved.json()["published"], approved.text
         record = httpx.get(f"{agg.url}/v1/unlearning").json()[0]
         assert record["audit"]["reason"] == "line one FORGED line two"
         published = httpx.get(f"{agg.url}/v1/unlearning/0/aggregate").content

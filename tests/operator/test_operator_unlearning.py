@@ -32,7 +32,7 @@ from fedshield.security.auth import Authenticator, observer_uri
 from fedshield.security.certs import issue_all, issue_observer
 from fedshield.security.tls import ServerTLS
 from fedshield.wire.messages import Status
-from fedshield.wire.unlearning import UnlearningAudit, UnlearningRecord
+from fedshield.wire.unlearning import PendingUnlearning, UnlearningAudit, UnlearningRecord
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKED_IN = ROOT / "charts" / "fedshield-operator" / "crds" / "federatedunlearnings.yaml"
@@ -57,6 +57,12 @@ def record(version: int, silo: str, before: int, **audit) -> UnlearningRecord:
                             forget_auc_before=0.91, forget_auc_after=0.52, test_auc_before=0.74, test_auc_after=0.73, **audit)
     return UnlearningRecord(version=version, silo=silo, adapter_version_before=before, adapter_version_after=before + 1,
                             sha256="cd" * 32, bytes=1000, received_at=2.0, audit=audit)
+
+
+def pending(version: int, silo: str, approvals: list[str], needed: int = 1) -> PendingUnlearning:
+    base = record(version, silo, 0)
+    return PendingUnlearning(version=version, silo=silo, sha256="cd" * 32, bytes=1000, received_at=2.0, audit=base.audit,
+                             approvals=approvals, needed=needed)
 
 
 # --- the CRD ----------------------------------------------------------------------------------
@@ -276,6 +282,23 @@ def test_status_waits_runs_reads_the_record_applies_and_succeeds():
     assert all(c["observedGeneration"] == 1 for c in conditions.values())
 
 
+def test_an_upload_waiting_for_approval_shows_its_sha256_and_approvals():
+    spec = spec_with()
+    assert fu.pick_pending([pending(0, "clinic-c", []), pending(2, "hospital-a", ["clinic-c"], 2)], "hospital-a").version == 2
+    assert fu.pick_pending(None, "hospital-a") is None
+    running = fu.compute_status(spec, FT_SPEC, TARGET, fu.Observed("Succeeded", True, _job(active=1)), None, "t1", 1)
+    waiting = fu.compute_status(spec, FT_SPEC, TARGET, fu.Observed("Succeeded", True, _job(active=1),
+                                                                   pending=pending(2, "hospital-a", ["clinic-c"], 2)), running, "t2", 1)
+    assert waiting["phase"] == "WaitingForApproval" and waiting["conditions"][0]["reason"] == "WaitingForApproval"
+    assert (waiting["uploadSha256"], waiting["approvals"], waiting["approvalsNeeded"], waiting["unlearningVersion"]) == ("cd" * 32, 1, 2, 2)
+    assert "fedshield approve" in waiting["message"] and "--sha256 " + "cd" * 32 in waiting["message"]
+    assert waiting["conditions"][0]["status"] == "True" and "completionTime" not in waiting  # still progressing
+    done = _job(succeeded=1, conditions=[{"type": "Complete", "status": "True"}])
+    published = fu.compute_status(spec, FT_SPEC, TARGET, fu.Observed("Succeeded", True, done, record=record(2, "hospital-a", 22),
+                                                                     apply_jobs={"hospital-b": None, "clinic-c": None}), waiting, "t3", 1)
+    assert published["phase"] == "Running" and published["adapterVersionAfter"] == 23 and published["approvals"] == 1
+
+
 def test_failed_job_and_failed_apply_are_reported():
     spec = spec_with()
     pod = {"status": {"phase": "Failed", "containerStatuses": [{"state": {"terminated": {"exitCode": 1, "reason": "Error"}}}]}}
@@ -306,6 +329,7 @@ class FakeAggregator:
     def __init__(self):
         self.status: dict | None = None
         self.records: list[UnlearningRecord] | None = None
+        self.pending: list[PendingUnlearning] | None = None
         self.ledger_reads = 0
         self.ledger_at: str | None = None  # a real aggregator's URL: read its ledger there (in-cluster DNS is not here)
 
@@ -319,12 +343,19 @@ class FakeAggregator:
             return await fu.fetch_unlearning_records(self.ledger_at)  # the operator's own client, certificate and all
         return copy.deepcopy(self.records)
 
+    async def waiting(self, url: str) -> list[PendingUnlearning] | None:
+        assert url == aggregator_url(Owner(FT_NAME, NS, ""), tls=True)
+        if self.ledger_at is not None:
+            return await fu.fetch_pending_unlearnings(self.ledger_at)
+        return copy.deepcopy(self.pending)
+
 
 @pytest.fixture
 async def operator(k8s):
     """The operator with a fake aggregator that also serves the unlearning ledger (overrides conftest's)."""
     aggregator = FakeAggregator()
-    async with running_operator(k8s, aggregator_status=aggregator.plan_status, unlearning_records=aggregator.unlearnings):
+    async with running_operator(k8s, aggregator_status=aggregator.plan_status, unlearning_records=aggregator.unlearnings,
+                                unlearning_pending=aggregator.waiting):
         yield aggregator
 
 
@@ -393,6 +424,15 @@ async def test_waits_for_the_finetune_then_forgets_at_one_silo_and_applies_every
     assert command[:2] == ["fedshield", "unlearn"] and "--users-file" in command
     assert raw(k8s, (CONFIGMAPS, "org-hospital-a", FORGET_CM))["data"]["users.txt"] == "patient-0193\npatient-2231\n"
     await eventually(lambda: fu_status(k8s).get("phase") == "Running" and fu_status(k8s).get("jobName") == UNLEARN_JOB, what="Running")
+    # The Job uploaded; its upload waits for another silo's approval (the Job waits with it).
+    aggregator.pending = [pending(1, "hospital-a", [])]
+    await set_job_status(k8s, "org-hospital-a", UNLEARN_JOB, active=1)
+    await eventually(lambda: fu_status(k8s).get("phase") == "WaitingForApproval", what="WaitingForApproval")
+    assert (fu_status(k8s)["uploadSha256"], fu_status(k8s)["approvals"]) == ("cd" * 32, 0)
+    assert unlearning_jobs(k8s) == [("org-hospital-a", UNLEARN_JOB)]  # nothing applied before approval
+    aggregator.pending = [pending(1, "hospital-a", ["clinic-c"], 2)]
+    await eventually(lambda: fu_status(k8s).get("approvals") == 1, what="the approval count")
+    aggregator.pending = []
     # The Job completes and the aggregator's ledger shows its record (after an older one of another silo).
     aggregator.records = [record(0, "clinic-c", 20), record(1, "hospital-a", 21)]
     await set_job_status(k8s, "org-hospital-a", UNLEARN_JOB, **COMPLETE)

@@ -18,9 +18,9 @@ from fedshield.crypto.keys import PUBLIC_FILE, SECRET_FILE
 from fedshield.local.demo import Federation, with_local_ports
 from fedshield.silo_agent.agent import SiloAgent
 from fedshield.silo_agent.checkpoint import forgotten_users, load_state
-from fedshield.silo_agent.forget import ForgetRequest, run_unlearning
+from fedshield.silo_agent.forget import ForgetRequest, forget_and_upload, wait_published
 from fedshield.unlearning import UnlearningSpec
-from fedshield.wire.client import AggregatorRefused
+from fedshield.wire.client import AggregatorClient, AggregatorRefused
 
 pytestmark = pytest.mark.slow
 SPEC = UnlearningSpec(steps=6, augment_steps=4, batch_size=8)
@@ -44,7 +44,15 @@ def test_one_silo_forgets_and_every_silo_gets_the_new_adapter(tmp_path):
         assert refused.value.body.error == "wrong_version"
         assert agent.client.unlearnings() == []
         users_before = {e.user for e in agent.train}
-        record = run_unlearning(agent, ForgetRequest(fraction=0.2, requested_by="dpo@shop-a", reason="GDPR art. 17"), SPEC)
+        uploaded = forget_and_upload(agent, ForgetRequest(fraction=0.2, requested_by="dpo@shop-a", reason="GDPR art. 17"), SPEC)
+        assert uploaded.receipt.pending and agent.client.unlearnings() == []  # by default another silo must approve it
+        with pytest.raises(AggregatorRefused) as refused:
+            agent.client.approve_unlearning(uploaded.version, "shop-a", uploaded.receipt.sha256)
+        assert refused.value.body.error == "self_approval"
+        other = AggregatorClient(federation.url)
+        assert other.approve_unlearning(uploaded.version, "shop-b", uploaded.receipt.sha256).published
+        other.close()
+        record = wait_published(agent, uploaded.version, timeout_s=30)
 
         # the audit record: who, how many users and their hash, adapter versions, before/after metrics
         gone = forgotten_users(tmp_path / "silos" / "shop-a")

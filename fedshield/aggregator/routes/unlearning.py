@@ -47,8 +47,9 @@ async def upload_unlearning(version: Round, silo: str, request: Request, state: 
 
 @router.get("/v1/unlearning/pending", response_model=list[PendingUnlearning], responses=ERRORS)
 def pending_unlearnings(request: Request, state: State) -> list[PendingUnlearning]:
-    """Unlearnings uploaded but waiting for other silos' approval (``privacy.unlearning_approvals``)."""
-    state.joined_caller(request)
+    """Unlearnings uploaded but waiting for other silos' approval (``privacy.unlearning_approvals``; joined silos and observers)."""
+    if not request.scope.get(OBSERVER):
+        state.joined_caller(request)
     return state.coordinator.pending_unlearnings()
 
 
