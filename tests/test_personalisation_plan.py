@@ -64,16 +64,19 @@ def test_each_silo_is_served_only_its_own_weight_over_mutual_tls(tmp_path, publi
                                                            "layout": LAYOUT}).json()
             assert joined["state"] == "open" and joined["mix_weight"] == pytest.approx(warmup_weights(
                 dict.fromkeys(SILOS, 1.0), 0, temperature=0.2, beta=5.0)["bank-c"])  # round 0: equal losses
-            put = (lambda silo, round, data, loss: http[silo].put(
-                f"/v1/rounds/{round}/uploads/{silo}", content=data, params={"samples": SAMPLES[silo], "val_loss": loss},
-                headers={"content-type": "application/octet-stream"}))
+
+            def put(silo: str, round: int, data: bytes, loss: float) -> httpx.Response:
+                return http[silo].put(f"/v1/rounds/{round}/uploads/{silo}", content=data,
+                                      params={"samples": SAMPLES[silo], "val_loss": loss},
+                                      headers={"content-type": "application/octet-stream"})
+
             upload_round(put, keys, 0, joined)
             expected = warmup_weights(LOSSES, 1, temperature=0.2, beta=5.0)
             served = {s: http[s].get("/v1/plan").json() for s in SILOS}
             assert {s: p["round"] for s, p in served.items()} == dict.fromkeys(SILOS, 1)
             assert {s: p["mix_weight"] for s, p in served.items()} == pytest.approx(expected)
             assert expected["bank-c"] < expected["bank-b"] < expected["bank-a"]  # the struggling silo mixes in least
-            for silo, plan in served.items():  # nothing else in any answer names another silo's weight
+            for silo in served:  # nothing else in any answer names another silo's weight
                 others = [expected[o] for o in SILOS if o != silo]
                 assert not any(str(w) in http[silo].get("/v1/plan").text for w in others)
                 assert not any(str(w) in http[silo].get("/v1/status").text for w in others)

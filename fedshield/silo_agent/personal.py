@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from peft import PeftModel
 
 from ..fairness import personalised_mix
 from ..updates import VectorLayout
@@ -38,7 +39,7 @@ def shared_values(layout: VectorLayout, params: Mapping[str, torch.Tensor], valu
         layout.assign(params, restore)
 
 
-def save_peft(model: torch.nn.Module, out: Path) -> Path:
+def save_peft(model: PeftModel, out: Path) -> Path:
     """``model.save_pretrained`` into ``out``, written beside it first and swapped in (a crash leaves the old or the new)."""
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
