@@ -142,7 +142,10 @@ def _demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from .local.demo import demo_config
 
-    return _run(demo_config(args.rounds, llm=args.llm, models_dir=args.models), args)
+    config = demo_config(args.rounds, llm=args.llm, models_dir=args.models)
+    if args.personalise:
+        config = config.model_copy(update={"aggregation": config.aggregation.model_copy(update={"personalise": True})})
+    return _run(config, args)
 
 
 def _run_config(args: argparse.Namespace) -> int:
@@ -380,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "workload) instead of the tiny model's recommendation task")
     demo.add_argument("--models", default="models", help="where --llm imports its model once (models/smollm2-135m-instruct)")
     demo.add_argument("--insecure-http", action="store_true", help="plain HTTP without identities (default: mutual TLS)")
+    demo.add_argument("--personalise", action="store_true", help="also build each silo's PPLR personal adapter "
+                                                                 "(aggregation.personalise) and report its score")
     demo.set_defaults(func=_demo)
 
     run = sub.add_parser("run", help="like demo, from a YAML config")

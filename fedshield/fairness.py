@@ -16,7 +16,7 @@ validation loss. Two rules, both documented in docs/fairness.md:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -105,17 +105,35 @@ def warmup_weights(losses: Mapping[str, float | None], round: int, alpha: float 
     A struggling silo (high loss, large ``l_i``) gets a small ``w_i`` early and learns mostly
     from itself; every ``w_i`` tends to 1 as rounds pass (``l_i < 1``). Silos without a loss get
     the mean loss. Plaintext losses only, so a silo can apply it to its own mix under encryption.
+
+    Computed in log space (``log l_i = z_i - logsumexp(z)``, ``w_i = tanh(exp(log alpha - p log l_i))``):
+    finite and in [tanh(alpha), 1] for any temperature, loss and round (no overflow, no 0 ** p).
     """
     known = _clean_losses(losses)
     if not known:
         return {}
+    if not (alpha > 0 and beta > 0 and temperature > 0 and round >= 0):
+        raise ValueError("warm-up weights need alpha, beta and temperature > 0 and round >= 0")
     fallback = float(np.mean(list(known.values())))
     names = sorted(losses)
-    z = np.array([known.get(n, fallback) for n in names]) / temperature
-    soft = np.exp(z - z.max())
-    soft /= soft.sum()
+    z = np.array([known.get(n, fallback) for n in names], dtype=np.float64) / temperature
+    top = float(z.max())
+    log_soft = (z - top) - math.log(float(np.exp(z - top).sum()))  # <= 0: log of the softmax
     power = (round + 1) / beta
-    return {n: float(np.tanh(alpha / max(float(l_i), 1e-300) ** power)) for n, l_i in zip(names, soft, strict=True)}
+    # tanh(exp(50)) is 1 in float64: clip -log l before multiplying so that the product cannot overflow
+    exponent = np.minimum(math.log(alpha) + power * np.minimum(-log_soft, 50.0 / power), 50.0)
+    return {n: float(np.tanh(np.exp(e))) for n, e in zip(names, exponent, strict=True)}
+
+
+def round_warmup_weights(losses: Mapping[str, float | None], names: Sequence[str], round: int, alpha: float = 0.7,
+                         beta: float = 1.0, temperature: float = 0.05) -> dict[str, float]:
+    """Every silo's warm-up weight for ``round`` from the losses of closed rounds; none known yet (round 0): equal losses."""
+    if not names:
+        return {}
+    known = {n: losses.get(n) for n in names}
+    if not _clean_losses(known):
+        known = {n: 1.0 for n in names}
+    return warmup_weights(known, round, alpha=alpha, beta=beta, temperature=temperature)
 
 
 def personalised_mix(own: np.ndarray, global_mean: np.ndarray, weight: float, silos: int) -> np.ndarray:

@@ -1,5 +1,9 @@
+import math
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedshield.fairness import fairness_indices, fedavg_weights, jain_index, loss_weights, lr_scales
 
@@ -57,3 +61,41 @@ def test_pplr_personalised_mix_equals_the_papers_sum_over_the_other_silos():
     assert np.allclose(personalised_mix(thetas[1], mean, w, 4), by_hand)
     assert np.allclose(personalised_mix(thetas[1], mean, 1.0, 4), mean)
     assert np.allclose(personalised_mix(thetas[1], mean, 0.0, 4), thetas[1])
+
+
+_LOSS = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.floats(min_value=0, max_value=1e300))
+
+
+@settings(max_examples=300, deadline=None)
+@given(losses=st.dictionaries(st.sampled_from("abcdef"), _LOSS, min_size=1, max_size=6), round=st.integers(0, 10**9),
+       alpha=st.floats(1e-6, 10), beta=st.floats(1e-6, 1000), temperature=st.floats(1e-300, 1000))
+def test_pplr_warmup_weights_are_finite_and_bounded_for_any_input(losses, round, alpha, beta, temperature):
+    """Tiny temperatures, huge losses, late rounds: no overflow, no NaN, no 0 ** p; tanh(alpha) <= w <= 1; order kept."""
+    from fedshield.fairness import _clean_losses, warmup_weights
+
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        weights = warmup_weights(losses, round=round, alpha=alpha, beta=beta, temperature=temperature)
+    if not _clean_losses(losses):
+        assert weights == {}
+        return
+    assert set(weights) == set(losses)
+    assert all(math.isfinite(w) and math.tanh(alpha) - 1e-12 <= w <= 1.0 for w in weights.values())
+    known = _clean_losses(losses)
+    for a in known:
+        for b in known:
+            if known[a] < known[b]:
+                assert weights[a] >= weights[b] - 1e-12  # a higher loss never mixes in more of the others
+
+
+def test_pplr_warmup_weights_match_the_naive_formula_where_it_is_finite_and_equal_losses_at_round_zero():
+    from fedshield.fairness import round_warmup_weights, warmup_weights
+
+    losses = {"a": 0.3, "b": 0.9, "c": 0.5}
+    z = np.exp(np.array([0.3, 0.9, 0.5]) / 0.5)
+    soft = z / z.sum()
+    naive = np.tanh(0.7 / soft ** (3 / 2.0))
+    got = warmup_weights(losses, round=2, beta=2.0, temperature=0.5)
+    assert [got[n] for n in "abc"] == pytest.approx(list(naive), rel=1e-12)
+    equal = round_warmup_weights({}, ["a", "b", "c"], round=0)
+    assert equal == pytest.approx({n: math.tanh(0.7 * 3) for n in "abc"})  # l = 1/3 each
+    assert round_warmup_weights({"a": 0.2}, ["a", "b"], round=1) == warmup_weights({"a": 0.2, "b": None}, round=1)

@@ -29,7 +29,7 @@ from ..crypto import CryptoError, EncryptedSum, EnvelopeReader, Keys
 from ..crypto.envelope import save_envelope
 from ..crypto.noise import check_noise_budget
 from ..crypto.params import PackingParams
-from ..fairness import fedavg_weights, loss_weights, lr_scales
+from ..fairness import fedavg_weights, loss_weights, lr_scales, round_warmup_weights
 from ..faults import crash_point
 from ..updates import kept_count
 from ..wire.errors import ErrorCode
@@ -68,6 +68,15 @@ def compute_plan(config: FederationConfig, samples: dict[str, int], losses: dict
     return fedavg_weights(samples, cap=agg.max_weight), {name: 1.0 for name in config.silo_names}
 
 
+def compute_mix_weights(config: FederationConfig, losses: dict[str, float], round: int) -> dict[str, float]:
+    """aggregation.personalise: each silo's PPLR warm-up weight for ``round`` from closed rounds' losses ({} when off; pure)."""
+    agg = config.aggregation
+    if not agg.personalise:
+        return {}
+    return round_warmup_weights(losses, config.silo_names, round, alpha=agg.warmup_alpha, beta=agg.warmup_beta,
+                                temperature=agg.warmup_temperature)
+
+
 def unlearning_packing(config: FederationConfig) -> PackingParams:
     """The packing every unlearning replacement of this run uses: from the spec, never from the uploader."""
     return config.unlearning_packing()
@@ -95,6 +104,7 @@ class Coordinator:
         # The open round's plan, fixed when it opens (silos poll it several times a second).
         self._weights: dict[str, float] = {}
         self._lr_scales: dict[str, float] = {}
+        self._mix_weights: dict[str, float] = {}  # personalise: each silo's warm-up weight, served to that silo only
         self._deadline_at: float | None = None
         self._extended_logged: int | None = None
         # What /v1/status summarises, kept up to date at each close (O(1) per request).
@@ -228,9 +238,10 @@ class Coordinator:
         if round == 0 and set(self._joined()) != set(self.config.silo_names):
             return
         weights, scales = self._next_plan()  # computed first: if it fails, the round is not opened
+        mix = compute_mix_weights(self.config, self._losses, round)
         self.store.open_round(round)
         self.current = round
-        self._weights, self._lr_scales = weights, scales
+        self._weights, self._lr_scales, self._mix_weights = weights, scales, mix
         self._deadline_at = self._round_row(round)["opened_at"] + self.config.aggregation.round_deadline_seconds
         self._sum = self._new_sum()
         log.info("round %d open", round)
@@ -260,6 +271,7 @@ class Coordinator:
     def _fix_plan(self, opened_at: float | None) -> None:
         """Weights, learning-rate scales and deadline of the round: they depend only on closed rounds."""
         self._weights, self._lr_scales = self._next_plan()
+        self._mix_weights = compute_mix_weights(self.config, self._losses, self.current or 0) if opened_at is not None else {}
         self._deadline_at = None if opened_at is None else opened_at + self.config.aggregation.round_deadline_seconds
 
     def _summarise_closed(self, round: int, contributors: list[str]) -> None:
@@ -301,7 +313,8 @@ class Coordinator:
 
     # --- queries -------------------------------------------------------------------------
 
-    def plan(self) -> RoundPlan:
+    def plan(self, viewer: str | None = None) -> RoundPlan:
+        """The current round's plan; ``viewer`` (the authenticated caller) also gets its own warm-up weight, never another's."""
         with self._lock:
             vector = self._vector()
             state = "finished" if self.finished else ("open" if self.current is not None else "waiting_for_silos")
@@ -320,6 +333,7 @@ class Coordinator:
                 lr_scales=self.lr_scales() if state == "open" else {},
                 withdrawn={silo: sanitise(reason) for silo, reason in self.store.withdrawn().items()},
                 deadline_s=max(0.0, deadline - time.time()) if deadline and state == "open" else None,
+                mix_weight=self._mix_weights.get(viewer) if viewer is not None and state == "open" else None,
             )
 
     def status(self, viewer: str | None = None, everything: bool = True, closed_from: int | None = None,
@@ -384,6 +398,10 @@ class Coordinator:
         if silo not in self.config.silo_names:
             raise ApiError(ErrorCode.UNKNOWN_SILO, f"silo {silo!r} is not part of federation {self.config.name!r}")
 
+    def check_known(self, silo: str) -> None:
+        """ApiError unless ``silo`` is one of the federation's silos."""
+        self._known(silo)
+
     def _joined_silo(self, silo: str) -> None:
         self._known(silo)
         if silo not in self._joined():
@@ -414,7 +432,7 @@ class Coordinator:
                 self._maybe_start()
             except Exception:
                 log.exception("opening round 0 failed; nothing changed, it is retried at the next join or tick")
-            return self.plan()
+            return self.plan(viewer=req.silo)
 
     def withdraw(self, silo: str, reason: str) -> RoundPlan:
         """A silo stops contributing (e.g. its privacy budget is spent); rounds go on without it."""
@@ -426,7 +444,7 @@ class Coordinator:
                 log.warning("silo %s withdrew: %s", silo, reason)
             self._try_close()
             self._publish()
-            return self.plan()
+            return self.plan(viewer=silo)
 
     def check_metadata(self, silo: str, metadata: UploadMetadata) -> None:
         """Refuse reports the plan could not use (samples above what was declared)."""
@@ -662,6 +680,7 @@ class Coordinator:
         reports = {u.silo: u.metadata for u in self.store.uploads(round)}
         losses = {**self._losses, **{s: m["val_loss"] for s, m in reports.items() if m.get("val_loss") is not None}}
         next_plan = None if last else self._next_plan(losses)  # may raise: nothing has changed yet
+        next_mix = {} if last else compute_mix_weights(self.config, losses, round + 1)
         start = time.perf_counter()
         save_envelope(self.store.aggregate_path(round), total.to_bytes())
         fsync_dir(self.store.aggregate_path(round).parent)
@@ -682,6 +701,7 @@ class Coordinator:
             self.current = round + 1
             assert next_plan is not None  # computed above for every round but the last
             self._weights, self._lr_scales = next_plan
+            self._mix_weights = next_mix
             self._deadline_at = self._round_row(round + 1)["opened_at"] + self.config.aggregation.round_deadline_seconds
             self._sum = self._new_sum()
             log.info("round %d open", self.current)

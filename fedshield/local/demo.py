@@ -207,12 +207,18 @@ def round_table(config: FederationConfig, round: int, rows: list[dict]) -> Table
     table = Table(title=f"round {round}")
     table.add_column("silo", no_wrap=True)
     columns = workload_for(config).columns
-    for col in [c.header for c in columns] + ["up B", "down B", "enc s", "dec s", "round s"]:
+    personal = ["mix w", "personal"] if config.aggregation.personalise else []
+    for col in [c.header for c in columns] + personal + ["up B", "down B", "enc s", "dec s", "round s"]:
         table.add_column(col, justify="right", no_wrap=True)
     for r in sorted(rows, key=lambda r: r["silo"]):
-        table.add_row(r["silo"], *(c.render(r.get("metrics") or {}) for c in columns), f"{r['upload_bytes']:,}",
+        mixed = [_number(r.get("mix_weight")), _number(r.get("personal_score"))] if personal else []
+        table.add_row(r["silo"], *(c.render(r.get("metrics") or {}) for c in columns), *mixed, f"{r['upload_bytes']:,}",
                       f"{r['download_bytes']:,}", f"{r['encrypt_s']:.3f}", f"{r['decrypt_s']:.3f}", f"{r['round_s']:.1f}")
     return table
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _mean(values) -> float | None:
@@ -229,9 +235,10 @@ def build_report(config: FederationConfig, records: list[dict], wall_s: float) -
         rounds.append({
             "round": r,
             "mean_score": _mean(x["score"] for x in rows.values()),
+            "mean_personal_score": _mean(x.get("personal_score") for x in rows.values()),
             "silos": {s: {k: x.get(k) for k in ("val_loss", "score", "metric", "metrics", "start_score", "start_metrics", "train_loss", "upload_bytes",
                                                  "download_bytes", "encrypt_s", "decrypt_s", "kept", "round_s", "weight", "lr_scale",
-                                                 "epsilon", "epsilon_unit")}
+                                                 "epsilon", "epsilon_unit", "mix_weight", "personal_score", "personal_metrics")}
                       | {"loss": x["val_loss"]} for s, x in sorted(rows.items())},
         })
     metric = next((x["metric"] for x in records), None)
@@ -248,12 +255,21 @@ def build_report(config: FederationConfig, records: list[dict], wall_s: float) -
             "first_mean_score": rounds[0]["mean_score"] if rounds else None,
             "final_fairness": fairness_indices({s: x["score"] for s, x in rounds[-1]["silos"].items()}) if rounds else None,
             "final_mean_score": rounds[-1]["mean_score"] if rounds else None,
+            "personalise": config.aggregation.personalise,
+            "final_mean_personal_score": rounds[-1]["mean_personal_score"] if rounds else None,
+            "final_personal_fairness": _personal_fairness(rounds[-1]) if rounds else None,
             "upload_bytes_total": sum(x["upload_bytes"] for x in records),
             "download_bytes_total": sum(x["download_bytes"] for x in records),
             "wall_s": wall_s,
         },
         "config": config.model_dump(mode="json"),
     }
+
+
+def _personal_fairness(round: dict) -> dict | None:
+    """Fairness indices of the personal adapters' scores of one round (None without personalisation)."""
+    scores = {s: x["personal_score"] for s, x in round["silos"].items() if x.get("personal_score") is not None}
+    return fairness_indices(scores) if scores else None
 
 
 def plot_scores(report: dict, path: Path) -> None:
@@ -267,6 +283,9 @@ def plot_scores(report: dict, path: Path) -> None:
         points = [(r["round"], r["silos"][silo]["score"]) for r in report["rounds"] if silo in r["silos"]]
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=silo)
     ax.plot([r["round"] for r in report["rounds"]], [r["mean_score"] for r in report["rounds"]], "k--", label="mean")
+    personal = [(r["round"], r["mean_personal_score"]) for r in report["rounds"] if r.get("mean_personal_score") is not None]
+    if personal:
+        ax.plot([p[0] for p in personal], [p[1] for p in personal], "k:", marker="x", label="mean personal (PPLR)")
     start = report["summary"]["start_mean_score"]
     if start is not None:
         ax.axhline(start, color="grey", linewidth=0.8, linestyle=":", label="before round 0")
@@ -334,5 +353,7 @@ def run_local(config: FederationConfig, out: str | Path, console: Console | None
     console.print(f"[bold]done[/bold] in {s['wall_s']:.0f} s: mean {s['metric']} {before}{s['first_mean_score']:.3f} after round 0 -> "
                   f"{s['final_mean_score']:.3f} after round {len(report['rounds']) - 1}; "
                   f"{s['upload_bytes_total']:,} bytes up, {s['download_bytes_total']:,} down. "
-                  f"report: {out / 'report.json'}, plot: {out / 'scores.png'}; adapters: {out / 'silos'}/<silo>/adapter")
+                  + (f"personal adapters (PPLR warm-up): mean {s['metric']} {s['final_mean_personal_score']:.3f}, in "
+                     f"{out / 'silos'}/<silo>/adapter-personal. " if s["final_mean_personal_score"] is not None else "")
+                  + f"report: {out / 'report.json'}, plot: {out / 'scores.png'}; adapters: {out / 'silos'}/<silo>/adapter")
     return report

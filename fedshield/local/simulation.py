@@ -13,6 +13,12 @@ quantisation): a reference arm for benchmarks, never how a federation runs.
 ``workload`` runs any task (``learning.workloads``; default: the config's) with the silo
 agent's training loop, evaluated by ``workload.evaluate`` (its headline score per silo),
 on each silo's ``splits`` (default: its configured data, as the silo agent reads it).
+
+``aggregation.personalise`` also builds each silo's PPLR personal adapter after every round, as
+the silo agent does (``personal_vector`` with the warm-up weight of ``compute_mix_weights``' rule,
+from the losses of the global model each silo last reported), and scores it; the global adapter
+stays the federation's state. Round 0 has no reported losses (equal weights), round 1 uses the
+losses after round 0 (the agent's round 0 uploads report the untrained model's).
 """
 
 from __future__ import annotations
@@ -28,12 +34,13 @@ from transformers import PreTrainedTokenizerBase
 
 from ..config import FederationConfig
 from ..crypto import EncryptedSum, EnvelopeReader, Keys, create_keys, decrypt_envelope, encrypt_update
-from ..fairness import fedavg_weights
+from ..fairness import fedavg_weights, round_warmup_weights
 from ..learning.data import base_model_path, silo_split
 from ..learning.model import load_base, with_lora
 from ..learning.training import create_engine, set_learning_rate, train_local_stats
 from ..learning.workloads import workload_for
 from ..privacy import release
+from ..silo_agent.personal import personal_vector, shared_values
 from ..updates import VectorLayout, lora_parameters, next_residual, next_score, round_mask
 from ..workloads.base import Split, Workload
 
@@ -58,6 +65,9 @@ class SimRound:
     upload_bytes: dict[str, int]  # 0 for plaintext rounds
     kept: int
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # per silo, a workload's evaluation metrics
+    mix_weights: dict[str, float] = field(default_factory=dict)  # personalise: each silo's warm-up weight this round
+    personal_scores: dict[str, float] = field(default_factory=dict)  # and the headline score of its personal adapter
+    personal_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def mean_score(self) -> float:
@@ -100,6 +110,7 @@ class InProcessFederation:
         self.score: np.ndarray | None = None
         self.sent_ever = np.zeros(self.layout.size, dtype=bool)
         self.weights = fedavg_weights({s.name: len(s.train) for s in self.silos})
+        self.losses: dict[str, float] = {}  # each silo's validation loss of the last global model it evaluated
 
     def _secret_keys(self) -> Keys:
         """The silos' key set (an encrypted federation has one from ``__post_init__``)."""
@@ -118,12 +129,17 @@ class InProcessFederation:
         total = EncryptedSum(self.public, round, mask.size, packing=packing, layout=layout.digest) if self.public else None
         plain_sum = np.zeros(mask.size)
         upload_bytes: dict[str, int] = {}
+        own: dict[str, np.ndarray] = {}
+        agg = config.aggregation
+        mix = round_warmup_weights(self.losses, config.silo_names, round, alpha=agg.warmup_alpha, beta=agg.warmup_beta,
+                                   temperature=agg.warmup_temperature) if agg.personalise else {}
         for silo in self.silos:
             set_learning_rate(silo.engine, config.training.learning_rate)
             seed = zlib.crc32(f"{config.seed}/{silo.name}/{round}".encode())
             train_local_stats(silo.engine, silo.tokenizer, silo.train, config.training.local_steps, config.training.batch_size,
                               seed=seed, workload=self.task)
-            delta = layout.flatten(silo.params) - self.global_shared
+            own[silo.name] = layout.flatten(silo.params)
+            delta = own[silo.name] - self.global_shared
             update = release(delta, silo.residual, config.dp_budget(silo.name))
             weight = self.weights[silo.name]
             if total is not None:
@@ -145,10 +161,17 @@ class InProcessFederation:
         self.global_shared[mask] += average
         self.score = next_score(self.score, average, mask, layout.size)
         self.sent_ever[mask] = True
-        scores, metrics = {}, {}
+        scores, metrics, personal_scores, personal_metrics = {}, {}, {}, {}
         for silo in self.silos:
+            if evaluate and silo.name in mix:
+                vector = personal_vector(own[silo.name], self.global_shared, mix[silo.name], len(self.silos))
+                with shared_values(layout, silo.params, vector, restore=self.global_shared):
+                    personal = self.task.evaluate(silo.model, silo.tokenizer, silo.val)
+                personal_scores[silo.name], personal_metrics[silo.name] = personal.score, personal.metrics
             layout.assign(silo.params, self.global_shared)
             if evaluate:
                 evaluation = self.task.evaluate(silo.model, silo.tokenizer, silo.val)
                 scores[silo.name], metrics[silo.name] = evaluation.score, evaluation.metrics
-        return SimRound(round, scores, float(self.sent_ever.mean()), upload_bytes, int(mask.size), metrics)
+                self.losses[silo.name] = evaluation.metrics[self.task.loss_metric]
+        return SimRound(round, scores, float(self.sent_ever.mean()), upload_bytes, int(mask.size), metrics, mix,
+                        personal_scores, personal_metrics)

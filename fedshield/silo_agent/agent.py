@@ -37,6 +37,7 @@ from ..wire.messages import JoinRequest, UploadMetadata
 from ..workloads.base import Evaluation
 from .bounds import check_unlearning
 from .checkpoint import PendingUpload, SiloState, forgotten_users, load_state, save_state
+from .personal import PERSONAL_ADAPTER, drop_personal, personal_vector, save_peft, shared_values
 
 log = logging.getLogger("fedshield.silo")
 
@@ -65,6 +66,9 @@ class RoundRecord:
     metrics: dict[str, float] | None = None  # every metric of the workload's evaluation
     start_score: float | None = None  # the score of the global model the round started from (round 0: the base model's)
     start_metrics: dict[str, float] | None = None  # and all its metrics
+    mix_weight: float | None = None  # personalise: this silo's warm-up weight (None: off, or it did not contribute)
+    personal_score: float | None = None  # the headline score of adapter-personal after this round
+    personal_metrics: dict[str, float] | None = None  # and all its metrics
 
 
 class SiloAgent:
@@ -99,6 +103,13 @@ class SiloAgent:
             lora=self._lora_snapshot(),
         )
         self._restore_weights()
+        self._restore_personal()
+
+    def _restore_personal(self) -> None:
+        """A silo stopped between writing and committing adapter-personal rewrites it from its checkpoint."""
+        if self.state.personal_shared is not None and not (self.workdir / PERSONAL_ADAPTER / "adapter_config.json").exists():
+            with shared_values(self.layout, self.params, self.state.personal_shared, restore=self.state.global_shared):
+                save_peft(self.model, self.workdir / PERSONAL_ADAPTER)
 
     def _lora_snapshot(self) -> dict:
         return {n: p.detach().to("cpu", copy=True) for n, p in self.params.items()}
@@ -190,7 +201,8 @@ class SiloAgent:
             self.keys, update[mask], weight=plan.weights[self.silo], round=round, silo=self.silo,
             packing=self.config.packing(), layout=self.layout.digest,
         )
-        pending = PendingUpload(round, encrypted.data, mask, next_residual(update, mask, encrypted.sent), train_loss)
+        pending = PendingUpload(round, encrypted.data, mask, next_residual(update, mask, encrypted.sent), train_loss,
+                                mix_weight=plan.mix_weight if self.config.aggregation.personalise else None)
         state.pending = pending
         self._checkpoint()  # a crash from here on re-sends these exact bytes
         return pending, train_s, encrypted.encrypt_s, tokens
@@ -206,7 +218,7 @@ class SiloAgent:
         applying the round's aggregate, so it rejoins from the current global state.
         """
         start = time.perf_counter()
-        plan = self.client.wait_for_round(round)
+        plan = self.client.wait_for_round(round, silo=self.silo)
         state = self.state
         pending = state.pending if state.pending is not None and state.pending.round == round else None
         train_s = encrypt_s = 0.0
@@ -237,14 +249,17 @@ class SiloAgent:
         mask = pending.mask if pending is not None else self._mask(round, plan)
         aggregate = self.client.aggregate(round)
         t = time.perf_counter()
-        average = decrypt_envelope(self.keys, EnvelopeReader.from_bytes(aggregate), round=round,
-                                   count=mask.size, layout=self.layout.digest)
+        reader = EnvelopeReader.from_bytes(aggregate)
+        average = decrypt_envelope(self.keys, reader, round=round, count=mask.size, layout=self.layout.digest)
         decrypt_s = time.perf_counter() - t
+        own = self.layout.flatten(self.params) if upload_bytes else None  # what this silo trained, when its upload counted
         state.global_shared = state.global_shared.copy()
         state.global_shared[mask] += average
         state.score = next_score(state.score, average, mask, self.layout.size)
         state.residual = residual
         self.layout.assign(self.params, state.global_shared)
+        mix_weight = pending.mix_weight if pending is not None and upload_bytes else None
+        personal = self._personalise(own, mix_weight, reader.header.contributors)
         state.pending, state.round_done = None, round
         evaluation = self.evaluate()
         self._checkpoint()
@@ -259,10 +274,25 @@ class SiloAgent:
             weight=plan.weights.get(self.silo, 0.0) if upload_bytes else 0.0,
             lr_scale=plan.lr_scales.get(self.silo, 1.0), epsilon=spent,
             epsilon_unit=self.config.privacy.dp.unit if spent is not None else None,
+            mix_weight=mix_weight if personal else None, personal_score=personal.score if personal else None,
+            personal_metrics=dict(personal.metrics) if personal else None,
         )
         self._export(record)
         log.info("%s round %d: loss %.4f %s %.3f", self.silo, round, record.val_loss, record.metric, record.score)
         return record
+
+    def _personalise(self, own: np.ndarray | None, mix_weight: float | None, contributors: tuple[str, ...]) -> Evaluation | None:
+        """personalise: build, evaluate and save adapter-personal from this round's own parameters and the new global ones.
+
+        Only when this silo's upload is in the aggregate (the others' sum is ``n * mean - own``); else the last one stays."""
+        if not self.config.aggregation.personalise or own is None or mix_weight is None or self.silo not in contributors:
+            return None
+        vector = personal_vector(own, self.state.global_shared, mix_weight, len(contributors))
+        with shared_values(self.layout, self.params, vector, restore=self.state.global_shared):
+            evaluation = self.evaluate()
+            save_peft(self.model, self.workdir / PERSONAL_ADAPTER)
+        self.state.personal_shared = vector  # committed with the round's checkpoint
+        return evaluation
 
     def _dp_releases(self, rounds: int) -> int:
         """What the accountant counts after ``rounds`` contributions: rounds (silo level) or DP-SGD steps."""
@@ -313,6 +343,7 @@ class SiloAgent:
             self.state.global_shared = self.state.global_shared + delta
             self.layout.assign(self.params, self.state.global_shared)
             self.state.unlearnings_applied = record.version + 1
+            self._drop_personal()
             self._checkpoint()
             applied += 1
             log.info("%s applied unlearning %d (from %s): adapter version %d", self.silo, record.version, record.silo,
@@ -334,7 +365,16 @@ class SiloAgent:
         self.train = [e for e in self.train if e.user not in gone]
         self.val = [e for e in self.val if e.user not in gone]
         self.state.residual = self.state.score = self.state.pending = None
+        self._drop_personal()
         self._checkpoint()
+
+    def _drop_personal(self) -> None:
+        """An unlearning replaced the global adapter: the personal one mixed the old one (and, at the silo that forgot,
+        parameters trained on the forgotten records), so it is removed; the next training round would rebuild it."""
+        if self.state.personal_shared is not None or (self.workdir / PERSONAL_ADAPTER).exists():
+            log.info("%s: adapter-personal removed (the global adapter it mixed was replaced by an unlearning)", self.silo)
+        self.state.personal_shared = None
+        drop_personal(self.workdir)
 
     def save_adapter(self, out: Path) -> Path:
         """The federated adapter in PEFT format (private modules included: they belong to this silo)."""

@@ -23,6 +23,7 @@ class PendingUpload:
     mask: np.ndarray
     residual: np.ndarray  # the error-feedback residual once this upload counts
     train_loss: float | None  # None when DP-SGD sampled no record in any step
+    mix_weight: float | None = None  # personalise: this silo's warm-up weight in the round's plan
 
 
 @dataclass
@@ -36,6 +37,7 @@ class SiloState:
     history: list[dict] = field(default_factory=list)
     optimizer: dict | None = None  # the optimiser's state_dict (AdamW moments): a restarted silo trains on identically
     unlearnings_applied: int = 0  # published unlearnings this silo has applied
+    personal_shared: np.ndarray | None = None  # personalise: the shared vector of adapter-personal, as of round_done
 
 
 def save_state(directory: str | Path, state: SiloState) -> None:

@@ -58,6 +58,14 @@ class AggregationSpec(Spec):
     max_weight: float = Field(0.75, gt=0, le=1, description="Largest aggregation weight of one silo; the excess goes to the others.")
     upload_retention_rounds: int = Field(0, ge=0, description="Closed rounds whose uploads are kept; older ones are deleted "
                                                              "once their aggregate is durable (0: at once).")
+    personalise: bool = Field(False, description="PPLR's warm-up at each silo: after every round a silo also builds "
+                                                 "adapter-personal, a mix of its own trained adapter and the global one weighted "
+                                                 "by its warm-up weight (served to that silo only); the global adapter stays the "
+                                                 "federation's state.")
+    warmup_alpha: float = Field(0.7, gt=0, le=10, description="personalise: PPLR's alpha in w = tanh(alpha / l^((t+1)/beta)).")
+    warmup_beta: float = Field(1.0, gt=0, le=1000, description="personalise: PPLR's beta (larger: weights reach 1 more slowly).")
+    warmup_temperature: float = Field(0.05, gt=0, le=1000, description="personalise: temperature of the softmax over the silos' "
+                                                                       "validation losses, l = softmax(loss / temperature).")
 
 
 class EncryptionSpec(Spec):

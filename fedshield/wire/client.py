@@ -143,14 +143,16 @@ class AggregatorClient:
         body = WithdrawRequest(reason=reason).model_dump()
         return RoundPlan.model_validate(self._ok(self._call(lambda: self._http.post(f"/v1/silos/{silo}/withdraw", json=body))).json())
 
-    def plan(self) -> RoundPlan:
-        return RoundPlan.model_validate(self._ok(self._call(lambda: self._http.get("/v1/plan"))).json())
+    def plan(self, silo: str | None = None) -> RoundPlan:
+        """The current plan; naming ``silo`` (this client's own) adds its warm-up weight where identities are not checked."""
+        params = {"silo": silo} if silo is not None else None
+        return RoundPlan.model_validate(self._ok(self._call(lambda: self._http.get("/v1/plan", params=params))).json())
 
-    def wait_for_round(self, round: int, timeout_s: float = 3600.0, poll_s: float = 0.2) -> RoundPlan:
+    def wait_for_round(self, round: int, timeout_s: float = 3600.0, poll_s: float = 0.2, silo: str | None = None) -> RoundPlan:
         """Block until ``round`` is open (or the federation moved past it)."""
         deadline = time.monotonic() + timeout_s
         while True:
-            plan = self.plan()
+            plan = self.plan(silo)
             if plan.state == "finished" or (plan.state == "open" and plan.round >= round):
                 return plan
             if time.monotonic() > deadline:

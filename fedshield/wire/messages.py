@@ -56,6 +56,9 @@ class RoundPlan(Message):
     lr_scales: dict[str, float] = {}
     withdrawn: dict[str, str] = Field({}, description="Silos that stopped contributing, with their reason.")
     deadline_s: float | None = Field(None, description="Seconds until the round may close without every silo.")
+    mix_weight: float | None = Field(None, description="aggregation.personalise: the caller's own PPLR warm-up weight for this "
+                                                      "round (its personal adapter mixes in this much of the others). Only in the "
+                                                      "plan served to that silo: the weights of others would reveal their losses.")
 
 
 class UploadReceipt(Message):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
 
 from ...wire.messages import JoinRequest, RoundPlan, WithdrawRequest
 from ..state import caller
@@ -25,6 +27,11 @@ def withdraw(silo: str, req: WithdrawRequest, request: Request, state: State) ->
 
 
 @router.get("/v1/plan", response_model=RoundPlan, responses=ERRORS)
-def plan(request: Request, state: State) -> RoundPlan:
-    state.joined_caller(request)
-    return state.coordinator.plan()
+def plan(request: Request, state: State, silo: Annotated[str | None, Query(max_length=63)] = None) -> RoundPlan:
+    """The current round's plan. The caller's own warm-up weight (``mix_weight``) is in it, and no other silo's: the
+    authenticated silo's, or (plain HTTP, names trusted) that of the ``silo`` named, which must match an identity."""
+    who = state.joined_caller(request)
+    if silo is not None:
+        caller(request, silo)  # an authenticated silo may only name itself
+        state.coordinator.check_known(silo)
+    return state.coordinator.plan(viewer=who or silo)
