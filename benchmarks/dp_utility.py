@@ -1,17 +1,25 @@
-"""Utility of DP-LoRA by the unit it protects: record-level DP-SGD at several epsilons, against no DP and round 0.
+"""Utility of DP-LoRA by the unit it protects: record-level DP-SGD at several epsilons, against no DP and the untrained adapter.
 
 The fairness benchmark's split (5 non-IID synthetic silos, ``federation_split``), the local
 federation (processes, CKKS, pruning 0.5). Each arm trains with record-level DP-SGD inside
-every silo (Poisson sampling at rate q = batch / records, per-record clipping to C, sigma
-calibrated with the PLD accountant for the target epsilon over every step of every round,
-delta 1e-5); ``--unit silo`` measures silo-level DP (noise once per round on the update)
-instead. Per-step wall time of DP-SGD against plain training is measured in-process on the
-same model.
+every silo (Poisson sampling at the default rate q = 4 * batch / records, per-record clipping
+to C, sigma calibrated with the PLD accountant for the target epsilon over every step of
+every round, delta 1e-5); ``--unit silo`` measures silo-level DP (noise once per round on the
+update) instead. Per-step wall time of DP-SGD against plain training is measured in-process
+on the same model.
 
-Prints one JSON object: {"unit", "delta", "seeds", "arms": [{"epsilon", "noise_multiplier",
+C = 3: the median per-record LoRA gradient norm of the tiny model at the untrained adapter
+(2.9; 2.3 to 2.8 after 20 to 100 plain steps), measured once by ``benchmarks/dp_grad_norms.py``
+(Abadi et al.'s choice of C). At C = 1 every record was clipped (docs/privacy.md).
+
+The zero-shot reference is the untrained adapter: each silo's score of the global model
+round 0 starts from (``start_mean_auc``), before any local training.
+
+Prints one JSON object: {"unit", "delta", "clip_norm", "seeds", "arms": [{"epsilon", "noise_multiplier",
 "sampling_rate", "steps", "metric", "ci95", "per_seed"}], "non_private", "zero_shot",
 "gain_kept_at_8", "step_seconds": {...}}. ``--log`` appends each finished (epsilon, seed) as a JSON
-line; ``--from-log`` summarises a log without running. ``--quick``: 1 seed, 2 rounds, epsilon 8 only.
+line and skips those already there (a killed run resumes); ``--from-log`` summarises a log without
+running. ``--quick``: 1 seed, 2 rounds, epsilon 8 only.
 """
 
 from __future__ import annotations
@@ -28,9 +36,9 @@ from scipy import stats
 
 from fedshield.config import DPSpec, PrivacySpec
 from fedshield.learning.data import silo_examples
-from fedshield.privacy import noise_for_dp_sgd
+from fedshield.privacy import default_sampling_rate, noise_for_dp_sgd
 
-CLIP_NORM, DELTA = 1.0, 1e-5
+CLIP_NORM, DELTA = 3.0, 1e-5  # C: the median per-record gradient norm at the untrained adapter (above)
 EPSILONS = (1.0, 2.0, 4.0, 8.0, None)  # None: no DP
 
 
@@ -44,7 +52,7 @@ def arm_config(seed: int, rounds: int, epsilon: float | None, unit: str):
 def dp_parameters(cfg, epsilon: float) -> dict:
     """The sampling rate and sigma the first silo uses (every silo solves its own from its record count)."""
     records = len(silo_examples(cfg, cfg.silo_names[0])[0])
-    rate = min(1.0, cfg.training.batch_size / records)
+    rate = default_sampling_rate(cfg.training.batch_size, records)
     steps = cfg.rounds * cfg.training.local_steps
     return {"sampling_rate": round(rate, 4), "steps": steps, "noise_multiplier": round(noise_for_dp_sgd(epsilon, rate, steps, DELTA), 4)}
 
@@ -101,7 +109,7 @@ def summarise(rows: list[dict], unit: str, step: dict | None) -> dict:
         arms.append({"epsilon": eps, **{k: rs[0].get(k) for k in ("noise_multiplier", "sampling_rate", "steps")},
                      "metric": round(float(np.mean(finals)), 4), "ci95": ci95(finals),
                      "per_seed": {str(r["seed"]): r["mean_auc"] for r in rs}})
-    zero = [r["mean_auc_by_round"][0] for r in rows if r["epsilon"] is None]
+    zero = [r["start_mean_auc"] for r in rows if r.get("start_mean_auc") is not None]  # the same untrained adapter in every arm
     non_private = next((a["metric"] for a in arms if a["epsilon"] is None), None)
     at_8 = next((a["metric"] for a in arms if a["epsilon"] == 8.0), None)
     zero_shot = round(float(np.mean(zero)), 4) if zero else None
@@ -110,8 +118,8 @@ def summarise(rows: list[dict], unit: str, step: dict | None) -> dict:
         kept = round((at_8 - zero_shot) / (non_private - zero_shot), 3)
     return {"unit": unit, "delta": DELTA, "clip_norm": CLIP_NORM, "seeds": sorted({r["seed"] for r in rows}), "arms": arms,
             "metric": "mean AUC over silos after the last round", "non_private": non_private,
-            "zero_shot": zero_shot, "zero_shot_note": "the tiny model is randomly initialised: its round-0 AUC (after one round "
-            "of local training and aggregation) stands in for zero-shot", "gain_kept_at_8": kept, "target_gain_kept_at_8": 0.9,
+            "zero_shot": zero_shot, "zero_shot_note": "mean AUC over silos of the untrained adapter (the global model round 0 "
+            "starts from, before any local training), over every arm and seed", "gain_kept_at_8": kept, "target_gain_kept_at_8": 0.9,
             "step_seconds": step}
 
 
@@ -132,14 +140,15 @@ def main(argv: list[str] | None = None) -> int:
     done = set()
     rows: list[dict] = []
     if args.log and Path(args.log).exists():
-        rows = [json.loads(line) for line in Path(args.log).read_text().splitlines() if line.strip()]
+        rows = [r for r in (json.loads(line) for line in Path(args.log).read_text().splitlines() if line.strip())
+                if (r.get("clip_norm"), r.get("rounds")) == (CLIP_NORM, rounds)]  # another setting's rows are not this run's
         done = {(r["epsilon"], r["seed"]) for r in rows}
     for seed in range(seeds):
         for eps in epsilons:
             if (eps, seed) in done:
                 continue
             cfg = arm_config(seed, rounds, eps, args.unit)
-            row = {"epsilon": eps, "seed": seed} | run(cfg)
+            row = {"epsilon": eps, "seed": seed, "clip_norm": CLIP_NORM, "rounds": rounds} | run(cfg)
             if eps is not None and args.unit != "silo":
                 row |= dp_parameters(cfg, eps)
             rows.append(row)

@@ -34,12 +34,17 @@ def config(seed: int = 0, rounds: int = 5, **overrides) -> FederationConfig:
 
 
 def run(cfg: FederationConfig) -> dict:
-    """Run the federation quietly; summarise the last round's per-silo AUC."""
+    """Run the federation quietly; summarise the last round's per-silo AUC, and the untrained adapter's (``start_mean_auc``)."""
     with tempfile.TemporaryDirectory() as out:
         report = run_local(cfg, Path(out), console=Console(quiet=True))
     last = report["rounds"][-1]["silos"]
-    idx = fairness_indices({s: row["auc"] for s, row in last.items()})
+    idx = fairness_indices({s: row["score"] for s, row in last.items()})  # the recommendation score is AUC
     return {"mean_auc": round(idx["mean"], 4), "worst_auc": round(idx["worst"], 4), "gap": round(idx["gap"], 4),
             "jain": round(idx["jain"], 4), "worst_silo": idx["worst_silo"],
-            "per_silo_auc": {s: round(row["auc"], 4) for s, row in last.items()},
-            "mean_auc_by_round": [round(r["mean_auc"], 4) for r in report["rounds"]], "wall_s": round(report["summary"]["wall_s"], 1)}
+            "per_silo_auc": {s: round(row["score"], 4) for s, row in last.items()},
+            "mean_auc_by_round": [round(r["mean_score"], 4) for r in report["rounds"]],
+            "start_mean_auc": _rounded(report["summary"]["start_mean_score"]), "wall_s": round(report["summary"]["wall_s"], 1)}
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)

@@ -105,8 +105,9 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
               (("fedshield_fairness_jain_index", "Jain"), ("fedshield_fairness_score_gap", "gap")), "short"),
     )),
     ("Privacy", (
-        Panel("Epsilon spent", "Differential-privacy epsilon each silo reported spent (DP-LoRA).",
-              (("fedshield_epsilon_spent", "{{silo}}"),), "short"),
+        Panel("Epsilon spent", "Differential-privacy epsilon each silo reported spent (DP-LoRA), per the unit it protects "
+              "(a silo's round, a record or a user).",
+              (("fedshield_epsilon_spent", "{{silo}} (per {{unit}})"),), "short"),
         Panel("Withdrawn silos", "1 when a silo stopped contributing (e.g. its budget is spent).",
               (("fedshield_silo_withdrawn", "{{silo}}"),), "short"),
     )),

@@ -73,7 +73,9 @@ FAIRNESS_GAP = Gauge("fedshield_fairness_score_gap", "Best minus worst reported 
 FAIRNESS_WORST = Gauge("fedshield_fairness_worst_silo", "1 for the silo with the lowest reported score, 0 for the others.", **A_SILO)
 AGGREGATION_WEIGHT = Gauge("fedshield_aggregation_weight", "A silo's weight in the open round's plan.", **A_SILO)
 LR_SCALE = Gauge("fedshield_lr_scale", "A silo's learning-rate scale in the open round's plan.", **A_SILO)
-EPSILON_SPENT = Gauge("fedshield_epsilon_spent", "Differential-privacy epsilon a silo reported spent.", **A_SILO)
+EPSILON_SPENT = Gauge("fedshield_epsilon_spent", "Differential-privacy epsilon a silo reported spent, labelled with what it protects "
+                      "(unit: silo, record or user; unknown for an upload stored before units were reported).",
+                      ["silo", "unit"], registry=AGGREGATOR)
 SILO_WITHDRAWN = Gauge("fedshield_silo_withdrawn", "1 when a silo stopped contributing (e.g. budget spent).", **A_SILO)
 
 

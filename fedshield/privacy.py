@@ -97,6 +97,20 @@ class Budget:
 
 Accountant = Literal["pld", "rdp"]  # PLD: the reported epsilon; RDP: a valid, slightly looser cross-check
 
+BATCHES_PER_SAMPLE = 4  # the default DP-SGD expected batch, in plain batches (docs/privacy.md)
+
+
+def default_sampling_rate(batch_size: int, units: int) -> float:
+    """DP-SGD's Poisson sampling rate when ``privacy.dp.samplingRate`` is unset: ``4 * batchSize / units``, at most 1.
+
+    The noise on the mean gradient is ``sigma * C / (q * units)`` while sigma for a fixed epsilon
+    grows more slowly than q, so an expected batch of four plain batches buys signal-to-noise
+    for a per-step cost of four batches (docs/privacy.md).
+    """
+    if batch_size < 1 or units < 1:
+        raise ValueError(f"batch_size and units must be >= 1, got {batch_size} and {units}")
+    return min(1.0, BATCHES_PER_SAMPLE * batch_size / units)
+
 
 def dp_sgd_event(sampling_rate: float, noise_multiplier: float, steps: int) -> dp_accounting.DpEvent:
     """``steps`` Poisson-subsampled Gaussian mechanisms (every step of every round the silo trains in)."""

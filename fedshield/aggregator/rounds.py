@@ -33,7 +33,16 @@ from ..fairness import fedavg_weights, loss_weights, lr_scales, round_warmup_wei
 from ..faults import crash_point
 from ..updates import kept_count
 from ..wire.errors import ErrorCode
-from ..wire.messages import JoinRequest, RoundPlan, RoundSummary, Status, StatusSummary, UploadMetadata, UploadReceipt
+from ..wire.messages import (
+    EpsilonUnit,
+    JoinRequest,
+    RoundPlan,
+    RoundSummary,
+    Status,
+    StatusSummary,
+    UploadMetadata,
+    UploadReceipt,
+)
 from ..wire.unlearning import PendingUnlearning, UnlearningAudit, UnlearningRecord
 from . import telemetry
 from .errors import ApiError, envelope_refused
@@ -57,6 +66,16 @@ def effective_samples(config: FederationConfig, joined: dict[str, int]) -> dict[
     if declared is None:
         return {name: 1 for name in joined}
     return {name: min(claimed, declared.get(name, claimed)) for name, claimed in joined.items()}
+
+
+def check_epsilon_unit(config: FederationConfig, metadata: UploadMetadata) -> None:
+    """Refuse an epsilon without its unit, or in another unit than the federation's ``privacy.dp.unit``."""
+    if metadata.epsilon is None:
+        return
+    expected = config.privacy.dp.unit
+    if metadata.epsilon_unit != expected:
+        got = metadata.epsilon_unit or "no unit"
+        raise ApiError(ErrorCode.MALFORMED_REQUEST, f"epsilon_unit: the federation's epsilon is per {expected}, the upload says {got}")
 
 
 def compute_plan(config: FederationConfig, samples: dict[str, int], losses: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
@@ -112,6 +131,7 @@ class Coordinator:
         self._closed_count = 0
         self._last_round: dict[str, int] = {}
         self._max_epsilon: float | None = None
+        self._epsilon_unit: EpsilonUnit | None = None
         self._fairness_gap: float | None = None
         self._restore()
 
@@ -280,8 +300,8 @@ class Coordinator:
         for silo, meta in reports.items():
             if meta.get("val_loss") is not None:
                 self._losses[silo] = meta["val_loss"]
-            if meta.get("epsilon") is not None:
-                self._max_epsilon = max(self._max_epsilon or 0.0, meta["epsilon"])
+            if meta.get("epsilon") is not None and meta["epsilon"] >= (self._max_epsilon or 0.0):
+                self._max_epsilon, self._epsilon_unit = meta["epsilon"], meta.get("epsilon_unit")
         for silo in contributors:
             self._last_round[silo] = round
         scores = [m["val_score"] for m in reports.values() if m.get("val_score") is not None]
@@ -368,6 +388,7 @@ class Coordinator:
                 closed=closed,
                 summary=StatusSummary(rounds_closed=count, last_round=dict(self._last_round),
                                       fairness_gap=self._fairness_gap, max_epsilon=self._max_epsilon,
+                                      epsilon_unit=self._epsilon_unit,
                                       closed_from=start),
             )
 
@@ -447,8 +468,9 @@ class Coordinator:
             return self.plan(viewer=silo)
 
     def check_metadata(self, silo: str, metadata: UploadMetadata) -> None:
-        """Refuse reports the plan could not use (samples above what was declared)."""
+        """Refuse reports the plan could not use (samples above what was declared) or an epsilon not in the federation's unit."""
         self._check_samples(silo, metadata.samples, "samples")
+        check_epsilon_unit(self.config, metadata)
 
     def accept_upload(self, round: int, silo: str, tmp_path: Path, metadata: UploadMetadata) -> UploadReceipt:
         """Validate an upload already streamed to ``tmp_path`` and take it, or refuse it changing nothing."""

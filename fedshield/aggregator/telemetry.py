@@ -43,7 +43,7 @@ def publish_reports(reports: Mapping[str, Mapping], expected: Iterable[str], con
         if m.get("val_loss") is not None:
             metrics.REPORTED_LOSS.labels(silo).set(m["val_loss"])
         if m.get("epsilon") is not None:
-            metrics.EPSILON_SPENT.labels(silo).set(m["epsilon"])
+            metrics.EPSILON_SPENT.labels(silo, m.get("epsilon_unit") or "unknown").set(m["epsilon"])
     if scores:
         indices = fairness_indices(scores)
         metrics.FAIRNESS_JAIN.set(indices["jain"])

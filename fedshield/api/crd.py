@@ -32,6 +32,8 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Silos", "type": "string", "jsonPath": ".status.silosReady", "description": "Silos ready / all."},
     {"name": "Fairness", "type": "number", "jsonPath": ".status.fairnessGap", "description": "Max - min silo AUC."},
     {"name": "Epsilon", "type": "number", "jsonPath": ".status.epsilon", "description": "Largest epsilon spent.", "priority": 1},
+    {"name": "Epsilon-Unit", "type": "string", "jsonPath": ".status.epsilonUnit", "description": "What epsilon protects: silo, record or user.",
+     "priority": 1},
     {"name": "Rounds", "type": "integer", "jsonPath": ".spec.rounds", "description": "Rounds requested.", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]

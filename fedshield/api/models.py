@@ -20,6 +20,7 @@ from ..crypto.noise import max_summable
 from ..spec.base import DNS_LABEL, FinetunePhase, SiloPhase
 from ..spec.base import Spec as Model  # every API model: frozen, extra fields refused, camelCase aliases
 from ..spec.federation import EncryptionSpec, FederationSettings, SiloSpec, check_silos
+from ..wire.messages import EpsilonUnit
 
 GROUP, VERSION, KIND, PLURAL, SINGULAR, SHORT_NAME = "fedshield.io", "v1alpha1", "FederatedFinetune", "federatedfinetunes", "federatedfinetune", "fft"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
@@ -202,6 +203,8 @@ class FederatedFinetuneStatus(Model):
     silos_ready: str = Field("0/0", description="Silos whose Job is running or done, out of all.")
     fairness_gap: float | None = Field(None, description="Max minus min validation AUC over silos, last round.")
     epsilon: float | None = Field(None, description="Largest epsilon spent by a silo so far.")
+    epsilon_unit: EpsilonUnit | None = Field(None, description="What epsilon protects: a silo's round (silo), one record (record) "
+                                                               "or one user (user) in a silo's data.")
     observed_generation: int | None = Field(None, description="The spec generation last reconciled.")
     conditions: list[Condition] = Field([], description="Standard conditions.")
     silos: list[SiloStatus] = Field([], description="Per-silo state.")

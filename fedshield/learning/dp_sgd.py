@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..config import FederationConfig
-from ..privacy import DpSgdBudget, noise_for_dp_sgd
+from ..privacy import DpSgdBudget, default_sampling_rate, noise_for_dp_sgd
 
 Unit = Literal["record", "user"]
 
@@ -150,7 +150,7 @@ def silo_dp_sgd(config: FederationConfig, silo: str, users: Sequence[str]) -> tu
     """One silo's DP-SGD run from the spec (None unless ``privacy.dp`` is on at record or user level).
 
     ``users`` are the silo's training records' users. The sampling rate is the spec's or
-    ``batchSize / units``; sigma is the spec's or solved for ``targetEpsilon`` over every
+    ``default_sampling_rate`` (``4 * batchSize / units``, at most 1); sigma is the spec's or solved for ``targetEpsilon`` over every
     planned step (``rounds * localSteps``) with the PLD accountant.
     """
     dp = config.privacy.dp
@@ -162,7 +162,7 @@ def silo_dp_sgd(config: FederationConfig, silo: str, users: Sequence[str]) -> tu
     units = max(unit_ids(users, unit), default=-1) + 1
     if units == 0:
         raise ValueError(f"silo {silo!r} has no training records to protect")
-    rate = dp.sampling_rate or min(1.0, config.training.batch_size / units)
+    rate = dp.sampling_rate or default_sampling_rate(config.training.batch_size, units)
     steps = config.rounds * config.training.local_steps
     sigma = dp.noise_multiplier or noise_for_dp_sgd(float(dp.target_epsilon or 0.0), rate, steps, dp.delta)
     return (DpSgd(clip_norm=dp.clip_norm, noise_multiplier=sigma, sampling_rate=rate, unit=unit),

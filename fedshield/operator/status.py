@@ -179,6 +179,7 @@ def finetune_status(spec: FederatedFinetuneSpec, observed: Observed, previous: d
         conditions=conditions, silos=silos, aggregator_endpoint=endpoint, start_time=start, completion_time=completion,
         fairness_gap=summary.fairness_gap if summary is not None else None,
         epsilon=round(epsilon, 4) if epsilon is not None else None,
+        epsilon_unit=summary.epsilon_unit if summary is not None and epsilon is not None else None,
     )
 
 

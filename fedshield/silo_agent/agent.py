@@ -33,7 +33,7 @@ from ..privacy import release
 from ..updates import VectorLayout, lora_parameters, next_residual, next_score, round_mask, scatter
 from ..wire.client import AggregatorClient, AggregatorRefused, ClientSecurity
 from ..wire.errors import FEDERATION_OVER, ErrorCode
-from ..wire.messages import JoinRequest, UploadMetadata
+from ..wire.messages import EpsilonUnit, JoinRequest, UploadMetadata
 from ..workloads.base import Evaluation
 from .bounds import check_unlearning
 from .checkpoint import PendingUpload, SiloState, forgotten_users, load_state, save_state
@@ -62,7 +62,7 @@ class RoundRecord:
     weight: float
     lr_scale: float
     epsilon: float | None
-    epsilon_unit: str | None = None  # what epsilon protects: silo, record or user (None without DP)
+    epsilon_unit: EpsilonUnit | None = None  # what epsilon protects: silo, record or user (None without DP)
     metrics: dict[str, float] | None = None  # every metric of the workload's evaluation
     start_score: float | None = None  # the score of the global model the round started from (round 0: the base model's)
     start_metrics: dict[str, float] | None = None  # and all its metrics
@@ -233,6 +233,7 @@ class SiloAgent:
             try:
                 receipt = self.client.upload(round, self.silo, pending.data, UploadMetadata(
                     samples=len(self.train), train_loss=pending.train_loss, epsilon=spent,
+                    epsilon_unit=self.config.privacy.dp.unit if spent is not None else None,
                     val_loss=started_from.metrics[self.workload.loss_metric], val_score=started_from.score,
                 ))
                 upload_bytes, residual = receipt.bytes, pending.residual

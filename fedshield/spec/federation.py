@@ -92,7 +92,8 @@ class DPSpec(Spec):
                             "clipNorm, noise once per round). record / user: one record, or one user with all their records, inside "
                             "a silo (DP-SGD: Poisson-sampled batches, per-unit gradients clipped to clipNorm, noise at every step).")
     sampling_rate: float | None = Field(None, gt=0, le=1, description="DP-SGD: each step's Poisson sampling rate q (default: "
-                                                                        "batchSize / the silo's records or users, at most 1).")
+                                                                        "4 * batchSize / the silo's records or users, at most 1: "
+                                                                        "an expected batch of four plain batches).")
     clip_norm: float = Field(1.0, gt=0, description="L2 bound C: of a silo's update per round (unit silo), of one record's or "
                                                     "user's gradient per step (record / user).")
     noise_multiplier: float | None = Field(None, gt=0, description="sigma: noise std is sigma * C. Give this or targetEpsilon.")

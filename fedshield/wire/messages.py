@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Message(BaseModel):
@@ -14,6 +14,7 @@ class Message(BaseModel):
 MAX_INT = 2**53  # beyond what a federation needs; keeps every count exact in JSON and SQLite
 MAX_LOSS = 1e4  # a validation or training loss beyond this is a broken (or lying) silo, refused at upload
 MAX_EPSILON = 1e6
+EpsilonUnit = Literal["silo", "record", "user"]  # what one (epsilon, delta) guarantee protects (privacy.dp.unit)
 
 
 class JoinRequest(Message):
@@ -34,6 +35,14 @@ class UploadMetadata(Message):
     val_score: float | None = Field(None, ge=0, le=1, description="The workload's headline validation score of that global model "
                                                                    "(AUC, exact match or token accuracy; higher is better).")
     epsilon: float | None = Field(None, ge=0, le=MAX_EPSILON, description="Privacy budget the silo has spent including this upload.")
+    epsilon_unit: EpsilonUnit | None = Field(None, description="What that epsilon protects: a silo's round (silo), one record "
+                                                               "(record) or one user (user) in the silo's data.")
+
+    @model_validator(mode="after")
+    def _unit_with_epsilon(self) -> UploadMetadata:
+        if self.epsilon_unit is not None and self.epsilon is None:
+            raise ValueError("epsilon_unit without epsilon")
+        return self
 
 
 class WithdrawRequest(Message):
@@ -88,6 +97,7 @@ class StatusSummary(Message):
     last_round: dict[str, int] = Field({}, description="The last round each silo contributed to.")
     fairness_gap: float | None = Field(None, description="Max minus min validation AUC of the last closed round.")
     max_epsilon: float | None = Field(None, description="The largest privacy budget a silo reported spent.")
+    epsilon_unit: EpsilonUnit | None = Field(None, description="What max_epsilon protects (silo, record or user), as its silo reported.")
     closed_from: int = Field(0, description="The first round listed in ``closed`` (page with ?closed_from=).")
 
 

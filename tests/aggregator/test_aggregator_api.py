@@ -98,6 +98,10 @@ def test_unknown_silo_wrong_round_and_malformed_requests(aggregator, keys):
         (httpx.post(f"{aggregator.url}/v1/join", json={"silo": "mallory", "samples": 1, "vector_size": SIZE, "layout": LAYOUT}), 403, "unknown_silo"),
         (httpx.post(f"{aggregator.url}/v1/join", json={"silo": "bank-a", "samples": 1, "vector_size": SIZE + 1, "layout": LAYOUT}), 409, "layout_mismatch"),
         (httpx.put(f"{aggregator.url}/v1/rounds/0/uploads/bank-a", content=data, params={"samples": "many"}), 422, "malformed_request"),
+        # epsilon's unit: one of the enum, with an epsilon, and the federation's own (privacy.dp.unit, here silo)
+        *((httpx.put(f"{aggregator.url}/v1/rounds/0/uploads/bank-a", content=data, params={"samples": 300, **extra}), 422,
+           "malformed_request") for extra in ({"epsilon": 1.0, "epsilon_unit": "per patient"}, {"epsilon_unit": "silo"},
+                                              {"epsilon": 1.0}, {"epsilon": 1.0, "epsilon_unit": "record"})),
     ]
     for response, status, code in cases:
         assert (response.status_code, response.json()["error"]) == (status, code), response.text

@@ -444,7 +444,8 @@ def test_observers_see_a_rate_limited_summary_and_silos_their_own_reports(tmp_pa
             plan = http[silo].post("/v1/join", json={"silo": silo, "samples": 100, "vector_size": SIZE, "layout": LAYOUT}).json()
         for i, silo in enumerate(files):
             r = http[silo].put(f"/v1/rounds/0/uploads/{silo}", content=envelope(keys, plan, silo, seed=i).data,
-                               params={"samples": 100, "val_loss": 0.3 + i, "val_score": 0.6 + i / 10, "epsilon": 1.0 + i})
+                               params={"samples": 100, "val_loss": 0.3 + i, "val_score": 0.6 + i / 10, "epsilon": 1.0 + i,
+                                       "epsilon_unit": "silo"})
             assert r.status_code == 200, r.text
         mine = http["bank-a"].get("/v1/status").json()
         assert list(mine["closed"][0]["metadata"]) == ["bank-a"] and mine["joined"] == {"bank-a": 100, "bank-b": 0}
@@ -457,6 +458,7 @@ def test_observers_see_a_rate_limited_summary_and_silos_their_own_reports(tmp_pa
         assert body["closed"][0]["metadata"] == {} and set(body["joined"].values()) == {0}
         assert body["plan"]["weights"] == {} and body["summary"]["rounds_closed"] == 1
         assert body["summary"]["fairness_gap"] == pytest.approx(0.1) and body["summary"]["max_epsilon"] == 2.0
+        assert body["summary"]["epsilon_unit"] == "silo"
         for client in http.values():
             client.close()
 

@@ -46,8 +46,8 @@ def test_names_follow_prometheus_conventions():
 def test_labels_are_bounded():
     for registry in REGISTRIES:
         for collector in registry._collector_to_names:  # noqa: SLF001 - the registered metric objects
-            # workload and metric: the registry's workloads and their headline metrics, closed sets
-            assert set(getattr(collector, "_labelnames", ())) <= {"silo", "error", "kind", "phase", "workload", "metric"}, collector
+            # workload and metric: the registry's workloads and their headline metrics; unit: silo|record|user|unknown; closed sets
+            assert set(getattr(collector, "_labelnames", ())) <= {"silo", "error", "kind", "phase", "workload", "metric", "unit"}, collector
 
 
 def test_no_series_is_exported_by_two_kinds_of_process():
@@ -75,3 +75,17 @@ def test_docs_list_every_metric_and_no_other():
     text = (ROOT / "docs" / "metrics.md").read_text()
     documented = used_names(text)
     assert documented == set(catalogue()), (set(catalogue()) - documented, documented - set(catalogue()))
+
+
+def documented_labels() -> dict[str, str]:
+    """Each metric row of docs/metrics.md's tables: name -> its labels column."""
+    row = re.compile(r"^\| `(fedshield_[a-z_]+)` \| [a-z]+ \| ([^|]*) \|", re.M)
+    return {m.group(1): m.group(2).strip() for m in row.finditer((ROOT / "docs" / "metrics.md").read_text())}
+
+
+def test_docs_give_every_metrics_labels():
+    rows = documented_labels()
+    for registry in REGISTRIES:
+        for collector in registry._collector_to_names:  # noqa: SLF001 - the registered metric objects
+            name = collector._name + ("_total" if collector._type == "counter" else "")  # noqa: SLF001
+            assert rows.get(name) == (", ".join(collector._labelnames) or "–"), name  # noqa: SLF001

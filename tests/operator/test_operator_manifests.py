@@ -176,10 +176,10 @@ def test_withdrawn_silo_and_epsilon_appear_in_status():
     spec = FederatedFinetuneSpec.model_validate(EXAMPLE["spec"])
     observed = Observed(jobs={"hospital-a": _job(succeeded=1)}, aggregator_ready=True, aggregator=status_of({
         "plan": {"state": "open", "withdrawn": {"hospital-a": "privacy budget spent"}},
-        "closed": [{"round": 0, "contributors": ["hospital-a"], "metadata": {"hospital-a": {"epsilon": 1.25}}}]}))
+        "closed": [{"round": 0, "contributors": ["hospital-a"], "metadata": {"hospital-a": {"epsilon": 1.25, "epsilon_unit": "record"}}}]}))
     status = compute_status(spec, observed, None, "t", 1)
     assert next(s for s in status["silos"] if s["name"] == "hospital-a")["reason"] == "Withdrawn: privacy budget spent"
-    assert status["epsilon"] == 1.25
+    assert status["epsilon"] == 1.25 and status["epsilonUnit"] == "record"
 
 
 def test_fifty_silo_reconcile_is_fast():

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from fedshield.aggregator.store import Store
 from fedshield.config import DPSpec, FederationConfig, PrivacySpec, SiloSpec, TrainingSpec
 from fedshield.crypto import EnvelopeReader
 from fedshield.local.demo import run_local
@@ -55,3 +56,5 @@ def test_record_level_dp_sgd_in_a_real_federation_spends_per_step_and_stops_at_t
     assert "privacy budget spent" in log and "record-level epsilon" in log
     metrics = [json.loads(line) for line in (tmp_path / "silos" / "bank-a" / "metrics.jsonl").read_text().splitlines()]
     assert {m["epsilon_unit"] for m in metrics} == {"record"}
+    store = Store(tmp_path / "state")  # the unit reached the aggregator with each upload's metadata
+    assert {u.metadata["epsilon_unit"] for u in store.uploads(0)} == {"record"}

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ... import metrics
 from ...wire.errors import ErrorCode
-from ...wire.messages import MAX_INT, UploadMetadata, UploadReceipt
+from ...wire.messages import MAX_INT, EpsilonUnit, UploadMetadata, UploadReceipt
 from ..errors import ApiError
 from ..state import caller, upload_limit
 from .common import BINARY_ANSWER, BINARY_BODY, ERRORS, Finite, Round, State
@@ -24,11 +24,12 @@ AGGREGATE_CHECK_S = 0.1  # how often a held aggregate request looks whether its 
 @router.put("/v1/rounds/{round}/uploads/{silo}", response_model=UploadReceipt, responses=ERRORS, openapi_extra=BINARY_BODY)
 async def upload(round: Round, silo: str, request: Request, state: State, samples: Annotated[int, Query(ge=1, le=MAX_INT)],
                  train_loss: Finite = None, val_loss: Finite = None, val_score: Finite = None,
-                 epsilon: Finite = None) -> UploadReceipt:
+                 epsilon: Finite = None, epsilon_unit: EpsilonUnit | None = None) -> UploadReceipt:
     """Upload a silo's encrypted update (an envelope) with its plaintext metadata."""
     caller(request, silo)
     try:
-        metadata = UploadMetadata(samples=samples, train_loss=train_loss, val_loss=val_loss, val_score=val_score, epsilon=epsilon)
+        metadata = UploadMetadata(samples=samples, train_loss=train_loss, val_loss=val_loss, val_score=val_score, epsilon=epsilon,
+                                  epsilon_unit=epsilon_unit)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
