@@ -69,6 +69,15 @@ def _aggregator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _credentials_problem(args: argparse.Namespace) -> str | None:
+    """Why the silo's --aggregator and credentials do not fit together (None when they do)."""
+    if args.aggregator.startswith("https://") and not args.ca:
+        return "an https aggregator needs --ca (and --cert/--key, or --token-file)"
+    if (args.cert or args.key or args.token_file) and not args.aggregator.startswith("https://"):
+        return "credentials are only sent to an https:// aggregator"
+    return None
+
+
 def _client_security(args: argparse.Namespace):
     """The silo's credentials from --ca/--cert/--key or --token-file (None: plain HTTP)."""
     from .security.auth import read_token
@@ -92,11 +101,8 @@ def _silo(args: argparse.Namespace) -> int:
         print(f"error: silo {args.name!r} is not in {args.config}", file=sys.stderr)
         return 2
     metrics.serve_metrics(spec.metrics_port, metrics.SILO)
-    if args.aggregator.startswith("https://") and not args.ca:
-        print("error: an https aggregator needs --ca (and --cert/--key, or --token-file)", file=sys.stderr)
-        return 2
-    if (args.cert or args.key or args.token_file) and not args.aggregator.startswith("https://"):
-        print("error: credentials are only sent to an https:// aggregator", file=sys.stderr)
+    if problem := _credentials_problem(args):
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     try:
         agent = SiloAgent(config, args.name, load_keys(args.secret_key), args.workdir, args.aggregator, model_cache=args.model_cache,
@@ -229,11 +235,8 @@ def _approve(args: argparse.Namespace) -> int:
     from .silo_agent.approval import approve, pending_table
     from .wire.client import AggregatorClient, AggregatorRefused
 
-    if args.aggregator.startswith("https://") and not args.ca:
-        print("error: an https aggregator needs --ca (and --cert/--key, or --token-file)", file=sys.stderr)
-        return 2
-    if (args.cert or args.key or args.token_file) and not args.aggregator.startswith("https://"):
-        print("error: credentials are only sent to an https:// aggregator", file=sys.stderr)
+    if problem := _credentials_problem(args):
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     if args.list == (args.version is not None or args.sha256 is not None):
         print("error: give --list, or --version N --sha256 HEX", file=sys.stderr)
