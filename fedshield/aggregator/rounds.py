@@ -96,6 +96,9 @@ def compute_mix_weights(config: FederationConfig, losses: dict[str, float], roun
                                 temperature=agg.warmup_temperature)
 
 
+Plan = tuple[dict[str, float], dict[str, float], dict[str, float]]  # a round's weights, lr scales and warm-up weights
+
+
 def unlearning_packing(config: FederationConfig) -> PackingParams:
     """The packing every unlearning replacement of this run uses: from the spec, never from the uploader."""
     return config.unlearning_packing()
@@ -257,11 +260,10 @@ class Coordinator:
         round = self._closed_count
         if round == 0 and set(self._joined()) != set(self.config.silo_names):
             return
-        weights, scales = self._next_plan()  # computed first: if it fails, the round is not opened
-        mix = compute_mix_weights(self.config, self._losses, round)
+        plan = self._next_plan(round)  # computed first: if it fails, the round is not opened
         self.store.open_round(round)
         self.current = round
-        self._weights, self._lr_scales, self._mix_weights = weights, scales, mix
+        self._weights, self._lr_scales, self._mix_weights = plan
         self._deadline_at = self._round_row(round)["opened_at"] + self.config.aggregation.round_deadline_seconds
         self._sum = self._new_sum()
         log.info("round %d open", round)
@@ -284,14 +286,15 @@ class Coordinator:
             telemetry.publish_reports(reports, expected, (row or {}).get("contributors") or [])
         telemetry.publish_unlearnings(self.store.unlearnings(), self._closed_count)
 
-    def _next_plan(self, losses: dict[str, float] | None = None) -> tuple[dict[str, float], dict[str, float]]:
+    def _next_plan(self, round: int, losses: dict[str, float] | None = None) -> Plan:
+        """Round ``round``'s weights, learning-rate scales and warm-up weights from the closed rounds' ``losses``."""
         samples = effective_samples(self.config, {name: s for name, (s, _, _) in self._joined().items()})
-        return compute_plan(self.config, samples, self._losses if losses is None else losses)
+        losses = self._losses if losses is None else losses
+        return (*compute_plan(self.config, samples, losses), compute_mix_weights(self.config, losses, round))
 
     def _fix_plan(self, opened_at: float | None) -> None:
         """Weights, learning-rate scales and deadline of the round: they depend only on closed rounds."""
-        self._weights, self._lr_scales = self._next_plan()
-        self._mix_weights = compute_mix_weights(self.config, self._losses, self.current or 0) if opened_at is not None else {}
+        self._weights, self._lr_scales, self._mix_weights = self._next_plan(self.current or 0)
         self._deadline_at = None if opened_at is None else opened_at + self.config.aggregation.round_deadline_seconds
 
     def _summarise_closed(self, round: int, contributors: list[str]) -> None:
@@ -701,8 +704,7 @@ class Coordinator:
         last = round + 1 >= self.config.rounds
         reports = {u.silo: u.metadata for u in self.store.uploads(round)}
         losses = {**self._losses, **{s: m["val_loss"] for s, m in reports.items() if m.get("val_loss") is not None}}
-        next_plan = None if last else self._next_plan(losses)  # may raise: nothing has changed yet
-        next_mix = {} if last else compute_mix_weights(self.config, losses, round + 1)
+        next_plan = None if last else self._next_plan(round + 1, losses)  # may raise: nothing has changed yet
         start = time.perf_counter()
         save_envelope(self.store.aggregate_path(round), total.to_bytes())
         fsync_dir(self.store.aggregate_path(round).parent)
@@ -722,8 +724,7 @@ class Coordinator:
         else:
             self.current = round + 1
             assert next_plan is not None  # computed above for every round but the last
-            self._weights, self._lr_scales = next_plan
-            self._mix_weights = next_mix
+            self._weights, self._lr_scales, self._mix_weights = next_plan
             self._deadline_at = self._round_row(round + 1)["opened_at"] + self.config.aggregation.round_deadline_seconds
             self._sum = self._new_sum()
             log.info("round %d open", self.current)

@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import ssl
+from typing import TypeVar
 
 import httpx
 from pydantic import TypeAdapter, ValidationError
@@ -72,32 +73,31 @@ async def get_json(url: str, limit: int | None = None, deadline_s: float | None 
         return None
 
 
+T = TypeVar("T")
+STATUS = TypeAdapter(Status)
 RECORDS = TypeAdapter(list[UnlearningRecord])
 PENDING = TypeAdapter(list[PendingUnlearning])
 
 
-async def fetch_status(url: str) -> Status | None:
-    """The aggregator's ``GET /v1/status``, or None when it is not reachable (yet) or its answer is no Status."""
-    body = await get_json(f"{url}/v1/status")
+async def fetch(url: str, shape: TypeAdapter[T]) -> T | None:
+    """``GET url`` validated as ``shape``, or None when unreachable, over its limits or not of that shape."""
+    body = await get_json(url)
     try:
-        return Status.model_validate(body) if body is not None else None
+        return shape.validate_python(body) if body is not None else None
     except ValidationError:
         return None
+
+
+async def fetch_status(url: str) -> Status | None:
+    """The aggregator's ``GET /v1/status``, or None when it is not reachable (yet) or its answer is no Status."""
+    return await fetch(f"{url}/v1/status", STATUS)
 
 
 async def fetch_unlearning_records(url: str) -> list[UnlearningRecord] | None:
     """The aggregator's ``GET /v1/unlearning`` (its audit records), or None when unreachable or not a ledger."""
-    body = await get_json(f"{url}/v1/unlearning")
-    try:
-        return RECORDS.validate_python(body) if body is not None else None
-    except ValidationError:
-        return None
+    return await fetch(f"{url}/v1/unlearning", RECORDS)
 
 
 async def fetch_pending_unlearnings(url: str) -> list[PendingUnlearning] | None:
     """The aggregator's ``GET /v1/unlearning/pending`` (uploads waiting for approval), or None when unreachable or malformed."""
-    body = await get_json(f"{url}/v1/unlearning/pending")
-    try:
-        return PENDING.validate_python(body) if body is not None else None
-    except ValidationError:
-        return None
+    return await fetch(f"{url}/v1/unlearning/pending", PENDING)

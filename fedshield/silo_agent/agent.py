@@ -253,7 +253,8 @@ class SiloAgent:
         reader = EnvelopeReader.from_bytes(aggregate)
         average = decrypt_envelope(self.keys, reader, round=round, count=mask.size, layout=self.layout.digest)
         decrypt_s = time.perf_counter() - t
-        own = self.layout.flatten(self.params) if upload_bytes else None  # what this silo trained, when its upload counted
+        # personalise: what this silo trained, when its upload counted (adapter-personal mixes it in)
+        own = self.layout.flatten(self.params) if self.config.aggregation.personalise and upload_bytes else None
         state.global_shared = state.global_shared.copy()
         state.global_shared[mask] += average
         state.score = next_score(state.score, average, mask, self.layout.size)

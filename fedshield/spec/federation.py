@@ -15,6 +15,7 @@ import yaml
 from pydantic import Field, model_validator
 
 from ..crypto.params import CkksParams, PackingParams
+from ..wire.messages import EpsilonUnit
 from .base import SiloName, Spec
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ class DPSpec(Spec):
     """Differential privacy (DP-LoRA), at the unit it protects: a silo's round, or a record or user inside a silo."""
 
     enabled: bool = Field(False, description="Differential privacy on (DP-LoRA).")
-    unit: Literal["silo", "record", "user"] = Field(
+    unit: EpsilonUnit = Field(
         "silo", description="What one guarantee protects. silo: a silo's whole contribution per round (its update clipped to "
                             "clipNorm, noise once per round). record / user: one record, or one user with all their records, inside "
                             "a silo (DP-SGD: Poisson-sampled batches, per-unit gradients clipped to clipNorm, noise at every step).")
