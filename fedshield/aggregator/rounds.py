@@ -29,8 +29,8 @@ from ..crypto import CryptoError, EncryptedSum, EnvelopeReader, Keys
 from ..crypto.envelope import save_envelope
 from ..crypto.noise import check_noise_budget
 from ..crypto.params import PackingParams
-from ..fairness import fedavg_weights, loss_weights, lr_scales, round_warmup_weights
 from ..faults import crash_point
+from ..plan import Plan, compute_mix_weights, compute_plan, effective_samples
 from ..updates import kept_count
 from ..wire.errors import ErrorCode
 from ..wire.messages import (
@@ -60,14 +60,6 @@ def sanitise(text: str, limit: int = TEXT_LIMIT) -> str:
     return " ".join(cleaned.split())[:limit]
 
 
-def effective_samples(config: FederationConfig, joined: dict[str, int]) -> dict[str, int]:
-    """The sample counts weights use: declared counts bound the claims; nothing declared means equal weights."""
-    declared = config.declared_samples
-    if declared is None:
-        return {name: 1 for name in joined}
-    return {name: min(claimed, declared.get(name, claimed)) for name, claimed in joined.items()}
-
-
 def check_epsilon_unit(config: FederationConfig, metadata: UploadMetadata) -> None:
     """Refuse an epsilon without its unit, or in another unit than the federation's ``privacy.dp.unit``."""
     if metadata.epsilon is None:
@@ -76,27 +68,6 @@ def check_epsilon_unit(config: FederationConfig, metadata: UploadMetadata) -> No
     if metadata.epsilon_unit != expected:
         got = metadata.epsilon_unit or "no unit"
         raise ApiError(ErrorCode.MALFORMED_REQUEST, f"epsilon_unit: the federation's epsilon is per {expected}, the upload says {got}")
-
-
-def compute_plan(config: FederationConfig, samples: dict[str, int], losses: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
-    """A round's weights and learning-rate scales from the agreed samples and the last validation losses (pure)."""
-    agg = config.aggregation
-    if agg.strategy == "dynamic_balance":
-        return (loss_weights(samples, losses, q=agg.q, cap=agg.max_weight),
-                lr_scales(losses, list(config.silo_names), gamma=agg.gamma))
-    return fedavg_weights(samples, cap=agg.max_weight), {name: 1.0 for name in config.silo_names}
-
-
-def compute_mix_weights(config: FederationConfig, losses: dict[str, float], round: int) -> dict[str, float]:
-    """aggregation.personalise: each silo's PPLR warm-up weight for ``round`` from closed rounds' losses ({} when off; pure)."""
-    agg = config.aggregation
-    if not agg.personalise:
-        return {}
-    return round_warmup_weights(losses, config.silo_names, round, alpha=agg.warmup_alpha, beta=agg.warmup_beta,
-                                temperature=agg.warmup_temperature)
-
-
-Plan = tuple[dict[str, float], dict[str, float], dict[str, float]]  # a round's weights, lr scales and warm-up weights
 
 
 def unlearning_packing(config: FederationConfig) -> PackingParams:

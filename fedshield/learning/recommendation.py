@@ -1,4 +1,4 @@
-"""The model side of the recommendation workload: TALLRec yes/no prompts scored by P(yes) (AUC, LogLoss).
+"""The model side of the recommendation workload: TALLRec yes/no prompts scored by P(yes) (AUC, LogLoss, NDCG@5).
 
 The same loss and scores the silo agent uses today (``learning.training.train_local_stats``,
 ``learning.model.yes_probabilities``), behind the ``Workload`` interface.
@@ -14,8 +14,10 @@ import torch
 
 from ..workloads.base import Column, Evaluation, Split, Workload
 from ..workloads.recommendation import Example, build_examples, load_movielens, split_examples, temporal_examples
-from ..workloads.scoring import auc, log_loss
+from ..workloads.scoring import auc, grouped_ndcg_at_k, log_loss
 from .model import answer_ids, answer_losses, check_context, last_token_logits, yes_probabilities
+
+NDCG_K = 5
 
 
 @dataclass
@@ -27,7 +29,8 @@ class RecommendationWorkload(Workload[Example]):
     """
 
     name: ClassVar[str] = "recommendation"
-    columns: ClassVar[tuple[Column, ...]] = (Column("auc", "AUC", ".3f"), Column("log_loss", "LogLoss", ".3f"))
+    columns: ClassVar[tuple[Column, ...]] = (Column("auc", "AUC", ".3f"), Column("log_loss", "LogLoss", ".3f"),
+                                             Column("ndcg_5", "NDCG@5", ".3f"))
     loss_metric: ClassVar[str] = "log_loss"
     history: int = 5
     like_threshold: float = 4.0
@@ -63,4 +66,9 @@ class RecommendationWorkload(Workload[Example]):
     def evaluate(self, model, tokenizer, examples) -> Evaluation:
         probs = yes_probabilities(model, tokenizer, [e.prompt for e in examples])
         labels = np.array([e.label for e in examples])
-        return Evaluation({"auc": auc(labels, probs), "log_loss": log_loss(labels, probs)}, "auc")
+        metrics = {"auc": auc(labels, probs), "log_loss": log_loss(labels, probs)}
+        known = np.array([bool(e.user) for e in examples], dtype=bool)  # examples without a user rank nothing
+        ndcg = grouped_ndcg_at_k([e.user for e in examples if e.user], labels[known], probs[known], NDCG_K)
+        if ndcg is not None:  # each user's validation items ranked by P(yes); absent when no user has two with a like
+            metrics["ndcg_5"] = ndcg
+        return Evaluation(metrics, "auc")

@@ -7,7 +7,13 @@ engine; uploads go through the same functions as the silo agent (``release``,
 ``EncryptedSum`` with the public context only. What it leaves out is transport, admission,
 persistence and the round deadline: the aggregator service and the silo agent own those.
 
-``encrypted=False`` is plaintext FedAvg (weighted mean of the released values, no
+Each round's plan (aggregation weights and learning-rate scales, ``aggregation.strategy``
+fedavg or dynamic_balance, and PPLR warm-up weights) comes from ``plan``, as the aggregator's
+does: weights from the training-set sizes bounded by the declared sample counts (equal weights
+when none are declared), losses from the global model each silo last evaluated.
+``run_alone`` is the local-only baseline: the same silos, steps and batches, nothing aggregated.
+
+``encrypted=False`` is plaintext aggregation (weighted mean of the released values, no
 quantisation): a reference arm for benchmarks, never how a federation runs.
 
 ``workload`` runs any task (``learning.workloads``; default: the config's) with the silo
@@ -34,11 +40,11 @@ from transformers import PreTrainedTokenizerBase
 
 from ..config import FederationConfig
 from ..crypto import EncryptedSum, EnvelopeReader, Keys, create_keys, decrypt_envelope, encrypt_update
-from ..fairness import fedavg_weights, round_warmup_weights
 from ..learning.data import base_model_path, silo_split
 from ..learning.model import load_base, with_lora
 from ..learning.training import create_engine, set_learning_rate, train_local_stats
 from ..learning.workloads import workload_for
+from ..plan import compute_mix_weights, compute_plan, effective_samples
 from ..privacy import release
 from ..silo_agent.personal import personal_vector, shared_values
 from ..updates import VectorLayout, lora_parameters, next_residual, next_score, round_mask
@@ -68,6 +74,7 @@ class SimRound:
     mix_weights: dict[str, float] = field(default_factory=dict)  # personalise: each silo's warm-up weight this round
     personal_scores: dict[str, float] = field(default_factory=dict)  # and the headline score of its personal adapter
     personal_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)  # the round's aggregation weights (the plan's)
 
     @property
     def mean_score(self) -> float:
@@ -109,14 +116,24 @@ class InProcessFederation:
         self.global_shared = self.layout.flatten(first)
         self.score: np.ndarray | None = None
         self.sent_ever = np.zeros(self.layout.size, dtype=bool)
-        self.weights = fedavg_weights({s.name: len(s.train) for s in self.silos})
+        # what the aggregator weighs by: each silo's training-set size as its join claim, bounded by the declared counts
+        self.samples = effective_samples(config, {s.name: len(s.train) for s in self.silos})
         self.losses: dict[str, float] = {}  # each silo's validation loss of the last global model it evaluated
+        self.weights, self.lr_scales = compute_plan(config, self.samples, self.losses)  # the open round's plan
 
     def _secret_keys(self) -> Keys:
         """The silos' key set (an encrypted federation has one from ``__post_init__``)."""
         if self.keys is None:
             raise RuntimeError("this federation runs in plaintext: it has no key set")
         return self.keys
+
+    def _train(self, silo: _Silo, round: int, lr_scale: float = 1.0) -> None:
+        """``silo``'s local steps of ``round`` (batches drawn from a seed of the federation, silo and round)."""
+        training = self.config.training
+        set_learning_rate(silo.engine, training.learning_rate * lr_scale)
+        seed = zlib.crc32(f"{self.config.seed}/{silo.name}/{round}".encode())
+        train_local_stats(silo.engine, silo.tokenizer, silo.train, training.local_steps, training.batch_size, seed=seed,
+                          workload=self.task)
 
     def run(self, rounds: int | None = None) -> list[SimRound]:
         return [self.run_round(r) for r in range(rounds if rounds is not None else self.config.rounds)]
@@ -130,14 +147,10 @@ class InProcessFederation:
         plain_sum = np.zeros(mask.size)
         upload_bytes: dict[str, int] = {}
         own: dict[str, np.ndarray] = {}
-        agg = config.aggregation
-        mix = round_warmup_weights(self.losses, config.silo_names, round, alpha=agg.warmup_alpha, beta=agg.warmup_beta,
-                                   temperature=agg.warmup_temperature) if agg.personalise else {}
+        self.weights, self.lr_scales = compute_plan(config, self.samples, self.losses)
+        mix = compute_mix_weights(config, self.losses, round)
         for silo in self.silos:
-            set_learning_rate(silo.engine, config.training.learning_rate)
-            seed = zlib.crc32(f"{config.seed}/{silo.name}/{round}".encode())
-            train_local_stats(silo.engine, silo.tokenizer, silo.train, config.training.local_steps, config.training.batch_size,
-                              seed=seed, workload=self.task)
+            self._train(silo, round, self.lr_scales.get(silo.name, 1.0))
             own[silo.name] = layout.flatten(silo.params)
             delta = own[silo.name] - self.global_shared
             update = release(delta, silo.residual, config.dp_budget(silo.name))
@@ -174,4 +187,20 @@ class InProcessFederation:
                 scores[silo.name], metrics[silo.name] = evaluation.score, evaluation.metrics
                 self.losses[silo.name] = evaluation.metrics[self.task.loss_metric]
         return SimRound(round, scores, float(self.sent_ever.mean()), upload_bytes, int(mask.size), metrics, mix,
-                        personal_scores, personal_metrics)
+                        personal_scores, personal_metrics, dict(self.weights))
+
+    def run_alone(self, rounds: int, evaluate_every: int = 1) -> list[SimRound]:
+        """The local-only baseline: every silo trains its own adapter from the same start, with the same steps and
+        batches (the same per-round seeds) as in the federation, and nothing is aggregated. Call it on a fresh
+        federation, instead of ``run``; rounds are scored every ``evaluate_every`` rounds and at the last."""
+        out = []
+        for round in range(rounds):
+            scores, metrics = {}, {}
+            for silo in self.silos:
+                self._train(silo, round)
+                if (round + 1) % evaluate_every == 0 or round == rounds - 1:
+                    evaluation = self.task.evaluate(silo.model, silo.tokenizer, silo.val)
+                    scores[silo.name], metrics[silo.name] = evaluation.score, evaluation.metrics
+            if scores:
+                out.append(SimRound(round, scores, 0.0, {s.name: 0 for s in self.silos}, 0, metrics))
+        return out

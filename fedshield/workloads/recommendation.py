@@ -113,6 +113,38 @@ def synthetic_silos(
     return data
 
 
+def skewed_silos(
+    silos: Sequence[str], seed: int = 0, users: Sequence[int] | None = None, items_per_user: int = 16,
+    items_per_genre: int = 20, taste_alpha: float = 0.3,
+) -> dict[str, list[Interaction]]:
+    """Interactions per silo with label skew and item skew: each silo has its own taste (Dirichlet(``taste_alpha``)
+    over genres, which genres its users like) and its own items (the catalogue cut into disjoint, equal shares).
+
+    What transfers between silos is the rule, not the items: a user likes items of the genres of the items they
+    liked before (every title ends with its genre). Users like two genres drawn from their silo's taste; an item
+    of a liked genre is rated high with probability 0.9, any other item low with probability 0.9.
+    """
+    rng = np.random.default_rng(seed)
+    titles = catalog(items_per_genre=items_per_genre, seed=seed)
+    shares = np.array_split(rng.permutation(len(titles)), len(silos))
+    if min(len(s) for s in shares) < items_per_user:
+        raise ValueError(f"{len(titles)} items in {len(silos)} disjoint shares leave fewer than {items_per_user} per silo")
+    users = users or [int(40 * 0.6**i) + 12 for i in range(len(silos))]
+    data: dict[str, list[Interaction]] = {}
+    for silo, n_users, share in zip(silos, users, shares, strict=False):
+        own = [titles[i] for i in sorted(share)]
+        taste = rng.dirichlet(np.full(len(GENRES), taste_alpha))
+        records = []
+        for u in range(n_users):
+            liked = set(rng.choice(GENRES, size=2, replace=False, p=taste))
+            for t, item in enumerate(rng.choice(own, size=items_per_user, replace=False)):
+                fits = (str(item).split()[-1] in liked) == (rng.random() < 0.9)
+                rating = float(rng.integers(4, 6) if fits else rng.integers(1, 4))
+                records.append(Interaction(f"{silo}-u{u}", str(item), rating, t))
+        data[silo] = records
+    return data
+
+
 # --- MovieLens-format files --------------------------------------------------------------
 
 

@@ -1,6 +1,9 @@
-"""AUC and log-loss of binary predictions, NDCG@k of rankings (pure numpy; tests check them against scikit-learn)."""
+"""AUC and log-loss of binary predictions, NDCG@k of rankings and its mean over users (pure numpy; tests check
+them against scikit-learn)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -60,3 +63,20 @@ def ndcg_at_k(relevance: np.ndarray, scores: np.ndarray, k: int) -> float:
             averaged[a:b] = gains[a:b].mean()
         out.append(float(averaged @ discount) / ideal)
     return float(np.mean(out))
+
+
+def grouped_ndcg_at_k(groups: Sequence[str], relevance: np.ndarray, scores: np.ndarray, k: int) -> float | None:
+    """Mean NDCG@k over groups (a recommendation's users: each ranks its own items by score).
+
+    Only groups with at least two items and one relevant item count (one item, or none relevant, ranks
+    nothing); None when no group qualifies.
+    """
+    relevance, scores = np.asarray(relevance, dtype=np.float64), np.asarray(scores, dtype=np.float64)
+    if not len(groups) == len(relevance) == len(scores):
+        raise ValueError(f"{len(groups)} groups, {len(relevance)} relevances and {len(scores)} scores differ in length")
+    members: dict[str, list[int]] = {}
+    for i, group in enumerate(groups):
+        members.setdefault(group, []).append(i)
+    values = [ndcg_at_k(relevance[idx], scores[idx], k) for idx in members.values()
+              if len(idx) >= 2 and relevance[idx].max() > 0]
+    return float(np.mean(values)) if values else None

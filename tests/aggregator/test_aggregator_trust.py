@@ -26,11 +26,12 @@ from hypothesis import strategies as st
 from support.aggregator_harness import RunningAggregator
 
 from fedshield.aggregator import rounds as rounds_module
-from fedshield.aggregator.rounds import Coordinator, compute_plan, effective_samples
+from fedshield.aggregator.rounds import Coordinator
 from fedshield.aggregator.store import StateLocked, Store
 from fedshield.config import AggregationSpec, FederationConfig, LimitsSpec, SiloSpec
 from fedshield.crypto import EnvelopeReader, decrypt_envelope, encrypt_update
 from fedshield.crypto.envelope import save_envelope
+from fedshield.plan import compute_plan, effective_samples
 from fedshield.updates import kept_count
 
 SIZE, LAYOUT = 3000, "layout-trust"

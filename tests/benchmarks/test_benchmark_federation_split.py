@@ -3,8 +3,8 @@
 import pytest
 from support.benchmarks import load_benchmark
 
-from fedshield.aggregator.rounds import compute_plan, effective_samples
 from fedshield.learning.data import silo_split
+from fedshield.plan import compute_plan, effective_samples
 
 
 def test_the_split_declares_each_silos_training_size_and_weights_follow_it():

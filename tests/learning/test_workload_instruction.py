@@ -167,16 +167,18 @@ def test_workloads_by_name_share_one_interface(tiny, tmp_path):
     model, tokenizer = tiny
     rows = [Interaction(f"u{u}", t, 5.0 if (u + i) % 2 else 1.0, i)
             for u in range(4) for i, t in enumerate(["what colour", "the sky", "grass", "snow", "coal"])]
-    workload = get_workload("recommendation", holdout=1)
+    workload = get_workload("recommendation", holdout=2)
     assert isinstance(workload, RecommendationWorkload)
     split = workload.examples(write_movielens(rows, tmp_path / "ml"))
-    assert len(split.validation) == 4 and len(split.train) == 12
+    assert len(split.validation) == 8 and len(split.train) == 8
     workload.check(model, tokenizer, split.train)
     loss = workload.loss(model, tokenizer, split.train[:4])
     assert loss.requires_grad and loss.ndim == 0
     result = workload.evaluate(model, tokenizer, split.validation)
-    assert result.headline == "auc" and set(result.metrics) == {"auc", "log_loss"}
-    assert [c.render(result.metrics) for c in workload.columns] == [format(result.metrics[k], ".3f") for k in ("auc", "log_loss")]
+    assert result.headline == "auc" and set(result.metrics) == {"auc", "log_loss", "ndcg_5"}
+    assert [c.render(result.metrics) for c in workload.columns] == [format(result.metrics[k], ".3f") for k in ("auc", "log_loss", "ndcg_5")]
+    one_each = workload.evaluate(model, tokenizer, split.validation[::2])  # one item per user: no ranking to score
+    assert "ndcg_5" not in one_each.metrics and workload.columns[-1].render(one_each.metrics) == "-"
 
 
 def test_triage_silos_are_seeded_and_differ_in_words_and_labels(tmp_path):

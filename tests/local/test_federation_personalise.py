@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedshield.aggregator.rounds import compute_mix_weights
 from fedshield.config import AggregationSpec, FederationConfig, LoraSpec, SiloSpec, TrainingSpec
 from fedshield.local.demo import build_report, round_table
 from fedshield.local.simulation import InProcessFederation
+from fedshield.plan import compute_mix_weights
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn import metrics
 
-from fedshield.workloads.scoring import auc, log_loss, ndcg_at_k
+from fedshield.workloads.scoring import auc, grouped_ndcg_at_k, log_loss, ndcg_at_k
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -49,3 +49,24 @@ def test_ndcg_refuses_mismatched_shapes_and_bad_k():
         ndcg_at_k(np.ones((2, 3)), np.ones((2, 4)), 2)
     with pytest.raises(ValueError, match="k must"):
         ndcg_at_k(np.ones((1, 3)), np.ones((1, 3)), 0)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_grouped_ndcg_is_the_mean_of_each_users_sklearn_ndcg(seed):
+    rng = np.random.default_rng(seed)
+    users = [f"u{i}" for i in rng.integers(0, 6, 60)]
+    relevance, scores = rng.integers(0, 2, 60).astype(float), np.round(rng.random(60), 1)
+    expected = []
+    for user in sorted(set(users)):
+        idx = [i for i, u in enumerate(users) if u == user]
+        if len(idx) >= 2 and relevance[idx].max() > 0:
+            expected.append(metrics.ndcg_score(relevance[idx][None], scores[idx][None], k=5))
+    assert grouped_ndcg_at_k(users, relevance, scores, 5) == pytest.approx(float(np.mean(expected)), abs=1e-12)
+
+
+def test_grouped_ndcg_skips_users_that_rank_nothing():
+    # u0 has one item, u1 no relevant item: only u2 counts, and its ranking is perfect
+    assert grouped_ndcg_at_k(["u0", "u1", "u1", "u2", "u2"], np.array([1, 0, 0, 0, 1]), np.array([.1, .5, .6, .2, .9]), 5) == 1.0
+    assert grouped_ndcg_at_k(["u0", "u1", "u1"], np.array([1, 0, 0]), np.array([.1, .5, .6]), 5) is None
+    with pytest.raises(ValueError, match="differ in length"):
+        grouped_ndcg_at_k(["u0"], np.ones(2), np.ones(2), 5)

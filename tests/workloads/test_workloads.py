@@ -8,6 +8,7 @@ from fedshield.workloads.recommendation import (
     catalog,
     load_movielens,
     prompt_for,
+    skewed_silos,
     split_examples,
     synthetic_silos,
 )
@@ -70,3 +71,17 @@ def test_auc_and_log_loss_on_known_values():
     assert auc([0, 1], [0.5, 0.5]) == pytest.approx(0.5)
     assert auc([1, 1], [0.2, 0.3]) == 0.5
     assert log_loss([1, 0], [0.5, 0.5]) == pytest.approx(np.log(2))
+
+
+def test_skewed_silos_have_disjoint_items_their_own_taste_and_are_seeded():
+    names = ["a", "b", "c", "d", "e"]
+    data = skewed_silos(names, seed=4)
+    assert data == skewed_silos(names, seed=4) and data != skewed_silos(names, seed=5)
+    items = {s: {r.item for r in rows} for s, rows in data.items()}
+    assert all(items[x].isdisjoint(items[y]) for x in names for y in names if x < y)  # item skew
+    assert [len({r.user for r in rows}) for rows in data.values()] == [int(40 * 0.6**i) + 12 for i in range(5)]
+    liked = {s: np.array([sum(r.item.endswith(g) and r.rating >= 4 for r in rows) for g in GENRES], float) for s, rows in data.items()}
+    shares = {s: v / v.sum() for s, v in liked.items()}
+    assert max(np.abs(shares[x] - shares[y]).sum() for x in names for y in names) > 0.5  # label skew: tastes differ
+    with pytest.raises(ValueError, match="fewer than 16 per silo"):
+        skewed_silos([f"s{i}" for i in range(11)], seed=0)
