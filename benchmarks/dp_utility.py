@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from confidence import ci95
 from federation_split import config, run
-from scipy import stats
 
 from fedshield.config import DPSpec, PrivacySpec
 from fedshield.learning.data import silo_examples
@@ -56,12 +56,6 @@ def dp_parameters(cfg, epsilon: float) -> dict:
     steps = cfg.rounds * cfg.training.local_steps
     return {"sampling_rate": round(rate, 4), "steps": steps, "noise_multiplier": round(noise_for_dp_sgd(epsilon, rate, steps, DELTA), 4)}
 
-
-def ci95(values: list[float]) -> list[float]:
-    if len(values) < 2:
-        return [values[0], values[0]]
-    half = stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / np.sqrt(len(values))
-    return [round(float(np.mean(values) - half), 4), round(float(np.mean(values) + half), 4)]
 
 
 def step_seconds(seed: int = 0, steps: int = 4) -> dict:

@@ -41,7 +41,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from scipy import stats as scipy_stats
+from confidence import ci95
 
 with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed announces its accelerator on stdout at import
     import deepspeed  # noqa: F401
@@ -183,12 +183,6 @@ def flatten(d: dict, prefix: str = "") -> dict[str, float]:
     return out
 
 
-def ci95(values: list[float]) -> list[float]:
-    if len(values) < 2:
-        return [values[0], values[0]] if values else [float("nan")] * 2
-    half = scipy_stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / np.sqrt(len(values))
-    return [float(np.mean(values) - half), float(np.mean(values) + half)]
-
 
 def summarise(rows: list[dict]) -> dict:
     """Means and 95% t-intervals over seeds of every number, the targets, and the per-seed rows."""
@@ -199,7 +193,7 @@ def summarise(rows: list[dict]) -> dict:
         names = sorted(set().union(*per_seed))
         summary[key.replace("methods.", "")] = {
             n: {"mean": round(float(np.mean([p[n] for p in per_seed if n in p])), 5),
-                "ci95": [round(x, 5) for x in ci95([p[n] for p in per_seed if n in p])]} for n in names}
+                "ci95": [round(x, 5) for x in ci95([p[n] for p in per_seed if n in p], digits=None)]} for n in names}
     e, floor = summary["e2urec"], summary["noise_floor"]
 
     def mean(arm: str, name: str) -> float:
