@@ -106,6 +106,7 @@ class Coordinator:
         self._last_round: dict[str, int] = {}
         self._max_epsilon: float | None = None
         self._epsilon_unit: EpsilonUnit | None = None
+        self._epsilon: dict[str, float] = {}  # each silo's spend, by its last accepted upload
         self._fairness_gap: float | None = None
         self._restore()
 
@@ -274,8 +275,10 @@ class Coordinator:
         for silo, meta in reports.items():
             if meta.get("val_loss") is not None:
                 self._losses[silo] = meta["val_loss"]
-            if meta.get("epsilon") is not None and meta["epsilon"] >= (self._max_epsilon or 0.0):
-                self._max_epsilon, self._epsilon_unit = meta["epsilon"], meta.get("epsilon_unit")
+            if meta.get("epsilon") is not None:
+                self._epsilon[silo] = meta["epsilon"]
+                if meta["epsilon"] >= (self._max_epsilon or 0.0):
+                    self._max_epsilon, self._epsilon_unit = meta["epsilon"], meta.get("epsilon_unit")
         for silo in contributors:
             self._last_round[silo] = round
         scores = [m["val_score"] for m in reports.values() if m.get("val_score") is not None]
@@ -362,7 +365,7 @@ class Coordinator:
                 closed=closed,
                 summary=StatusSummary(rounds_closed=count, last_round=dict(self._last_round),
                                       fairness_gap=self._fairness_gap, max_epsilon=self._max_epsilon,
-                                      epsilon_unit=self._epsilon_unit,
+                                      epsilon_unit=self._epsilon_unit, epsilon_by_silo=dict(self._epsilon),
                                       closed_from=start),
             )
 

@@ -194,6 +194,7 @@ class SiloStatus(Model):
     reason: str | None = Field(None, description="Why the last pod failed (OOMKilled, Error, ...).")
     restarts: int = Field(0, description="Failed pods of this silo so far (a multi-node silo: restarts of its whole group).")
     ranks_ready: str | None = Field(None, description="A multi-node silo: its pods (ranks) running and ready, out of nodes.")
+    epsilon: float | None = Field(None, description="Epsilon this silo has spent, by its last accepted upload (unit: epsilonUnit).")
 
 
 class FederatedFinetuneStatus(Model):

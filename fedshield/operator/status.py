@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel
 
 from ..api.models import Condition, FederatedFinetuneSpec, FederatedFinetuneStatus, SiloStatus
-from ..wire.messages import Status
+from ..wire.messages import Status, StatusSummary
 
 PHASES = ("Pending", "Running", "Succeeded", "Failed", "Suspended")
 
@@ -108,9 +108,12 @@ def admitted_condition(previous: list[dict], admitted: bool, reason: str, messag
 
 
 
-def _silo(spec_silo: str, observed: Observed, suspended: bool, last_round: dict[str, int], withdrawn: dict[str, str],
+def _silo(spec_silo: str, observed: Observed, suspended: bool, summary: StatusSummary | None, withdrawn: dict[str, str],
           nodes: int = 1) -> SiloStatus:
     job = observed.jobs.get(spec_silo)
+    last_round = summary.last_round if summary is not None else {}
+    spent = summary.epsilon_by_silo.get(spec_silo) if summary is not None else None
+    epsilon = round(spent, 4) if spent is not None else None
     exit_code, reason = last_termination(observed.failed_pods.get(spec_silo, []))
     if spec_silo in withdrawn:
         reason = f"Withdrawn: {_one_line(withdrawn[spec_silo])}"
@@ -118,9 +121,10 @@ def _silo(spec_silo: str, observed: Observed, suspended: bool, last_round: dict[
         js = observed.jobsets.get(spec_silo)
         ready = min(nodes, observed.ready_pods.get(spec_silo, 0))
         return SiloStatus(name=spec_silo, phase=jobset_phase(js, suspended), last_round=last_round.get(spec_silo), exit_code=exit_code,
-                          reason=reason, restarts=((js or {}).get("status") or {}).get("restarts", 0) or 0, ranks_ready=f"{ready}/{nodes}")
+                          reason=reason, restarts=((js or {}).get("status") or {}).get("restarts", 0) or 0, ranks_ready=f"{ready}/{nodes}",
+                          epsilon=epsilon)
     return SiloStatus(name=spec_silo, phase=silo_phase(job, suspended), last_round=last_round.get(spec_silo), exit_code=exit_code,
-                      reason=reason, restarts=(job or {}).get("status", {}).get("failed", 0) or 0)
+                      reason=reason, restarts=(job or {}).get("status", {}).get("failed", 0) or 0, epsilon=epsilon)
 
 
 def finetune_status(spec: FederatedFinetuneSpec, observed: Observed, previous: dict | None, now: str, generation: int | None,
@@ -130,9 +134,8 @@ def finetune_status(spec: FederatedFinetuneSpec, observed: Observed, previous: d
     agg = observed.aggregator
     summary = agg.summary if agg is not None else None
     withdrawn = agg.plan.withdrawn if agg is not None else {}
-    last_round = summary.last_round if summary is not None else {}
     rounds_done = summary.rounds_closed if summary is not None else 0
-    silos = [_silo(silo.name, observed, spec.suspend, last_round, withdrawn, silo.nodes) for silo in spec.silos]
+    silos = [_silo(silo.name, observed, spec.suspend, summary, withdrawn, silo.nodes) for silo in spec.silos]
     phases = [s.phase for s in silos]
     ready = sum(p in ("Running", "Succeeded") for p in phases)
     alive = sum(p != "Failed" for p in phases)

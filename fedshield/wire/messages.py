@@ -98,6 +98,8 @@ class StatusSummary(Message):
     fairness_gap: float | None = Field(None, description="Max minus min validation AUC of the last closed round.")
     max_epsilon: float | None = Field(None, description="The largest privacy budget a silo reported spent.")
     epsilon_unit: EpsilonUnit | None = Field(None, description="What max_epsilon protects (silo, record or user), as its silo reported.")
+    epsilon_by_silo: dict[str, float] = Field({}, description="The privacy budget each silo reported spent in its last accepted "
+                                              "upload (unit: epsilon_unit); silos that never reported one are absent.")
     closed_from: int = Field(0, description="The first round listed in ``closed`` (page with ?closed_from=).")
 
 

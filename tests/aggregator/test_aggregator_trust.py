@@ -460,6 +460,7 @@ def test_observers_see_a_rate_limited_summary_and_silos_their_own_reports(tmp_pa
         assert body["plan"]["weights"] == {} and body["summary"]["rounds_closed"] == 1
         assert body["summary"]["fairness_gap"] == pytest.approx(0.1) and body["summary"]["max_epsilon"] == 2.0
         assert body["summary"]["epsilon_unit"] == "silo"
+        assert body["summary"]["epsilon_by_silo"] == {"bank-a": 1.0, "bank-b": 2.0}  # observers see each silo's spend
         for client in http.values():
             client.close()
 

@@ -178,8 +178,10 @@ def test_withdrawn_silo_and_epsilon_appear_in_status():
         "plan": {"state": "open", "withdrawn": {"hospital-a": "privacy budget spent"}},
         "closed": [{"round": 0, "contributors": ["hospital-a"], "metadata": {"hospital-a": {"epsilon": 1.25, "epsilon_unit": "record"}}}]}))
     status = compute_status(spec, observed, None, "t", 1)
-    assert next(s for s in status["silos"] if s["name"] == "hospital-a")["reason"] == "Withdrawn: privacy budget spent"
+    silos = {s["name"]: s for s in status["silos"]}
+    assert silos["hospital-a"]["reason"] == "Withdrawn: privacy budget spent"
     assert status["epsilon"] == 1.25 and status["epsilonUnit"] == "record"
+    assert silos["hospital-a"]["epsilon"] == 1.25 and "epsilon" not in silos["hospital-b"]  # each silo's own spend, when known
 
 
 def test_fifty_silo_reconcile_is_fast():

@@ -22,6 +22,8 @@ def status_of(partial: dict | None) -> Status | None:
     aucs = [m.val_score for m in closed[-1].metadata.values() if m.val_score is not None] if closed else []
     spent = [m for c in closed for m in c.metadata.values() if m.epsilon is not None]
     top = max(spent, key=lambda m: m.epsilon or 0.0) if spent else None
+    by_silo = {silo: m.epsilon for c in closed for silo, m in c.metadata.items() if m.epsilon is not None}
     summary = StatusSummary(rounds_closed=len(closed), last_round=last_round, fairness_gap=round_gap(aucs),
-                            max_epsilon=top.epsilon if top else None, epsilon_unit=top.epsilon_unit if top else None)
+                            max_epsilon=top.epsilon if top else None, epsilon_unit=top.epsilon_unit if top else None,
+                            epsilon_by_silo=by_silo)
     return Status(plan=plan, joined={}, uploaded=[], closed=closed, summary=summary)
