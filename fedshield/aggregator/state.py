@@ -15,6 +15,7 @@ from ..crypto.envelope import max_ciphertext_bytes
 from ..security.auth import Authenticator
 from ..security.limits import RateLimiter, UploadSlots
 from ..wire.errors import ErrorCode
+from ..wire.messages import RoundPlan
 from .errors import ApiError
 from .guard import IDENTITY
 from .rounds import Coordinator, unlearning_packing
@@ -39,6 +40,14 @@ class AppState:
         tmp_dir.mkdir(exist_ok=True)
         return cls(coordinator, auth, UploadSlots(limits.max_concurrent_uploads, limits.retry_after_s),
                    RateLimiter(limits.silo_uploads_per_minute / 60.0, limits.silo_upload_burst, "uploads"), tmp_dir)
+
+    def shown(self, plan: RoundPlan, silo: str | None) -> RoundPlan:
+        """``plan`` as the authenticated ``silo`` may see it: its own weight and lr scale, no other silo's (under
+        dynamic balance they follow losses). Plain HTTP trusts every name, so it shows every silo's (tests only)."""
+        if not self.auth.required:
+            return plan
+        return plan.model_copy(update={"weights": {k: v for k, v in plan.weights.items() if k == silo},
+                                       "lr_scales": {k: v for k, v in plan.lr_scales.items() if k == silo}})
 
     def configured(self, silo: str) -> bool:
         return silo in self.coordinator.config.silo_names

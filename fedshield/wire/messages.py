@@ -61,8 +61,9 @@ class RoundPlan(Message):
     vector_size: int | None = None
     kept: int | None = None
     layout: str | None = None
-    weights: dict[str, float] = {}
-    lr_scales: dict[str, float] = {}
+    weights: dict[str, float] = Field({}, description="Aggregation weights of the round: only the calling silo's own in the plan "
+                                                      "served to a silo (under dynamic balance they follow losses).")
+    lr_scales: dict[str, float] = Field({}, description="Learning-rate scales of the round, the calling silo's own likewise.")
     withdrawn: dict[str, str] = Field({}, description="Silos that stopped contributing, with their reason.")
     deadline_s: float | None = Field(None, description="Seconds until the round may close without every silo.")
     mix_weight: float | None = Field(None, description="aggregation.personalise: the caller's own PPLR warm-up weight for this "

@@ -442,14 +442,18 @@ def test_observers_see_a_rate_limited_summary_and_silos_their_own_reports(tmp_pa
         files = {s: silo_files(certs, s) for s in ("bank-a", "bank-b")}
         http = {s: agg.client(files[s].cert, files[s].key, timeout=10) for s in files}
         for silo in files:
-            plan = http[silo].post("/v1/join", json={"silo": silo, "samples": 100, "vector_size": SIZE, "layout": LAYOUT}).json()
+            http[silo].post("/v1/join", json={"silo": silo, "samples": 100, "vector_size": SIZE, "layout": LAYOUT}).json()
+        plans = {silo: http[silo].get("/v1/plan").json() for silo in files}
+        assert {s: p["weights"] for s, p in plans.items()} == {"bank-a": {"bank-a": 0.5}, "bank-b": {"bank-b": 0.5}}  # own only
+        assert all(list(p["lr_scales"]) == [s] for s, p in plans.items())
         for i, silo in enumerate(files):
-            r = http[silo].put(f"/v1/rounds/0/uploads/{silo}", content=envelope(keys, plan, silo, seed=i).data,
+            r = http[silo].put(f"/v1/rounds/0/uploads/{silo}", content=envelope(keys, plans[silo], silo, seed=i).data,
                                params={"samples": 100, "val_loss": 0.3 + i, "val_score": 0.6 + i / 10, "epsilon": 1.0 + i,
                                        "epsilon_unit": "silo"})
             assert r.status_code == 200, r.text
         mine = http["bank-a"].get("/v1/status").json()
         assert list(mine["closed"][0]["metadata"]) == ["bank-a"] and mine["joined"] == {"bank-a": 100, "bank-b": 0}
+        assert set(mine["plan"]["weights"]) == {"bank-a"}  # the status' plan shows a silo its own weight too
         with agg.client(timeout=10) as anonymous:  # no identity, no status (issue 17)
             assert {(r.status_code, r.json()["error"]) for r in (anonymous.get("/v1/status") for _ in range(4))} == {(401, "unauthenticated")}
         with agg.client(observer.cert, observer.key, timeout=10) as certified:

@@ -67,7 +67,8 @@ class World:
         for silo in SILOS:
             r = self.http[silo].post("/v1/join", json={"silo": silo, "samples": 100, "vector_size": SIZE, "layout": LAYOUT})
             assert r.status_code == 200, r.text
-        self.plan = r.json()
+        self.plans = {s: self.http[s].get("/v1/plan").json() for s in SILOS}  # each silo is served its own weight
+        self.plan = self.plans[SILOS[-1]]
         self.valid = {s: self.envelope(keys, s) for s in SILOS}
         self.foreign_key = self.envelope(other_keys, "bank-a")
         self.next_round = self.envelope(keys, "bank-a", round=1)
@@ -76,7 +77,7 @@ class World:
 
     def envelope(self, keys, silo: str, round: int = 0) -> bytes:
         values = np.random.default_rng(len(silo) + round).uniform(-1e-2, 1e-2, kept_count(SIZE, self.plan["pruning"]))
-        return encrypt_update(keys, values, weight=self.plan["weights"][silo], round=round, silo=silo, layout=LAYOUT).data
+        return encrypt_update(keys, values, weight=self.plans[silo]["weights"][silo], round=round, silo=silo, layout=LAYOUT).data
 
     def state(self) -> tuple:
         """Everything a rejected request must leave alone."""

@@ -52,8 +52,9 @@ def federation(tmp_path, public_keys, keys):
         files = {s: silo_files(certs, s) for s in SILOS}
         http = {s: agg.client(files[s].cert, files[s].key, timeout=30) for s in SILOS}
         for silo in SILOS:
-            plan = http[silo].post("/v1/join", json={"silo": silo, "samples": 100, "vector_size": SIZE, "layout": LAYOUT}).json()
+            http[silo].post("/v1/join", json={"silo": silo, "samples": 100, "vector_size": SIZE, "layout": LAYOUT})
         for i, silo in enumerate(SILOS):
+            plan = http[silo].get("/v1/plan").json()  # each silo is served its own weight
             values = np.random.default_rng(i).uniform(-1e-2, 1e-2, kept_count(SIZE, plan["pruning"]))
             data = encrypt_update(keys, values, weight=plan["weights"][silo], round=0, silo=silo, layout=LAYOUT).data
             assert http[silo].put(f"/v1/rounds/0/uploads/{silo}", content=data,

@@ -99,6 +99,8 @@ def test_mutual_tls_binds_every_call_to_the_certificate_name(pki, keys, public_k
             assert bank_a.post("/v1/join", json=join_body("bank-a")).status_code == 200
             plan = bank_b.post("/v1/join", json=join_body("bank-b")).json()
             assert plan["state"] == "open" and plan["mask_seed"] is not None
+            assert plan["weights"] == {"bank-b": 0.5}  # a silo is served its own weight only
+            plan_a = bank_a.get("/v1/plan").json()
             # no client certificate: health yes, API no, status neither (an observer's view is in test_aggregator_trust)
             assert anonymous.get("/healthz").status_code == 200
             r = anonymous.get("/v1/plan")
@@ -119,7 +121,7 @@ def test_mutual_tls_binds_every_call_to_the_certificate_name(pki, keys, public_k
                 assert mallory.get("/v1/plan").json()["error"] == "unknown_silo"
             # the real thing
             assert bank_b.put("/v1/rounds/0/uploads/bank-b", content=data_b, params={"samples": 100}).status_code == 200
-            r = bank_a.put("/v1/rounds/0/uploads/bank-a", content=upload_bytes(keys, plan, "bank-a", 1), params={"samples": 100})
+            r = bank_a.put("/v1/rounds/0/uploads/bank-a", content=upload_bytes(keys, plan_a, "bank-a", 1), params={"samples": 100})
             assert r.status_code == 200 and r.json()["silo"] == "bank-a"
             assert bank_a.get("/v1/rounds/0/aggregate").status_code == 200
             assert anonymous.get("/v1/rounds/0/aggregate").status_code == 401
@@ -184,7 +186,8 @@ def test_concurrent_uploads_beyond_the_limit_get_503_and_the_client_waits_them_o
         with agg.client(a.cert, a.key) as bank_a, agg.client(b.cert, b.key) as bank_b:
             bank_a.post("/v1/join", json=join_body("bank-a"))
             plan = bank_b.post("/v1/join", json=join_body("bank-b")).json()
-        data_a, data_b = upload_bytes(keys, plan, "bank-a"), upload_bytes(keys, plan, "bank-b")
+            plan_a = bank_a.get("/v1/plan").json()
+        data_a, data_b = upload_bytes(keys, plan_a, "bank-a"), upload_bytes(keys, plan, "bank-b")
         release = threading.Event()
 
         def slow_body():  # holds the only upload slot until released
@@ -218,8 +221,8 @@ def test_a_retried_upload_is_a_duplicate_and_the_client_honours_429(pki, keys, p
         a, b = (silo_files(pki / "certs", s) for s in SILOS)
         clients = {s: AggregatorClient(agg.url, security=ClientSecurity(ca=f.ca, cert=f.cert, key=f.key)) for s, f in zip(SILOS, (a, b), strict=False)}
         for s, c in clients.items():
-            plan = c.join(JoinRequest(silo=s, samples=100, vector_size=SIZE, layout=LAYOUT)).model_dump()
-        data = upload_bytes(keys, plan, "bank-a")
+            c.join(JoinRequest(silo=s, samples=100, vector_size=SIZE, layout=LAYOUT))
+        data = upload_bytes(keys, clients["bank-a"].plan().model_dump(), "bank-a")
         first = clients["bank-a"].upload(0, "bank-a", data, UploadMetadata(samples=100))
         start = time.monotonic()
         again = clients["bank-a"].upload(0, "bank-a", data, UploadMetadata(samples=100))  # 429 first, then a duplicate

@@ -26,4 +26,4 @@ def status(request: Request, state: State, closed_from: Annotated[int | None, Qu
     current = state.coordinator.status(viewer=silo, everything=not required, closed_from=closed_from, limit=limit)
     if required and silo not in state.coordinator.store.silos():
         current = current.model_copy(update={"plan": current.plan.model_copy(update=HIDDEN_PLAN)})
-    return current
+    return current.model_copy(update={"plan": state.shown(current.plan, silo)})
