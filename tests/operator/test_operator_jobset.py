@@ -88,6 +88,8 @@ DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 def raw_spec(nodes: int | None = 2, **silo0) -> dict:
     raw = copy.deepcopy(EXAMPLE["spec"])
     raw["silos"][0].update(silo0 if nodes is None else dict(silo0, nodes=nodes))
+    if nodes and nodes > 1:
+        raw["training"] = dict(raw["training"], batchSize=192)  # divides over 2, 3, 4 and 64 nodes
     return raw
 
 
