@@ -25,7 +25,7 @@ from ..learning.workloads import workload_for
 from ..security.auth import create_tokens
 from ..security.certs import issue_all
 from ..security.tls import client_context
-from ..spec.commands import ClientCredentials, ServerCredentials, aggregator_command, silo_command
+from ..spec.commands import ClientCredentials, ServerCredentials, aggregator_command, silo_command, torchrun_program
 from ..spec.federation import DataSpec, FederationConfig, LoraSpec, ModelSpec, SiloSpec, TrainingSpec, config_yaml
 
 LLM_DEMO_MODEL = "smollm2-135m-instruct"  # a packaged model (``fedshield models list``)
@@ -71,6 +71,7 @@ def with_local_ports(config: FederationConfig) -> FederationConfig:
 
 SECURITY = ("mtls", "token", "none")
 PROGRAM = (sys.executable, "-m", "fedshield.cli")  # this interpreter, whatever is on PATH
+SILO_GROUP_RESTARTS = 3  # a silo with nodes > 1: whole-group restarts torchrun makes when one rank fails
 
 
 class Federation:
@@ -154,11 +155,16 @@ class Federation:
         self.start_silos(self.config.silo_names if silos is None else silos)
 
     def start_silos(self, silos: tuple[str, ...]) -> None:
-        """Start silo agents (after :meth:`start`): each resumes from its own work directory."""
+        """Start silo agents (after :meth:`start`): each resumes from its own work directory. A silo with ``nodes`` N > 1
+        runs as N ranks on this machine under torchrun (``torch.distributed.run``, gloo without GPUs)."""
+        nodes = {s.name: s.nodes for s in self.config.silos}
         for silo in silos:
+            program = PROGRAM if nodes[silo] == 1 else torchrun_program(
+                sys.executable, "fedshield.cli", nodes[silo], master_port=free_port(), max_restarts=SILO_GROUP_RESTARTS)
             self._spawn(silo, silo_command(str(self.out / "config.yaml"), silo, str(self.out / "keys" / SECRET_FILE),
                                            str(self.out / "silos" / silo), self.silo_url, self._silo_credentials[silo],
-                                           model_cache=str(self.out / "model-cache"), program=PROGRAM))
+                                           model_cache=str(self.out / "model-cache"), program=program))
+
 
     def wait_healthy(self, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s

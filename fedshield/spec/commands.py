@@ -68,6 +68,14 @@ def silo_command(config: str, name: str, secret_key: str, workdir: str, aggregat
             "--aggregator", aggregator, *_flags(("--model-cache", model_cache)), *client.flags()]
 
 
+def torchrun_program(python: str, module: str, nproc_per_node: int, *, master_port: int, max_restarts: int = 0,
+                     nnodes: int = 1) -> tuple[str, ...]:
+    """The ``program`` of a silo that runs as ``nproc_per_node`` ranks on this machine: ``python -m torch.distributed.run``
+    starting ``python -m module`` once per rank, restarting the whole group up to ``max_restarts`` times when one fails."""
+    return (python, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--nproc-per-node", str(nproc_per_node),
+            "--max-restarts", str(max_restarts), "--master-port", str(master_port), "-m", module)
+
+
 def unlearn_command(config: str, silo: str, secret_key: str, workdir: str, aggregator: str, spec: UnlearningSpec, *,
                     users_file: str, requested_by: str, reason: str = "", client: ClientCredentials = ClientCredentials(),
                     model_cache: str | None = None, program: Sequence[str] = PROGRAM) -> list[str]:
