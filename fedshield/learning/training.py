@@ -37,15 +37,24 @@ def init_distributed() -> None:
 
     if dist.is_available() and dist.is_initialized():
         return
-    if world()[1] == 1:
+    rank, ranks = world()
+    if ranks == 1:
         for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
             os.environ.setdefault(key, value)
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    # Ranks > 0 wait in a broadcast while rank 0 waits for a round to close: longer than any round deadline (7 days).
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False, timeout=timedelta(days=8))
     if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # this rank's GPU, before NCCL starts
+    timeout = timedelta(days=8)  # ranks > 0 wait in a broadcast while rank 0 waits for a round to close (deadline <= 7 days)
+    if ranks > 1 and (attempt := os.environ.get("TORCHELASTIC_RESTART_COUNT")) is not None:
+        # torchrun keeps one store across restarts: a restarted rank could read the address a dead one left there and
+        # fail to connect. Each attempt's group meets under its own prefix instead.
+        agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), ranks,
+                              is_master=rank == 0 and not agent_store, timeout=timeout)
+        dist.init_process_group(backend, store=dist.PrefixStore(f"fedshield/attempt-{attempt}", store), rank=rank,
+                                world_size=ranks, timeout=timeout)
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False, timeout=timeout)
 
 
 def broadcast(obj=None):
