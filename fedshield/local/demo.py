@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -69,6 +71,15 @@ def with_local_ports(config: FederationConfig) -> FederationConfig:
     })
 
 
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (Linux /proc; none where it cannot be read)."""
+    try:
+        children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+    except OSError:
+        return []
+    return [d for c in children for d in (c, *_descendants(c))]
+
+
 SECURITY = ("mtls", "token", "none")
 PROGRAM = (sys.executable, "-m", "fedshield.cli")  # this interpreter, whatever is on PATH
 SILO_GROUP_RESTARTS = 3  # a silo with nodes > 1: whole-group restarts torchrun makes when one rank fails
@@ -122,15 +133,19 @@ class Federation:
 
     def _spawn(self, name: str, args: list[str]) -> None:
         self._args[name] = args
-        # Each process is its own one-rank torch.distributed world: never inherit this process's rendezvous.
+        # Each process is its own torch.distributed world (or torchrun's): never inherit this process's rendezvous.
         env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
         with open(self.logs / f"{name}.log", "ab") as log:
             self.procs[name] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def kill(self, name: str) -> None:
-        """SIGKILL one process (fault injection)."""
-        self.procs[name].kill()
-        self.procs[name].wait()
+        """SIGKILL one process (fault injection), and its children: a multi-rank silo's torchrun with all its ranks
+        (torchrun starts each rank in a session of its own)."""
+        proc = self.procs[name]
+        for pid in [proc.pid, *_descendants(proc.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
 
     def restart(self, name: str) -> None:
         """Start a process again with the arguments it had: it resumes from its own state."""

@@ -2,11 +2,13 @@
 to the aggregator; killed rank 1 makes torchrun restart the group, and the round still counts exactly once."""
 
 import os
+import re
 import signal
 import sqlite3
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 from support.federation_checks import KEEP_UPLOADS, expected_global, rank_pid, saved_shared_vector, wait_for
 
@@ -48,13 +50,25 @@ def test_a_two_rank_silo_completes_its_rounds(tmp_path):
     assert log.count("bank-a joined") == 1  # rank 0 alone joined (and talked to the aggregator)
 
 
+def _bank_a_rounds(federation: Federation) -> int:
+    return sum(r["silo"] == "bank-a" for r in federation.records())
+
+
 def test_killed_rank_1_restarts_the_group_and_the_round_counts_once(tmp_path):
+    """Rank 1 killed in round 1: torchrun restarts both ranks. Then the whole silo (torchrun and its ranks) killed in
+    round 2 and started again, as a one-process silo is in test_federation_faults. Every round counts once."""
     config = with_local_ports(_config(rounds=3, steps=24))
     federation = Federation(config, tmp_path, security="none")
     try:
         federation.start()
-        wait_for(lambda: any(r["silo"] == "bank-a" for r in federation.records()), 300, federation)
+        wait_for(lambda: _bank_a_rounds(federation) == 1, 300, federation)
         os.kill(rank_pid(federation, "bank-a", 1), signal.SIGKILL)  # in round 1: training, or waiting for rank 0's order
+        wait_for(lambda: _bank_a_rounds(federation) == 2, 300, federation)
+        ranks = [psutil.Process(rank_pid(federation, "bank-a", r)) for r in (0, 1)]
+        federation.kill("bank-a")
+        _, alive = psutil.wait_procs(ranks, timeout=10)
+        assert not alive  # no orphaned rank
+        federation.restart("bank-a")
         wait_for(federation.silos_done, 600, federation)
     finally:
         federation.stop()
@@ -64,7 +78,7 @@ def test_killed_rank_1_restarts_the_group_and_the_round_counts_once(tmp_path):
     assert uploads == [(r, s) for r in range(3) for s in ("bank-a", "bank-b")]  # one upload per silo and round
     assert all("bank-a" in contributors[r] for r in range(3))
     log = (tmp_path / "logs" / "bank-a.log").read_text()
-    assert log.count("bank-a joined") == 2  # torchrun restarted the group once: rank 0 joined again
-    restarted, upload = log.rindex("bank-a joined"), log.index("/v1/rounds/1/uploads/bank-a")
-    assert upload > restarted  # killed mid-round 1: the round's only upload came from the restarted group
+    assert log.count("bank-a joined") == 3  # rank 0 joined again after torchrun's restart and after the silo's
+    joins = [m.start() for m in re.finditer("bank-a joined", log)]
+    assert joins[1] < log.index("/v1/rounds/1/uploads/bank-a")  # killed mid-round 1: its upload came from the restarted group
     _check_global(config, tmp_path)
