@@ -100,7 +100,9 @@ def _silo(args: argparse.Namespace) -> int:
     if spec is None:
         print(f"error: silo {args.name!r} is not in {args.config}", file=sys.stderr)
         return 2
-    metrics.serve_metrics(spec.metrics_port, metrics.SILO)
+    rank0 = int(os.environ.get("RANK", "0")) == 0  # a multi-rank silo: rank 0 alone exports (and talks to the aggregator)
+    if rank0:
+        metrics.serve_metrics(spec.metrics_port, metrics.SILO)
     if problem := _credentials_problem(args):
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -111,7 +113,7 @@ def _silo(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     agent.run()
-    if spec.metrics_port is not None and args.metrics_linger > 0:
+    if rank0 and spec.metrics_port is not None and args.metrics_linger > 0:
         time.sleep(args.metrics_linger)  # let Prometheus scrape the final values before the process ends
     return 0
 

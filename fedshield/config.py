@@ -2,6 +2,7 @@
 
 from .spec.federation import (
     MAX_DECLARED_SAMPLES,
+    MULTI_NODE_DP_SGD_MESSAGE,
     AggregationSpec,
     DataSpec,
     DPSpec,
@@ -19,6 +20,6 @@ from .spec.federation import (
 )
 
 __all__ = [
-    "MAX_DECLARED_SAMPLES", "AggregationSpec", "DPSpec", "DataSpec", "EncryptionSpec", "FederationConfig", "FederationSettings",
+    "MAX_DECLARED_SAMPLES", "MULTI_NODE_DP_SGD_MESSAGE", "AggregationSpec", "DPSpec", "DataSpec", "EncryptionSpec", "FederationConfig", "FederationSettings",
     "LimitsSpec", "LoraSpec", "ModelSpec", "PrivacySpec", "SiloSpec", "TrainingSpec", "config_yaml", "load_config",
 ]

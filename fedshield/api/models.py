@@ -19,7 +19,7 @@ from pydantic import Field, StringConstraints, model_validator
 from ..crypto.noise import max_summable
 from ..spec.base import DNS_LABEL, FinetunePhase, SiloPhase
 from ..spec.base import Spec as Model  # every API model: frozen, extra fields refused, camelCase aliases
-from ..spec.federation import EncryptionSpec, FederationSettings, SiloSpec, check_silos
+from ..spec.federation import MULTI_NODE_DP_SGD_MESSAGE, EncryptionSpec, FederationSettings, SiloSpec, check_silos
 from ..wire.messages import EpsilonUnit
 
 GROUP, VERSION, KIND, PLURAL, SINGULAR, SHORT_NAME = "fedshield.io", "v1alpha1", "FederatedFinetune", "federatedfinetunes", "federatedfinetune", "fft"
@@ -28,7 +28,6 @@ QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$"
 CIDR = r"^[0-9a-fA-F:.]+/[0-9]{1,3}$"
 Cidr = Annotated[str, StringConstraints(pattern=CIDR)]
 EXTENDED_RESOURCE = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
-MAX_SILO_NODES = 64  # one silo's pods; beyond that a silo is a cluster of its own, and pod hostnames stay short
 GPUS_TWICE_MESSAGE = "silos[]: gpus and gpusPerNode disagree: give one of them (gpusPerNode is the GPUs of each pod)"
 # Fields the CRD marks immutable (x-kubernetes-validations: self == oldSelf).
 IMMUTABLE = ("baseModel", "workload", "lora", "rounds", "seed", "training", "privacy", "data", "silos")
@@ -75,9 +74,6 @@ class SiloPlacement(SiloSpec):
     cpu: str = Field("4", pattern=QUANTITY, description="CPU request.")
     state_size: str = Field("20Gi", pattern=QUANTITY, description="Size of the silo's state volume (checkpoints and the final adapter; retained after deletion).")
     tls: TlsSpec | None = Field(None, description="The silo's client certificate (Common Name = the silo's name); ca.crt is the CA of the aggregator's certificate. Required when aggregator.tls is set.")
-    nodes: int = Field(1, ge=1, le=MAX_SILO_NODES, description="Nodes (pods) the silo trains on. 1: one Job with one pod (the default). "
-                       "More: one JobSet (jobset.x-k8s.io/v1alpha2) of that many indexed pods with the torchrun/DeepSpeed rendezvous "
-                       "environment; experimental, refused unless the operator runs with multiNode: jobset (docs/operator.md).")
     gpus_per_node: int | None = Field(None, ge=0, le=16, description="GPUs (of gpuResource) requested by each of the silo's pods; "
                                       "default: gpus. WORLD_SIZE is nodes * max(1, gpusPerNode).")
 
@@ -134,17 +130,12 @@ class FederatedFinetuneSpec(FederationSettings):
             raise ValueError("tls: set aggregator.tls and every silo's tls together (mutual TLS), or none of them")
         if self.aggregator.tls is None and not self.insecure:
             raise ValueError(INSECURE_MESSAGE)
-        multi = [s.name for s in self.silos if s.nodes > 1]
-        if multi and self.privacy.dp.enabled and self.privacy.dp.unit != "silo":
-            raise ValueError(f"{MULTI_NODE_DP_SGD_MESSAGE} (silos {', '.join(multi)})")
         return self
 
 
 PLACED_DATA_MESSAGE = ("data.path and silos[].dataPath: placed by the operator (each silo reads its datasetVolume, mounted at "
                        "/data); leave them out")
 PLACED_PORT_MESSAGE = "silos[].metricsPort: set by the operator (9090); leave it out"
-MULTI_NODE_DP_SGD_MESSAGE = ("privacy.dp.unit record/user (DP-SGD) needs single-node silos: its Poisson sampling and accounting "
-                             "assume one process over the silo's records; use nodes: 1 or dp.unit silo")
 INSECURE_MESSAGE = ("tls: aggregator.tls and every silo's tls are required (mutual TLS); "
                     "set insecure: true to run without transport security")
 
@@ -173,6 +164,8 @@ SPEC_RULES = [
     {"rule": "!has(self.privacy) || !has(self.privacy.dp) || !has(self.privacy.dp.enabled) || !self.privacy.dp.enabled "
              "|| !has(self.privacy.dp.unit) || self.privacy.dp.unit == 'silo' || self.silos.all(s, !has(s.nodes) || s.nodes == 1)",
      "message": MULTI_NODE_DP_SGD_MESSAGE},
+    {"rule": "self.silos.all(s, !has(s.nodes) || (has(self.training) && has(self.training.batchSize) ? self.training.batchSize : 16) "
+             "% s.nodes == 0)", "message": "training.batchSize must divide evenly over each silo's nodes"},
     {"rule": "self.silos.all(s, !has(s.gpusPerNode) || !has(s.gpus) || s.gpus == s.gpusPerNode)", "message": GPUS_TWICE_MESSAGE},
 ]
 

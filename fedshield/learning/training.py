@@ -6,6 +6,7 @@ import os
 import random
 import socket
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import NamedTuple
 
 import numpy as np
@@ -23,24 +24,84 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_single_process() -> None:
-    """A one-process torch.distributed world (each silo trains alone), as DeepSpeed requires."""
+def world() -> tuple[int, int]:
+    """This process's (rank, world size): torchrun's RANK and WORLD_SIZE, (0, 1) for a process started alone."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init_distributed() -> None:
+    """The torch.distributed world DeepSpeed requires: join torchrun's (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT in the
+    environment) when WORLD_SIZE > 1, else a one-process world of its own (a silo trains alone)."""
     import deepspeed
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         return
-    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
-        os.environ.setdefault(key, value)
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    rank, ranks = world()
+    if ranks == 1:
+        for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
+            os.environ.setdefault(key, value)
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # this rank's GPU, before NCCL starts
+    timeout = timedelta(days=8)  # ranks > 0 wait in a broadcast while rank 0 waits for a round to close (deadline <= 7 days)
+    if ranks > 1 and (attempt := os.environ.get("TORCHELASTIC_RESTART_COUNT")) is not None:
+        # torchrun keeps one store across restarts: a restarted rank could read the address a dead one left there and
+        # fail to connect. Each attempt's group meets under its own prefix instead.
+        agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), ranks,
+                              is_master=rank == 0 and not agent_store, timeout=timeout)
+        dist.init_process_group(backend, store=dist.PrefixStore(f"fedshield/attempt-{attempt}", store), rank=rank,
+                                world_size=ranks, timeout=timeout)
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False, timeout=timeout)
+
+
+def broadcast(obj=None):
+    """Rank 0's ``obj`` on every rank (any picklable object); the object itself in a one-process world."""
+    import torch.distributed as dist
+
+    if world()[1] == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    """Wait until every rank gets here (nothing in a one-process world)."""
+    import torch.distributed as dist
+
+    if world()[1] > 1:
+        dist.barrier()
+
+
+def _all_sum(values: Sequence[float]) -> list[float]:
+    import torch.distributed as dist
+
+    if world()[1] == 1:
+        return list(values)
+    tensor = torch.tensor(list(values), dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def check_batch_split(batch_size: int, ranks: int) -> int:
+    """Each rank's share of a batch (its micro-batch); ValueError unless ``batch_size`` divides evenly over the ranks."""
+    if batch_size % ranks:
+        raise ValueError(f"training.batchSize (batch_size={batch_size}) must divide evenly over the silo's {ranks} ranks")
+    return batch_size // ranks
 
 
 def deepspeed_config(spec: TrainingSpec, dp: bool = False) -> dict:
-    """The engine's config; under DP-SGD the engine clips nothing itself (per-unit clipping is the DP step's)."""
+    """The engine's config; under DP-SGD the engine clips nothing itself (per-unit clipping is the DP step's).
+
+    With W ranks each takes ``batch_size / W`` of every batch and the engine averages their gradients
+    (train_batch_size = micro-batch * W)."""
+    ranks = world()[1]
     return {
-        "train_micro_batch_size_per_gpu": spec.batch_size,
+        "train_batch_size": spec.batch_size,
+        "train_micro_batch_size_per_gpu": check_batch_split(spec.batch_size, ranks),
         "gradient_accumulation_steps": 1,
         "zero_optimization": {"stage": spec.zero_stage},
         "bf16": {"enabled": spec.precision == "bf16"},
@@ -65,7 +126,7 @@ def create_engine(model: torch.nn.Module, spec: TrainingSpec, dp: bool = False):
         if spec.zero_stage != 0:
             raise ValueError(f"DP-SGD needs ZeRO stage 0 (per-record gradients of whole parameters), got stage {spec.zero_stage}")
         model = GradSampleModule(model, batch_first=True, loss_reduction="sum")
-    init_single_process()
+    init_distributed()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=spec.learning_rate, weight_decay=0.0)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(spec, dp))
@@ -85,19 +146,26 @@ class LocalTraining(NamedTuple):
 def train_local_stats(engine, tokenizer, examples: Sequence, steps: int, batch_size: int, seed: int,
                       workload: Workload | None = None) -> LocalTraining:
     """``steps`` optimiser steps on seeded random batches of ``workload``'s loss (default: recommendation);
-    returns the mean loss and the tokens processed."""
+    returns the mean loss and the tokens processed.
+
+    In a world of W ranks every rank draws the same seeded batch and trains its slice ``r::W`` (the engine
+    averages the gradients); the loss and tokens returned are the whole batch's, on every rank."""
     task = workload or RecommendationWorkload()
     rng = random.Random(seed)
     pool = list(examples)
+    rank, ranks = world()
+    if ranks > 1:
+        check_batch_split(min(batch_size, len(pool)), ranks)
     tokens = 0
 
     def step_loss(_: int) -> torch.Tensor:
         nonlocal tokens
-        batch = rng.sample(pool, min(batch_size, len(pool)))
+        batch = rng.sample(pool, min(batch_size, len(pool)))[rank::ranks]
         tokens += task.tokens(tokenizer, batch)
         return task.loss(engine, tokenizer, batch)
 
-    return LocalTraining(float(np.mean(train_steps(engine, steps, step_loss))), tokens)
+    loss_sum, token_sum = _all_sum([float(np.sum(train_steps(engine, steps, step_loss))), float(tokens)])
+    return LocalTraining(loss_sum / (steps * ranks), int(token_sum))
 
 
 def train_local_dp(engine, tokenizer, examples: Sequence, steps: int, dp: DpSgd, seed: int,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +27,7 @@ from ..learning.workloads import workload_for
 from ..security.auth import create_tokens
 from ..security.certs import issue_all
 from ..security.tls import client_context
-from ..spec.commands import ClientCredentials, ServerCredentials, aggregator_command, silo_command
+from ..spec.commands import ClientCredentials, ServerCredentials, aggregator_command, silo_command, torchrun_program
 from ..spec.federation import DataSpec, FederationConfig, LoraSpec, ModelSpec, SiloSpec, TrainingSpec, config_yaml
 
 LLM_DEMO_MODEL = "smollm2-135m-instruct"  # a packaged model (``fedshield models list``)
@@ -69,8 +71,18 @@ def with_local_ports(config: FederationConfig) -> FederationConfig:
     })
 
 
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (Linux /proc; none where it cannot be read)."""
+    try:
+        children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+    except OSError:
+        return []
+    return [d for c in children for d in (c, *_descendants(c))]
+
+
 SECURITY = ("mtls", "token", "none")
 PROGRAM = (sys.executable, "-m", "fedshield.cli")  # this interpreter, whatever is on PATH
+SILO_GROUP_RESTARTS = 3  # a silo with nodes > 1: whole-group restarts torchrun makes when one rank fails
 
 
 class Federation:
@@ -121,15 +133,19 @@ class Federation:
 
     def _spawn(self, name: str, args: list[str]) -> None:
         self._args[name] = args
-        # Each process is its own one-rank torch.distributed world: never inherit this process's rendezvous.
+        # Each process is its own torch.distributed world (or torchrun's): never inherit this process's rendezvous.
         env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
         with open(self.logs / f"{name}.log", "ab") as log:
             self.procs[name] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def kill(self, name: str) -> None:
-        """SIGKILL one process (fault injection)."""
-        self.procs[name].kill()
-        self.procs[name].wait()
+        """SIGKILL one process (fault injection), and its children: a multi-rank silo's torchrun with all its ranks
+        (torchrun starts each rank in a session of its own)."""
+        proc = self.procs[name]
+        for pid in [proc.pid, *_descendants(proc.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
 
     def restart(self, name: str) -> None:
         """Start a process again with the arguments it had: it resumes from its own state."""
@@ -154,11 +170,16 @@ class Federation:
         self.start_silos(self.config.silo_names if silos is None else silos)
 
     def start_silos(self, silos: tuple[str, ...]) -> None:
-        """Start silo agents (after :meth:`start`): each resumes from its own work directory."""
+        """Start silo agents (after :meth:`start`): each resumes from its own work directory. A silo with ``nodes`` N > 1
+        runs as N ranks on this machine under torchrun (``torch.distributed.run``, gloo without GPUs)."""
+        nodes = {s.name: s.nodes for s in self.config.silos}
         for silo in silos:
+            program = PROGRAM if nodes[silo] == 1 else torchrun_program(
+                sys.executable, "fedshield.cli", nodes[silo], master_port=free_port(), max_restarts=SILO_GROUP_RESTARTS)
             self._spawn(silo, silo_command(str(self.out / "config.yaml"), silo, str(self.out / "keys" / SECRET_FILE),
                                            str(self.out / "silos" / silo), self.silo_url, self._silo_credentials[silo],
-                                           model_cache=str(self.out / "model-cache"), program=PROGRAM))
+                                           model_cache=str(self.out / "model-cache"), program=program))
+
 
     def wait_healthy(self, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s

@@ -269,8 +269,8 @@ def multi_node_refusal(parsed: FederatedFinetuneSpec, site: Site) -> str | None:
     multi = [f"{s.name} ({s.nodes} nodes)" for s in parsed.silos if s.nodes > 1]
     if not multi or site.multi_node == "jobset":
         return None
-    return (f"silos {', '.join(multi)}: multi-node silos are experimental and off (the silo agent does not yet run multi-rank: "
-            "only rank 0 may talk to the aggregator, issue #20); nothing was created. Use nodes: 1, or run the operator with "
+    return (f"silos {', '.join(multi)}: multi-node silos are experimental and off (multi-rank silo agents have run on one "
+            "machine only, gloo on CPU, never on a cluster: issue #20); nothing was created. Use nodes: 1, or run the operator with "
             "multiNode: jobset (FEDSHIELD_MULTI_NODE=jobset) and JobSet installed to try the JobSet wiring (docs/operator.md)")
 
 

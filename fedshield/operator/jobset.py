@@ -7,8 +7,11 @@ JobSet: the subdomain) so that every pod is reachable as ``<jobset>-rank-0-<i>.<
 rendezvous address (``MASTER_ADDR``). The Job's ``backoffLimit`` is 0: one failed rank fails the Job, and the JobSet's
 ``failurePolicy`` (no rules: every failure restarts) recreates the whole group, at most ``maxRestarts`` times.
 
-Experimental: the silo agent does not yet run multi-rank (issue #20 items 3-4); the operator creates JobSets only when
-it runs with ``multiNode: jobset`` and refuses multi-node silos otherwise (docs/operator.md).
+Every pod runs ``torchrun`` (``python -m torch.distributed.run``: ``NPROC_PER_NODE`` ranks on node ``NODE_RANK`` of
+``NNODES``, rendezvous at ``MASTER_ADDR:MASTER_PORT``, no restarts of its own) around the silo agent; rank 0 alone talks
+to the aggregator (``fedshield.silo_agent.agent``). Experimental: multi-rank silo agents have run on one machine only
+(gloo on CPU, ``fedshield run``); no JobSet controller, NCCL or GPU cluster ran them. The operator creates JobSets only
+when it runs with ``multiNode: jobset`` and refuses multi-node silos otherwise (docs/operator.md).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import hashlib
 import re
 
 from ..api.models import FederatedFinetuneSpec, SiloPlacement
+from ..spec.commands import torchrun_program
 from .manifests import SILO_JOB_BACKOFF_LIMIT, Owner, _meta, labels, silo_command, silo_job_name, silo_pod
 
 API_VERSION, KIND, PLURAL = "jobset.x-k8s.io/v1alpha2", "JobSet", "jobsets"
@@ -60,9 +64,16 @@ def rendezvous_env(name: str, silo: SiloPlacement) -> list[dict]:
     ]
 
 
+def rank_command(owner: Owner, silo: SiloPlacement) -> list[str]:
+    """torchrun around the silo agent, its rendezvous from the pod's environment (Kubernetes expands ``$(VAR)``)."""
+    program = torchrun_program("python", "fedshield.cli", "$(NPROC_PER_NODE)", nnodes="$(NNODES)", node_rank="$(NODE_RANK)",
+                               master_addr="$(MASTER_ADDR)", master_port="$(MASTER_PORT)", max_restarts=0)  # JobSet restarts
+    return silo_command(owner, silo, program=program)
+
+
 def rank_pod(owner: Owner, spec: FederatedFinetuneSpec, silo: SiloPlacement, name: str) -> dict:
-    """A rank's pod: the one-node silo's pod (gpusPerNode GPUs), the rendezvous environment and port."""
-    pod = silo_pod(owner, spec, silo.model_copy(update={"gpus": silo.pod_gpus}), silo_command(owner, silo))
+    """A rank's pod: the one-node silo's pod (gpusPerNode GPUs) running torchrun, the rendezvous environment and port."""
+    pod = silo_pod(owner, spec, silo.model_copy(update={"gpus": silo.pod_gpus}), rank_command(owner, silo))
     container = pod["containers"][0]
     container["env"] = list(container["env"]) + rendezvous_env(name, silo)
     container["ports"] = list(container["ports"]) + [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}]

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..api.models import GROUP, KIND, VERSION, FederatedFinetuneSpec, SiloPlacement
-from ..spec.commands import ClientCredentials, ServerCredentials, aggregator_command
+from ..spec.commands import PROGRAM, ClientCredentials, ServerCredentials, aggregator_command
 from ..spec.commands import silo_command as spec_silo_command
 from ..spec.federation import FederationConfig, FederationSettings, ModelSpec, SiloSpec, config_yaml
 
@@ -271,10 +272,10 @@ def silo_credentials(silo: SiloPlacement) -> ClientCredentials:
     return ClientCredentials(f"{TLS_DIR}/ca.crt", f"{TLS_DIR}/tls.crt", f"{TLS_DIR}/tls.key") if silo.tls else ClientCredentials()
 
 
-def silo_command(owner: Owner, silo: SiloPlacement) -> list[str]:
+def silo_command(owner: Owner, silo: SiloPlacement, program: Sequence[str] = PROGRAM) -> list[str]:
     """The silo agent's command line (also what an "apply" Job runs: a silo agent restarted on its state)."""
     return spec_silo_command(f"{CONFIG_DIR}/config.yaml", silo.name, f"{KEYS_DIR}/secret.ckks", STATE_DIR,
-                             aggregator_url(owner, tls=silo.tls is not None), silo_credentials(silo))
+                             aggregator_url(owner, tls=silo.tls is not None), silo_credentials(silo), program=program)
 
 
 def silo_pod(owner: Owner, spec: FederatedFinetuneSpec, silo: SiloPlacement, command: list[str]) -> dict:

@@ -7,6 +7,12 @@ global model the round started from; fetch the aggregate, decrypt it and apply i
 the shared LoRA tensors; evaluate; checkpoint. Private LoRA modules are trained but
 never read into the update vector. What is learned, from which files and how it is
 scored is the federation's workload (``learning.workloads``).
+
+A silo with several ranks (torchrun: WORLD_SIZE > 1) runs this agent on each. Rank 0 alone
+talks to the aggregator, encrypts, decrypts, evaluates, checkpoints and exports; it sends
+the other ranks (``_follow``) its state at start, each round's training order (learning
+rate, batch seed) and the decrypted global vector, and checkpoints only after a barrier
+that every rank reaches once it has done what it was told.
 """
 
 from __future__ import annotations
@@ -22,12 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from .. import metrics
-from ..config import FederationConfig
+from ..config import MULTI_NODE_DP_SGD_MESSAGE, FederationConfig
 from ..crypto import EnvelopeReader, Keys, decrypt_envelope, encrypt_update
 from ..learning.data import base_model_path, silo_split
 from ..learning.dp_sgd import silo_dp_sgd
 from ..learning.model import load_base, with_lora
-from ..learning.training import create_engine, set_learning_rate, train_local_dp, train_local_stats
+from ..learning.training import barrier, broadcast, create_engine, set_learning_rate, train_local_dp, train_local_stats, world
 from ..learning.workloads import workload_for
 from ..privacy import release
 from ..updates import VectorLayout, lora_parameters, next_residual, next_score, round_mask, scatter
@@ -72,6 +78,8 @@ class RoundRecord:
 
 
 class SiloAgent:
+    rank, ranks = 0, 1  # this process's rank among the silo's ranks (torchrun), and how many there are
+
     def __init__(self, config: FederationConfig, silo: str, keys: Keys, workdir: str | Path, aggregator_url: str,
                  model_cache: str | Path | None = None, security: ClientSecurity | None = None):
         if silo not in config.silo_names:
@@ -79,6 +87,11 @@ class SiloAgent:
         if not keys.has_secret_key:
             raise ValueError("a silo needs the secret context to decrypt aggregates")
         config.check_keys(keys.params)  # privacy.encryption, when set, names the key set's parameters
+        self.rank, self.ranks = world()
+        if self.ranks > 1 and config.training.zero_stage != 0:
+            raise ValueError(f"training.zeroStage {config.training.zero_stage} with a multi-rank silo ({self.ranks} ranks) is not "
+                             "supported yet: rank 0 checkpoints, flattens and evaluates the adapter alone, which needs every "
+                             "rank to hold whole parameters and optimiser moments (ZeRO stage 0)")
         self.config, self.silo, self.keys = config, silo, keys
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -97,8 +110,10 @@ class SiloAgent:
         # DP: silo level (noise once on each round's update) or DP-SGD at record / user level (noise at every step)
         self.budget = config.dp_budget(silo)
         self.dp_sgd = silo_dp_sgd(config, silo, [e.user for e in self.train])
+        if self.dp_sgd is not None and self.ranks > 1:
+            raise ValueError(f"{MULTI_NODE_DP_SGD_MESSAGE} (silo {silo} runs {self.ranks} ranks)")
         self.engine = create_engine(self.model, config.training, dp=self.dp_sgd is not None)
-        self.state = load_state(self.workdir) or SiloState(
+        self.state = broadcast(load_state(self.workdir) if self.rank == 0 else None) or SiloState(
             round_done=-1, global_shared=self.layout.flatten(self.params),
             lora=self._lora_snapshot(),
         )
@@ -107,7 +122,7 @@ class SiloAgent:
 
     def _restore_personal(self) -> None:
         """A silo stopped between writing and committing adapter-personal rewrites it from its checkpoint."""
-        if self.state.personal_shared is not None and not (self.workdir / PERSONAL_ADAPTER / "adapter_config.json").exists():
+        if self.rank == 0 and self.state.personal_shared is not None and not (self.workdir / PERSONAL_ADAPTER / "adapter_config.json").exists():
             with shared_values(self.layout, self.params, self.state.personal_shared, restore=self.state.global_shared):
                 save_peft(self.model, self.workdir / PERSONAL_ADAPTER)
 
@@ -124,7 +139,10 @@ class SiloAgent:
             self.engine.optimizer.load_state_dict(self.state.optimizer)
 
     def _checkpoint(self) -> None:
-        """Persist the LoRA tensors, optimiser moments and round state atomically."""
+        """Persist the LoRA tensors, optimiser moments and round state atomically (rank 0, once every rank is there)."""
+        barrier()
+        if self.rank != 0:
+            return
         self.state.lora = self._lora_snapshot()
         self.state.optimizer = self.engine.optimizer.state_dict()
         save_state(self.workdir, self.state)
@@ -144,7 +162,9 @@ class SiloAgent:
         """Take part in every remaining round, then save the federated adapter.
 
         A federation that finishes or stops while this silo is in a round (``federation_finished``,
-        ``federation_stopped``) ends the loop cleanly: the adapter is saved as it stands."""
+        ``federation_stopped``) ends the loop cleanly: the adapter is saved as it stands. Ranks > 0 follow rank 0."""
+        if self.rank != 0:
+            return self._follow()
         plan = self.client.join(JoinRequest(
             silo=self.silo, samples=len(self.train), vector_size=self.layout.size, layout=self.layout.digest,
         ))
@@ -175,14 +195,38 @@ class SiloAgent:
                 fh.write(json.dumps(record.__dict__) + "\n")
         self.apply_unlearnings()
         self.save_adapter(self.workdir / "adapter")
+        broadcast(None)  # the other ranks stop
         return self.state.history
+
+    def _follow(self) -> list[dict]:
+        """Ranks > 0: train or take the global vector as rank 0 orders, each followed by the barrier of its checkpoint,
+        until it says stop (None)."""
+        training = self.config.training
+        while (order := broadcast()) is not None:
+            kind, value, seed = order
+            if kind == "train":
+                set_learning_rate(self.engine, value)
+                train_local_stats(self.engine, self.tokenizer, self.train, training.local_steps, training.batch_size,
+                                  seed=seed, workload=self.workload)
+            else:
+                self.state.global_shared = value
+                self.layout.assign(self.params, value)
+            barrier()
+        return []
+
+    def _tell(self, kind: str, value, seed: int = 0) -> None:
+        """Rank 0: order the other ranks to ``train`` (value: the learning rate) or ``assign`` (value: the global vector)."""
+        if self.ranks > 1:
+            broadcast((kind, value, seed))
 
     def _prepare_upload(self, round: int, plan) -> tuple[PendingUpload, float, float, int]:
         """Train locally, then build (and checkpoint) this round's encrypted upload."""
         state = self.state
-        set_learning_rate(self.engine, self.config.training.learning_rate * plan.lr_scales.get(self.silo, 1.0))
+        lr = self.config.training.learning_rate * plan.lr_scales.get(self.silo, 1.0)
+        set_learning_rate(self.engine, lr)
         t = time.perf_counter()
         seed = zlib.crc32(f"{self.config.seed}/{self.silo}/{round}".encode())
+        self._tell("train", lr, seed)
         training = self.config.training
         train_loss: float | None
         if self.dp_sgd is not None:
@@ -260,6 +304,7 @@ class SiloAgent:
         state.score = next_score(state.score, average, mask, self.layout.size)
         state.residual = residual
         self.layout.assign(self.params, state.global_shared)
+        self._tell("assign", state.global_shared)
         mix_weight = pending.mix_weight if pending is not None and upload_bytes else None
         personal = self._personalise(own, mix_weight, reader.header.contributors)
         state.pending, state.round_done = None, round
@@ -344,6 +389,7 @@ class SiloAgent:
             check_unlearning(self.config, reader.header.packing, reader.header.weight, delta)  # before applying anything
             self.state.global_shared = self.state.global_shared + delta
             self.layout.assign(self.params, self.state.global_shared)
+            self._tell("assign", self.state.global_shared)
             self.state.unlearnings_applied = record.version + 1
             self._drop_personal()
             self._checkpoint()

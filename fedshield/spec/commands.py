@@ -68,6 +68,16 @@ def silo_command(config: str, name: str, secret_key: str, workdir: str, aggregat
             "--aggregator", aggregator, *_flags(("--model-cache", model_cache)), *client.flags()]
 
 
+def torchrun_program(python: str, module: str, nproc_per_node: int | str, *, master_port: int | str, max_restarts: int = 0,
+                     nnodes: int | str = 1, node_rank: str | None = None, master_addr: str | None = None) -> tuple[str, ...]:
+    """The ``program`` of a silo that runs as several ranks: ``python -m torch.distributed.run`` starting ``python -m
+    module`` ``nproc_per_node`` times on each of ``nnodes`` nodes, restarting the node's group up to ``max_restarts``
+    times when one rank fails (values may be ``$(VAR)`` references a pod's environment fills in)."""
+    return (python, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--nproc-per-node", str(nproc_per_node),
+            *_flags(("--node-rank", node_rank), ("--master-addr", master_addr)),
+            "--max-restarts", str(max_restarts), "--master-port", str(master_port), "-m", module)
+
+
 def unlearn_command(config: str, silo: str, secret_key: str, workdir: str, aggregator: str, spec: UnlearningSpec, *,
                     users_file: str, requested_by: str, reason: str = "", client: ClientCredentials = ClientCredentials(),
                     model_cache: str | None = None, program: Sequence[str] = PROGRAM) -> list[str]:

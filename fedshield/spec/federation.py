@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 MAX_DECLARED_SAMPLES = 10**12  # far beyond any silo; keeps weights finite and exact in float64
 MIN_PACKED_SILOS = PackingParams().max_silos
+MAX_SILO_NODES = 64  # one silo's nodes (ranks); beyond that a silo is a cluster of its own, and pod hostnames stay short
+MULTI_NODE_DP_SGD_MESSAGE = ("privacy.dp.unit record/user (DP-SGD) needs single-node silos: its Poisson sampling and accounting "
+                             "assume one process over the silo's records; use nodes: 1 or dp.unit silo")
 
 
 class LoraSpec(Spec):
@@ -39,7 +42,8 @@ class TrainingSpec(Spec):
     """Local training at each silo."""
 
     learning_rate: float = Field(2e-3, gt=0, le=1, description="Base learning rate; the round plan may scale it per silo.")
-    batch_size: int = Field(16, ge=1, le=4096, description="Micro-batch size per GPU.")
+    batch_size: int = Field(16, ge=1, le=4096, description="Examples per optimiser step; a silo with nodes N > 1 splits each batch "
+                                                           "evenly over its ranks (it must divide by N).")
     local_steps: int = Field(30, ge=1, le=100000, description="Optimizer steps per silo per round.")
     zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage.")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Training precision.")
@@ -168,6 +172,10 @@ class SiloSpec(Spec):
                                                                        "always uses 9090, never set in a CR).")
     data_path: str | None = Field(None, description="This silo's own data folder (local runs; default data.path/<name>). Under the "
                                                     "operator: /data, where its datasetVolume is mounted, never set in a CR.")
+    nodes: int = Field(1, ge=1, le=MAX_SILO_NODES, description="Nodes (ranks) the silo trains on, data parallel (torch.distributed); "
+                       "rank 0 alone talks to the aggregator. 1: one process (the default). Locally (`fedshield run`): that many "
+                       "processes on this machine under torchrun. Under the operator: one JobSet (jobset.x-k8s.io/v1alpha2) of that "
+                       "many indexed pods, experimental, refused unless the operator runs with multiNode: jobset (docs/operator.md).")
 
 
 class LimitsSpec(Spec):
@@ -225,6 +233,12 @@ def check_silos(settings: FederationSettings, silos: Sequence[SiloSpec]) -> None
     if settings.aggregation.max_weight * len(names) < 1:
         raise ValueError(f"aggregation.maxWeight (max_weight={settings.aggregation.max_weight}) is below 1/{len(names)}: "
                          "weights could not sum to 1")
+    multi = [s for s in silos if s.nodes > 1]
+    if multi and settings.privacy.dp.enabled and settings.privacy.dp.unit != "silo":
+        raise ValueError(f"{MULTI_NODE_DP_SGD_MESSAGE} (silos {', '.join(s.name for s in multi)})")
+    if uneven := [f"{s.name} ({s.nodes} nodes)" for s in multi if settings.training.batch_size % s.nodes]:
+        raise ValueError(f"training.batchSize (batch_size={settings.training.batch_size}) must divide evenly over each silo's nodes: "
+                         f"{', '.join(uneven)}")
 
 
 DEMO_SILOS = (SiloSpec(name="clinic-a"), SiloSpec(name="clinic-b"), SiloSpec(name="clinic-c"))

@@ -88,6 +88,8 @@ DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 def raw_spec(nodes: int | None = 2, **silo0) -> dict:
     raw = copy.deepcopy(EXAMPLE["spec"])
     raw["silos"][0].update(silo0 if nodes is None else dict(silo0, nodes=nodes))
+    if nodes and nodes > 1:
+        raw["training"] = dict(raw["training"], batchSize=192)  # divides over 2, 3, 4 and 64 nodes
     return raw
 
 
@@ -310,3 +312,16 @@ def test_the_operator_chart_passes_multi_node_to_the_operator_and_refuses_other_
     assert Site.from_environment().multi_node == "jobset"
     monkeypatch.delenv("FEDSHIELD_MULTI_NODE")
     assert Site.from_environment().multi_node == ""
+
+
+def test_every_rank_pod_runs_torchrun_around_the_silo_agent():
+    jobset = jobset_of(spec_of(4, gpusPerNode=8, gpus=8))
+    container = jobset["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"][0]
+    command = container["command"]
+    one_node = silo_job(OWNER, spec_of(1), spec_of(1).silos[0])["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[:3] == ["python", "-m", "torch.distributed.run"]
+    flags = dict(zip(command[3:-len(one_node) - 1:2], command[4:-len(one_node) - 1:2], strict=True))
+    assert flags == {"--nnodes": "$(NNODES)", "--nproc-per-node": "$(NPROC_PER_NODE)", "--node-rank": "$(NODE_RANK)",
+                     "--master-addr": "$(MASTER_ADDR)", "--master-port": "$(MASTER_PORT)", "--max-restarts": "0"}
+    assert command[-len(one_node) - 1:] == ["-m", "fedshield.cli", *one_node[1:]]  # the one-node silo's arguments
+    assert {"NNODES", "NPROC_PER_NODE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT"} <= set(env_of(jobset))

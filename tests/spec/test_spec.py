@@ -184,3 +184,36 @@ def test_commands_parse_with_the_cli_and_unlearning_flags_round_trip():
 
 def test_docs_settings_table_is_generated_from_the_spec():
     assert DOC.read_text(encoding="utf-8") == settings_markdown(), "run `python -m fedshield.spec.docs`"
+
+
+def test_silo_nodes_is_one_setting_of_the_local_spec_and_the_cr():
+    from fedshield.api.models import SiloPlacement
+
+    assert "nodes" not in SiloPlacement.__annotations__ and "nodes" in SiloSpec.__annotations__  # defined once, inherited
+    assert repr(SiloPlacement.model_fields["nodes"]) == repr(SiloSpec.model_fields["nodes"])
+    assert FederationConfig().silos[0].nodes == 1
+    config = FederationConfig(silos=(SiloSpec(name="a", nodes=2), SiloSpec(name="b")))
+    assert load_config_text(config).silos[0].nodes == 2
+
+
+def load_config_text(config: FederationConfig) -> FederationConfig:
+    from fedshield.spec.federation import config_yaml
+
+    return FederationConfig.model_validate(yaml.safe_load(config_yaml(config)))
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"privacy": {"dp": {"enabled": True, "unit": "record", "noise_multiplier": 1.0}}}, r"DP-SGD\) needs single-node silos: .* \(silos a\)"),
+    ({"privacy": {"dp": {"enabled": True, "unit": "user", "noise_multiplier": 1.0}}}, r"DP-SGD\) needs single-node silos: .* \(silos a\)"),
+    ({"training": {"batch_size": 9}}, r"training.batchSize \(batch_size=9\) must divide evenly over each silo's nodes: a \(2 nodes\)"),
+])
+def test_multi_node_silos_refuse_dp_sgd_and_uneven_batches(settings, message):
+    from fedshield.api.models import MULTI_NODE_DP_SGD_MESSAGE
+    from fedshield.spec.federation import MULTI_NODE_DP_SGD_MESSAGE as SPEC_MESSAGE
+
+    assert MULTI_NODE_DP_SGD_MESSAGE is SPEC_MESSAGE
+    silos = (SiloSpec(name="a", nodes=2), SiloSpec(name="b"))
+    with pytest.raises(ValueError, match=message):
+        FederationConfig.model_validate({**settings, "silos": [s.model_dump() for s in silos]})
+    FederationConfig.model_validate({**settings, "silos": [{"name": "a"}, {"name": "b"}]})  # fine with one node each
+    assert FederationConfig(silos=silos, training={"batch_size": 8}).silos[0].nodes == 2

@@ -54,3 +54,16 @@ def wait_for(condition, timeout_s: float, federation: Federation, allow_down: tu
         if time.monotonic() > deadline:
             raise TimeoutError("condition not reached")
         time.sleep(0.1)
+
+
+def rank_pid(federation: Federation, silo: str, rank: int) -> int:
+    """The process id of one rank of a multi-rank silo: the worker of its torchrun whose RANK is ``rank``."""
+    import psutil  # a DeepSpeed dependency
+
+    for child in psutil.Process(federation.procs[silo].pid).children(recursive=True):
+        try:
+            if child.environ().get("RANK") == str(rank) and "fedshield.cli" in child.cmdline():
+                return child.pid
+        except psutil.Error:
+            continue
+    raise LookupError(f"silo {silo} has no running rank {rank}")

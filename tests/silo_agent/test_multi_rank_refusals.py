@@ -1,0 +1,27 @@
+"""A silo agent started as one of several ranks refuses what a multi-rank silo cannot do (issue #20)."""
+
+import pytest
+
+from fedshield.config import MULTI_NODE_DP_SGD_MESSAGE, DPSpec, FederationConfig, PrivacySpec, TrainingSpec
+from fedshield.silo_agent.agent import SiloAgent
+
+
+@pytest.fixture
+def two_ranks(monkeypatch):
+    """The environment torchrun gives rank 1 of 2 (no world is joined: the agent refuses before that)."""
+    for key, value in {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(key, value)
+
+
+def test_dp_sgd_is_refused_with_the_spec_message(tmp_path, keys, two_ranks):
+    config = FederationConfig(privacy=PrivacySpec(dp=DPSpec(enabled=True, unit="record", noise_multiplier=1.0)))
+    with pytest.raises(ValueError) as info:
+        SiloAgent(config, "clinic-a", keys, tmp_path / "silo", "http://127.0.0.1:9", model_cache=tmp_path / "cache")
+    assert str(info.value) == f"{MULTI_NODE_DP_SGD_MESSAGE} (silo clinic-a runs 2 ranks)"
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_zero_stages_that_partition_are_refused(tmp_path, keys, two_ranks, stage):
+    config = FederationConfig(training=TrainingSpec(zero_stage=stage))
+    with pytest.raises(ValueError, match=f"training.zeroStage {stage} with a multi-rank silo \\(2 ranks\\) is not supported yet"):
+        SiloAgent(config, "clinic-a", keys, tmp_path / "silo", "http://127.0.0.1:9")
