@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import random
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import NamedTuple
 
@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..config import TrainingSpec
+from ..updates import VectorLayout
 from ..workloads.base import Workload
 from .dp_sgd import DpSgd, dp_sgd_step, sample_records, secure_generator, unit_ids
 from .recommendation import RecommendationWorkload
@@ -213,3 +214,20 @@ def train_steps(engine, steps: int, step_loss: Callable[[int], torch.Tensor]) ->
         engine.step()
         losses.append(float(loss.detach()))
     return losses
+
+
+def load_weights(engine, layout: VectorLayout, params: Mapping[str, torch.Tensor], values: np.ndarray) -> None:
+    """Write ``values`` (a shared vector, e.g. the decrypted global adapter) into ``params``, the engine's model.
+
+    DeepSpeed's ZeRO stages and its bf16/fp16 optimizers step a master fp32 copy of the parameters and write it back
+    over them; the copy is refreshed from the parameters here, or the next step would undo the assignment.
+    """
+    layout.assign(params, values)
+    refresh_master_weights(engine)
+
+
+def refresh_master_weights(engine) -> None:
+    """After writing into the engine's parameters: copy them into the optimizer's fp32 master weights, if it keeps any."""
+    refresh = getattr(getattr(engine, "optimizer", None), "refresh_fp32_params", None)
+    if callable(refresh):
+        refresh()

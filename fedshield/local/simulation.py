@@ -42,7 +42,7 @@ from ..config import FederationConfig
 from ..crypto import EncryptedSum, EnvelopeReader, Keys, create_keys, decrypt_envelope, encrypt_update
 from ..learning.data import base_model_path, silo_split
 from ..learning.model import load_base, with_lora
-from ..learning.training import create_engine, set_learning_rate, train_local_stats
+from ..learning.training import create_engine, load_weights, set_learning_rate, train_local_stats
 from ..learning.workloads import workload_for
 from ..plan import compute_mix_weights, compute_plan, effective_samples
 from ..privacy import release
@@ -181,7 +181,7 @@ class InProcessFederation:
                 with shared_values(layout, silo.params, vector, restore=self.global_shared):
                     personal = self.task.evaluate(silo.model, silo.tokenizer, silo.val)
                 personal_scores[silo.name], personal_metrics[silo.name] = personal.score, personal.metrics
-            layout.assign(silo.params, self.global_shared)
+            load_weights(silo.engine, layout, silo.params, self.global_shared)
             if evaluate:
                 evaluation = self.task.evaluate(silo.model, silo.tokenizer, silo.val)
                 scores[silo.name], metrics[silo.name] = evaluation.score, evaluation.metrics

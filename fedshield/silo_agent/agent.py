@@ -33,7 +33,17 @@ from ..crypto import EnvelopeReader, Keys, decrypt_envelope, encrypt_update
 from ..learning.data import base_model_path, silo_split
 from ..learning.dp_sgd import silo_dp_sgd
 from ..learning.model import load_base, with_lora
-from ..learning.training import barrier, broadcast, create_engine, set_learning_rate, train_local_dp, train_local_stats, world
+from ..learning.training import (
+    barrier,
+    broadcast,
+    create_engine,
+    load_weights,
+    refresh_master_weights,
+    set_learning_rate,
+    train_local_dp,
+    train_local_stats,
+    world,
+)
 from ..learning.workloads import workload_for
 from ..privacy import release
 from ..updates import VectorLayout, lora_parameters, next_residual, next_score, round_mask, scatter
@@ -135,6 +145,7 @@ class SiloAgent:
         with torch.no_grad():
             for name, tensor in self.state.lora.items():
                 self.params[name].copy_(tensor)
+        refresh_master_weights(self.engine)
         if self.state.optimizer is not None:
             self.engine.optimizer.load_state_dict(self.state.optimizer)
 
@@ -210,7 +221,7 @@ class SiloAgent:
                                   seed=seed, workload=self.workload)
             else:
                 self.state.global_shared = value
-                self.layout.assign(self.params, value)
+                load_weights(self.engine, self.layout, self.params, value)
             barrier()
         return []
 
@@ -303,7 +314,7 @@ class SiloAgent:
         state.global_shared[mask] += average
         state.score = next_score(state.score, average, mask, self.layout.size)
         state.residual = residual
-        self.layout.assign(self.params, state.global_shared)
+        load_weights(self.engine, self.layout, self.params, state.global_shared)
         self._tell("assign", state.global_shared)
         mix_weight = pending.mix_weight if pending is not None and upload_bytes else None
         personal = self._personalise(own, mix_weight, reader.header.contributors)
@@ -388,7 +399,7 @@ class SiloAgent:
                                      count=self.layout.size, layout=self.layout.digest)
             check_unlearning(self.config, reader.header.packing, reader.header.weight, delta)  # before applying anything
             self.state.global_shared = self.state.global_shared + delta
-            self.layout.assign(self.params, self.state.global_shared)
+            load_weights(self.engine, self.layout, self.params, self.state.global_shared)
             self._tell("assign", self.state.global_shared)
             self.state.unlearnings_applied = record.version + 1
             self._drop_personal()
