@@ -20,6 +20,10 @@ Prints one JSON object: {"unit", "delta", "clip_norm", "seeds", "arms": [{"epsil
 "gain_kept_at_8", "step_seconds": {...}}. ``--log`` appends each finished (epsilon, seed) as a JSON
 line and skips those already there (a killed run resumes); ``--from-log`` summarises a log without
 running. ``--quick``: 1 seed, 2 rounds, epsilon 8 only.
+
+The real-LLM instruction task (SmolLM2, the triage task, exact match) runs in ``benchmarks/llm_workloads.py`` with
+``--arms zero_shot federated federated_dp8 federated_dp2`` (record-level DP-SGD, C = 1, delta 1e-5);
+``--from-llm-log FILE`` prints its DP arms in this JSON.
 """
 
 from __future__ import annotations
@@ -117,6 +121,40 @@ def summarise(rows: list[dict], unit: str, step: dict | None) -> dict:
             "step_seconds": step}
 
 
+def instruction_report(records: list[dict]) -> dict:
+    """The same JSON for the real-LLM instruction task, from ``benchmarks/llm_workloads.py``'s log (SmolLM2, the triage
+    task, exact match): its ``federated`` arm is the non-private one, ``federated_dp8``/``federated_dp2`` the DP arms."""
+    from llm_workloads import DP_ARMS, DP_CLIP_NORM, DP_DELTA
+
+    rows = [r for r in records if r["task"] == "instruction"]
+
+    def finals(arm: str) -> dict[int, float]:
+        return {r["seed"]: r["mean"] for r in rows if r["arm"] == arm}
+
+    arms = []
+    for arm, eps in [*((a, DP_ARMS[a]) for a in sorted(DP_ARMS, key=DP_ARMS.__getitem__)), ("federated", None)]:
+        runs = [r for r in rows if r["arm"] == arm]
+        if not runs:
+            continue
+        values = list(finals(arm).values())
+        first = runs[0]
+        arms.append({"epsilon": eps, "noise_multiplier": first.get("noise_multiplier"), "sampling_rate": first.get("sampling_rate"),
+                     "steps": first.get("dp_steps"), "metric": round(float(np.mean(values)), 4), "ci95": ci95(values),
+                     "per_seed": {str(k): round(v, 4) for k, v in sorted(finals(arm).items())}})
+    zero = list(finals("zero_shot").values())
+    non_private = next((a["metric"] for a in arms if a["epsilon"] is None), None)
+    at_8 = next((a["metric"] for a in arms if a["epsilon"] == 8.0), None)
+    zero_shot = round(float(np.mean(zero)), 4) if zero else None
+    kept = None
+    if None not in (non_private, at_8, zero_shot) and non_private != zero_shot:
+        kept = round((at_8 - zero_shot) / (non_private - zero_shot), 3)
+    model = rows[0].get("model") if rows else None
+    return {"unit": "record", "delta": DP_DELTA, "clip_norm": DP_CLIP_NORM, "task": "instruction", "model": model,
+            "seeds": sorted({r["seed"] for r in rows if r["arm"] in DP_ARMS}), "arms": arms,
+            "metric": "mean exact match over silos after the last round", "non_private": non_private, "zero_shot": zero_shot,
+            "gain_kept_at_8": kept, "target_gain_kept_at_8": 0.9}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
@@ -125,7 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--log")
     parser.add_argument("--from-log")
+    parser.add_argument("--from-llm-log", help="summarise the instruction task's DP arms from benchmarks/llm_workloads.py's log")
     args = parser.parse_args(argv)
+    if args.from_llm_log:
+        from llm_workloads import read_log
+
+        print(json.dumps(instruction_report(read_log(args.from_llm_log))))
+        return 0
     if args.from_log:
         rows = [json.loads(line) for line in Path(args.from_log).read_text().splitlines() if line.strip()]
         print(json.dumps(summarise(rows, args.unit, None)))

@@ -38,13 +38,13 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
+from confidence import ci95
 
 with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed announces its accelerator on stdout at import
     import deepspeed  # noqa: F401
 import torch
 
-from fedshield.config import DataSpec, FederationConfig, LoraSpec, ModelSpec, PrivacySpec, SiloSpec, TrainingSpec
+from fedshield.config import DataSpec, DPSpec, FederationConfig, LoraSpec, ModelSpec, PrivacySpec, SiloSpec, TrainingSpec
 from fedshield.learning.model import load_base, with_lora
 from fedshield.learning.training import create_engine, train_local_stats
 from fedshield.learning.workloads import get_workload
@@ -55,6 +55,8 @@ from fedshield.workloads.recommendation import build_examples, split_examples, s
 
 TASKS = ("instruction", "recommendation")
 ARMS = ("zero_shot", "local_only", "federated", "centralised")
+DP_ARMS = {"federated_dp8": 8.0, "federated_dp2": 2.0}  # federated with record-level DP-SGD at this epsilon (on request)
+DP_CLIP_NORM, DP_DELTA = 1.0, 1e-5  # C: the spec's default, chosen before any run (no gradient norms measured on SmolLM2)
 METRIC = {"instruction": "exact_match", "recommendation": "auc"}
 RECOMMENDATION_SILOS = ("shop-a", "shop-b", "shop-c")
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -89,14 +91,16 @@ def task_workload(task: str, seed: int) -> Workload:
     return get_workload(task, seed=seed)
 
 
-def bench_config(silos: list[str], seed: int, model: str, settings: dict) -> FederationConfig:
-    """The federation's config: SmolLM2 by path, LoRA on attention, CKKS with pruning 0.5."""
+def bench_config(silos: list[str], seed: int, model: str, settings: dict, epsilon: float | None = None) -> FederationConfig:
+    """The federation's config: SmolLM2 by path, LoRA on attention, CKKS with pruning 0.5; record-level DP-SGD at
+    ``epsilon`` (delta 1e-5, C = 1, the default sampling rate) when given."""
+    dp = DPSpec(enabled=epsilon is not None, unit="record", clip_norm=DP_CLIP_NORM, target_epsilon=epsilon, delta=DP_DELTA)
     return FederationConfig(
         name="llm-bench", rounds=settings["rounds"], seed=seed, silos=tuple(SiloSpec(name=s) for s in silos),
         model=ModelSpec(path=str(model)), lora=LoraSpec(target_modules=TARGET_MODULES),
         training=TrainingSpec(learning_rate=settings["learning_rate"], batch_size=settings["batch_size"],
                               local_steps=settings["local_steps"]),
-        privacy=PrivacySpec(pruning=0.5), data=DataSpec(seed=seed),
+        privacy=PrivacySpec(pruning=0.5, dp=dp), data=DataSpec(seed=seed),
     )
 
 
@@ -127,7 +131,7 @@ def run_arm(task: str, arm: str, seed: int, model: str, settings: dict) -> dict:
     """One (task, arm, seed): per-silo headline scores (and all metrics) on each silo's validation set."""
     splits = task_splits(task, seed, settings["train"], settings["val"])
     workload = task_workload(task, seed)
-    config = bench_config(list(splits), seed, model, settings)
+    config = bench_config(list(splits), seed, model, settings, DP_ARMS.get(arm))
     steps = settings["rounds"] * settings["local_steps"]
     start = time.perf_counter()
     if arm == "zero_shot":
@@ -148,7 +152,7 @@ def run_arm(task: str, arm: str, seed: int, model: str, settings: dict) -> dict:
         net, tokenizer = _train_alone(config, workload, pooled, steps * len(splits), zlib.crc32(f"{seed}/central".encode()))
         per_silo, metrics = _scores(workload, net, tokenizer, splits)
         total_steps = steps * len(splits)
-    elif arm == "federated":
+    elif arm == "federated" or arm in DP_ARMS:
         with tempfile.TemporaryDirectory() as workdir:
             federation = InProcessFederation(config, Path(workdir), encrypted=True, workload=workload, splits=splits)
             rounds = settings["rounds"]
@@ -158,20 +162,20 @@ def run_arm(task: str, arm: str, seed: int, model: str, settings: dict) -> dict:
     else:
         raise ValueError(f"unknown arm {arm!r}")
     gc.collect()
-    return {"task": task, "arm": arm, "seed": seed, "metric": METRIC[task], "per_silo": per_silo,
+    dp = {}
+    if arm in DP_ARMS:
+        from fedshield.learning.dp_sgd import silo_dp_sgd
+
+        first = next(iter(splits))
+        run, _ = silo_dp_sgd(config, first, [e.user for e in splits[first].train]) or (None, None)
+        dp = {"epsilon": DP_ARMS[arm], "delta": DP_DELTA, "clip_norm": DP_CLIP_NORM, "noise_multiplier": run and run.noise_multiplier,
+              "sampling_rate": run and run.sampling_rate, "dp_steps": steps}
+    return {"task": task, "arm": arm, "seed": seed, "metric": METRIC[task], "per_silo": per_silo, **dp,
             "mean": float(np.mean(list(per_silo.values()))), "metrics": metrics, "steps": total_steps,
             "wall_s": round(time.perf_counter() - start, 1)}
 
 
 # --- summary ------------------------------------------------------------------------------
-
-def ci95(values: list[float]) -> list[float]:
-    """A t-interval for the mean over seeds (both ends the mean itself for one seed)."""
-    mean = float(np.mean(values))
-    if len(values) < 2:
-        return [round(mean, 4), round(mean, 4)]
-    half = float(stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / np.sqrt(len(values)))
-    return [round(mean - half, 4), round(mean + half, 4)]
 
 
 def targets(means: dict[str, float]) -> dict[str, bool | None]:
@@ -188,7 +192,7 @@ def summarise_task(task: str, records: list[dict]) -> dict:
     """One task's block of the report from its logged (arm, seed) records."""
     out: dict = {"metric": METRIC[task]}
     means, ci, per_silo, seeds = {}, {}, {}, {}
-    for arm in ARMS:
+    for arm in (*ARMS, *DP_ARMS):
         runs = sorted((r for r in records if r["arm"] == arm), key=lambda r: r["seed"])
         if not runs:
             continue
@@ -198,7 +202,7 @@ def summarise_task(task: str, records: list[dict]) -> dict:
         silos = runs[0]["per_silo"]
         per_silo[arm] = {s: round(float(np.mean([r["per_silo"][s] for r in runs])), 4) for s in silos}
         seeds[arm] = [r["seed"] for r in runs]
-    out.update({arm: means.get(arm) for arm in ARMS})
+    out.update({arm: means.get(arm) for arm in (*ARMS, *(a for a in DP_ARMS if a in means))})
     out.update({"ci95": ci, "per_silo": per_silo, "seeds_per_arm": seeds, "targets": targets(means)})
     return out
 
@@ -252,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", default=str(Path.home() / ".cache" / "fedshield" / "models"))
     parser.add_argument("--seeds", type=int, default=3, help="how many seeds (0, 1, ...)")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=(*ARMS, *DP_ARMS))
     for key, value in DEFAULTS.items():
         parser.add_argument("--" + key.replace("_", "-"), type=type(value), default=None, help=f"default {value}")
     parser.add_argument("--log", help="append each finished (task, arm, seed) as a JSON line; rerunning skips what it holds")

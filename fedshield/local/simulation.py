@@ -12,6 +12,8 @@ fedavg or dynamic_balance, and PPLR warm-up weights) comes from ``plan``, as the
 does: weights from the training-set sizes bounded by the declared sample counts (equal weights
 when none are declared), losses from the global model each silo last evaluated.
 ``run_alone`` is the local-only baseline: the same silos, steps and batches, nothing aggregated.
+Record- and user-level DP-SGD (``privacy.dp``) train each silo as the agent does (``silo_dp_sgd``:
+sigma solved for the planned steps); the agent's budget stop is not simulated, the plan is the budget.
 
 ``encrypted=False`` is plaintext aggregation (weighted mean of the released values, no
 quantisation): a reference arm for benchmarks, never how a federation runs.
@@ -41,8 +43,9 @@ from transformers import PreTrainedTokenizerBase
 from ..config import FederationConfig
 from ..crypto import EncryptedSum, EnvelopeReader, Keys, create_keys, decrypt_envelope, encrypt_update
 from ..learning.data import base_model_path, silo_split
+from ..learning.dp_sgd import DpSgd, silo_dp_sgd
 from ..learning.model import load_base, with_lora
-from ..learning.training import create_engine, load_weights, set_learning_rate, train_local_stats
+from ..learning.training import create_engine, load_weights, set_learning_rate, train_local_dp, train_local_stats
 from ..learning.workloads import workload_for
 from ..plan import compute_mix_weights, compute_plan, effective_samples
 from ..privacy import release
@@ -61,6 +64,7 @@ class _Silo:
     train: list
     val: list
     residual: np.ndarray | None = None
+    dp: DpSgd | None = None  # record- or user-level DP-SGD (privacy.dp), as the silo agent runs it
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,9 @@ class InProcessFederation:
             split = self.splits[name] if self.splits else silo_split(config, name)
             train, val = list(split.train), list(split.validation)
             self.task.check(model, tokenizer, train + val)
-            self.silos.append(_Silo(name, model, tokenizer, params, create_engine(model, config.training), train, val))
+            dp_sgd = silo_dp_sgd(config, name, [e.user for e in train])
+            engine = create_engine(model, config.training, dp=dp_sgd is not None)
+            self.silos.append(_Silo(name, model, tokenizer, params, engine, train, val, dp=dp_sgd[0] if dp_sgd else None))
         first = self.silos[0].params
         self.layout = VectorLayout.from_tensors(first, config.privacy.private_modules)
         self.global_shared = self.layout.flatten(first)
@@ -132,8 +138,11 @@ class InProcessFederation:
         training = self.config.training
         set_learning_rate(silo.engine, training.learning_rate * lr_scale)
         seed = zlib.crc32(f"{self.config.seed}/{silo.name}/{round}".encode())
-        train_local_stats(silo.engine, silo.tokenizer, silo.train, training.local_steps, training.batch_size, seed=seed,
-                          workload=self.task)
+        if silo.dp is not None:
+            train_local_dp(silo.engine, silo.tokenizer, silo.train, training.local_steps, silo.dp, seed=seed, workload=self.task)
+        else:
+            train_local_stats(silo.engine, silo.tokenizer, silo.train, training.local_steps, training.batch_size, seed=seed,
+                              workload=self.task)
 
     def run(self, rounds: int | None = None) -> list[SimRound]:
         return [self.run_round(r) for r in range(rounds if rounds is not None else self.config.rounds)]

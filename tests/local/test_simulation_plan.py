@@ -43,3 +43,19 @@ def test_run_alone_trains_every_silo_and_aggregates_nothing(tmp_path):
     assert [r.round for r in rounds] == [0, 1] and all(set(r.scores) == {"clinic-a", "clinic-b"} for r in rounds)
     assert np.array_equal(federation.global_shared, start) and all(not np.array_equal(a, b) for a, b in zip(after, before, strict=True))
     assert not np.array_equal(after[0], after[1])  # each silo kept its own adapter
+
+
+def test_dp_sgd_silos_train_with_the_agents_noise_and_sampling(tmp_path):
+    from fedshield.config import DPSpec, PrivacySpec
+    from fedshield.learning.dp_sgd import silo_dp_sgd
+
+    dp = DPSpec(enabled=True, unit="record", clip_norm=1.0, target_epsilon=8.0, delta=1e-5)
+    cfg = config("fedavg", declared=False).model_copy(update={"privacy": PrivacySpec(pruning=0.5, dp=dp)})
+    federation = InProcessFederation(cfg, tmp_path, encrypted=False)
+    for silo in federation.silos:
+        expected = silo_dp_sgd(cfg, silo.name, [e.user for e in silo.train])
+        assert expected is not None and silo.dp == expected[0]
+    start = federation.global_shared.copy()
+    rounds = federation.run()
+    assert len(rounds) == 2 and not np.array_equal(federation.global_shared, start)
+    assert np.isfinite(federation.global_shared).all()
