@@ -157,6 +157,16 @@ async def test_two_node_silo_from_cr_to_status(jobsets_on, k8s, operator):
     assert (silo_status(k8s)["exitCode"], silo_status(k8s)["reason"]) == (137, "OOMKilled")
     assert raw(k8s, (CR, NS, OWNER.name))["status"]["silosReady"] == "1/3"  # the JobSet's silo runs; the other Jobs have no pods yet
 
+    # The group used up its restarts: JobSet marks itself Failed, and so does the silo, with the failing rank's exit code.
+    await set_jobset_status(k8s, name, restarts=4, terminalState="Failed",
+                            conditions=[{"type": "Failed", "status": "True", "reason": "FailedJobs", "message": "jobset failed"}])
+    await eventually(lambda: silo_status(k8s).get("phase") == "Failed", what="the silo Failed")
+    assert (silo_status(k8s)["restarts"], silo_status(k8s)["exitCode"], silo_status(k8s)["reason"]) == (4, 137, "OOMKilled")
+    await eventually(lambda: {c["type"]: c for c in status(k8s)["conditions"]}["Degraded"]["reason"] == "SiloFailed", what="Degraded")
+    degraded = {c["type"]: c for c in status(k8s)["conditions"]}["Degraded"]  # minSilos 2 of 3: the federation goes on
+    assert degraded["status"] == "True" and "silo hospital-a failed (OOMKilled, exit code 137)" in degraded["message"]
+    assert status(k8s)["phase"] != "Failed"
+
 
 
 class NoJobSetApi:
