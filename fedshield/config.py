@@ -17,9 +17,11 @@ from .spec.federation import (
     TrainingSpec,
     config_yaml,
     load_config,
+    uneven_batch_message,
 )
 
 __all__ = [
     "MAX_DECLARED_SAMPLES", "MULTI_NODE_DP_SGD_MESSAGE", "AggregationSpec", "DPSpec", "DataSpec", "EncryptionSpec", "FederationConfig", "FederationSettings",
     "LimitsSpec", "LoraSpec", "ModelSpec", "PrivacySpec", "SiloSpec", "TrainingSpec", "config_yaml", "load_config",
+    "uneven_batch_message",
 ]

@@ -19,7 +19,7 @@ from pydantic import Field, StringConstraints, model_validator
 from ..crypto.noise import max_summable
 from ..spec.base import DNS_LABEL, FinetunePhase, SiloPhase
 from ..spec.base import Spec as Model  # every API model: frozen, extra fields refused, camelCase aliases
-from ..spec.federation import MULTI_NODE_DP_SGD_MESSAGE, EncryptionSpec, FederationSettings, SiloSpec, check_silos
+from ..spec.federation import MULTI_NODE_DP_SGD_MESSAGE, EncryptionSpec, FederationSettings, SiloSpec, TrainingSpec, check_silos
 from ..wire.messages import EpsilonUnit
 
 GROUP, VERSION, KIND, PLURAL, SINGULAR, SHORT_NAME = "fedshield.io", "v1alpha1", "FederatedFinetune", "federatedfinetunes", "federatedfinetune", "fft"
@@ -82,6 +82,19 @@ class SiloPlacement(SiloSpec):
         """GPUs each of the silo's pods requests: gpusPerNode when given, else gpus."""
         return self.gpus if self.gpus_per_node is None else self.gpus_per_node
 
+    @property
+    def ranks_per_node(self) -> int:
+        """Processes on each of a multi-node silo's pods: one per GPU, one on a CPU-only pod; a one-node silo's Job runs one."""
+        return max(1, self.pod_gpus) if self.nodes > 1 else 1
+
+    @property
+    def ranks(self) -> int:
+        """The silo's world size (``WORLD_SIZE`` of its JobSet): nodes x max(1, gpusPerNode); 1 for a one-node silo."""
+        return self.nodes * self.ranks_per_node
+
+    def ranks_text(self) -> str:
+        return f"{self.name} ({self.nodes} nodes x {self.ranks_per_node} GPUs per node: {self.ranks} ranks)"
+
     @model_validator(mode="after")
     def _gpus_once(self) -> SiloPlacement:
         if self.gpus_per_node is not None and "gpus" in self.model_fields_set and self.gpus != self.gpus_per_node:
@@ -136,6 +149,8 @@ class FederatedFinetuneSpec(FederationSettings):
 PLACED_DATA_MESSAGE = ("data.path and silos[].dataPath: placed by the operator (each silo reads its datasetVolume, mounted at "
                        "/data); leave them out")
 PLACED_PORT_MESSAGE = "silos[].metricsPort: set by the operator (9090); leave it out"
+UNEVEN_BATCH_RULE_MESSAGE = ("training.batchSize must divide by the world size of each multi-node silo: nodes x max(1, gpusPerNode) "
+                             "ranks (gpusPerNode defaults to gpus), each training an equal share of every batch")
 INSECURE_MESSAGE = ("tls: aggregator.tls and every silo's tls are required (mutual TLS); "
                     "set insecure: true to run without transport security")
 
@@ -164,8 +179,11 @@ SPEC_RULES = [
     {"rule": "!has(self.privacy) || !has(self.privacy.dp) || !has(self.privacy.dp.enabled) || !self.privacy.dp.enabled "
              "|| !has(self.privacy.dp.unit) || self.privacy.dp.unit == 'silo' || self.silos.all(s, !has(s.nodes) || s.nodes == 1)",
      "message": MULTI_NODE_DP_SGD_MESSAGE},
-    {"rule": "self.silos.all(s, !has(s.nodes) || (has(self.training) && has(self.training.batchSize) ? self.training.batchSize : 16) "
-             "% s.nodes == 0)", "message": "training.batchSize must divide evenly over each silo's nodes"},
+    {"rule": "self.silos.all(s, !has(s.nodes) || s.nodes == 1 || "
+             f"(has(self.training) && has(self.training.batchSize) ? self.training.batchSize : {TrainingSpec().batch_size}) % "
+             "(s.nodes * (has(s.gpusPerNode) ? (s.gpusPerNode > 0 ? s.gpusPerNode : 1) : "
+             f"(has(s.gpus) ? (s.gpus > 0 ? s.gpus : 1) : {max(1, SiloPlacement.model_fields['gpus'].default)}))) == 0)",
+     "message": UNEVEN_BATCH_RULE_MESSAGE},
     {"rule": "self.silos.all(s, !has(s.gpusPerNode) || !has(s.gpus) || s.gpus == s.gpusPerNode)", "message": GPUS_TWICE_MESSAGE},
 ]
 

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ..config import TrainingSpec
+from ..config import TrainingSpec, uneven_batch_message
 from ..updates import VectorLayout
 from ..workloads.base import Workload
 from .dp_sgd import DpSgd, dp_sgd_step, sample_records, secure_generator, unit_ids
@@ -87,10 +87,11 @@ def _all_sum(values: Sequence[float]) -> list[float]:
     return tensor.tolist()
 
 
-def check_batch_split(batch_size: int, ranks: int) -> int:
-    """Each rank's share of a batch (its micro-batch); ValueError unless ``batch_size`` divides evenly over the ranks."""
+def check_batch_split(batch_size: int, ranks: int, silo: str = "this silo") -> int:
+    """Each rank's share of a batch (its micro-batch); ValueError (the spec's wording) unless ``batch_size`` divides evenly
+    over the ranks."""
     if batch_size % ranks:
-        raise ValueError(f"training.batchSize (batch_size={batch_size}) must divide evenly over the silo's {ranks} ranks")
+        raise ValueError(uneven_batch_message(batch_size, [f"{silo} ({ranks} ranks)"]))
     return batch_size // ranks
 
 

@@ -2,7 +2,8 @@
 
 Shared state comes through kopf's ``memo``: ``memo.kube`` (a :class:`Kube`),
 ``memo.aggregator_status`` (an async callable: aggregator URL -> its /v1/status or None) and
-``memo.unlearning_records`` (aggregator URL -> its /v1/unlearning ledger or None). The status timers are
+``memo.unlearning_records`` (aggregator URL -> its /v1/unlearning ledger or None), ``memo.site`` (:class:`Site`) and
+``memo.jobset_api`` (whether the API server serves JobSets, for ``multiNode: auto``). The status timers are
 registered when the operator starts, every ``memo.status_interval_s`` seconds (default: ``$FEDSHIELD_STATUS_INTERVAL``).
 """
 
@@ -106,6 +107,29 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None
         memo.unlearning_pending = unlearning.fetch_pending_unlearnings
     if getattr(memo, "site", None) is None:
         memo.site = Site.from_environment()
+    if memo.site.multi_node == "auto":
+        try:
+            served = await jobset_api_served(memo)
+        except Exception as exc:  # noqa: BLE001  (asked again when a CR needs JobSets)
+            log.warning("could not ask the API server whether it serves JobSets: %s", exc)
+        else:
+            log.info("multiNode: auto: %s", "JobSets are served, multi-node silos run as JobSets" if served else
+                     f"{jobset.API_VERSION} {jobset.PLURAL} not served, multi-node silos are refused until JobSet is installed")
+
+
+async def jobset_api_served(memo) -> bool:
+    """Whether the API server serves JobSets (API discovery, :meth:`Kube.serves`; no RBAC needed), kept in
+    ``memo.jobset_api``: a yes is kept, a no is asked again next time (JobSet installed after the operator started is
+    found at the next status tick of a CR that needs it)."""
+    if getattr(memo, "jobset_api", None):
+        return True
+    try:
+        served = await memo.kube.serves(jobset.API_VERSION, jobset.PLURAL)
+    except httpx.HTTPStatusError as exc:
+        log.warning("API discovery of %s answered %s: taken as not served", jobset.API_VERSION, exc.response.status_code)
+        served = False
+    memo.jobset_api = served
+    return served
 
 
 def parse(spec: dict) -> FederatedFinetuneSpec:
@@ -218,9 +242,12 @@ async def admit_and_apply(memo, owner: Owner, parsed: FederatedFinetuneSpec, met
 
     Nothing is written anywhere unless every silo namespace consented and no child name is taken by an object this CR
     does not own; each write is checked again against the live object (``Kube.apply``)."""
-    multi = multi_node_refusal(parsed, memo.site)
-    if multi:
-        _not_admitted(patch, meta, status, "MultiNodeDisabled", multi)
+    if memo.site.multi_node == "auto" and any(s.nodes > 1 for s in parsed.silos):
+        refusal = multi_node_refusal(parsed, memo.site, await jobset_api_served(memo))
+    else:
+        refusal = multi_node_refusal(parsed, memo.site)
+    if refusal:
+        _not_admitted(patch, meta, status, *refusal)
         return False
     problems = [p for p in [consent.check_aggregator(parsed, memo.site.aggregator_image_prefixes)] if p]
     problems += consent.check((owner.namespace, owner.name), parsed, await unlearning.memberships(memo.kube, {s.namespace for s in parsed.silos}))
@@ -264,14 +291,28 @@ async def admit_and_apply(memo, owner: Owner, parsed: FederatedFinetuneSpec, met
     return True
 
 
-def multi_node_refusal(parsed: FederatedFinetuneSpec, site: Site) -> str | None:
-    """Why silos with nodes > 1 are not run (None when they are not asked for, or the operator runs them as JobSets)."""
+JOBSET_INSTALL = ("install JobSet beside the operator (a release serving jobset.x-k8s.io/v1alpha2: kubectl apply --server-side -f "
+                  "https://github.com/kubernetes-sigs/jobset/releases/download/<version>/manifests.yaml, docs/deploy.md)")
+
+
+def multi_node_refusal(parsed: FederatedFinetuneSpec, site: Site, jobset_api: bool = False) -> tuple[str, str] | None:
+    """Why silos with nodes > 1 are not run, as (reason, message); None when none is asked for or they run as JobSets.
+
+    ``site.multi_node``: ``jobset`` runs them (a missing JobSet CRD is reported when the first write answers 404),
+    ``auto`` runs them when ``jobset_api`` (the API server serves JobSets, :func:`jobset_api_served`), ``off`` refuses."""
     multi = [f"{s.name} ({s.nodes} nodes)" for s in parsed.silos if s.nodes > 1]
-    if not multi or site.multi_node == "jobset":
+    if not multi or site.multi_node == "jobset" or (site.multi_node == "auto" and jobset_api):
         return None
-    return (f"silos {', '.join(multi)}: multi-node silos are experimental and off (multi-rank silo agents have run on one "
-            "machine only, gloo on CPU, never on a cluster: issue #20); nothing was created. Use nodes: 1, or run the operator with "
-            "multiNode: jobset (FEDSHIELD_MULTI_NODE=jobset) and JobSet installed to try the JobSet wiring (docs/operator.md)")
+    silos = f"silos {', '.join(multi)}"
+    if site.multi_node == "auto":
+        return ("JobSetMissing", f"{silos}: a multi-node silo runs as a JobSet, and this API server does not serve "
+                f"{jobset.API_VERSION} {jobset.PLURAL} (the operator runs with multiNode: auto); nothing was created. Either "
+                f"{JOBSET_INSTALL}: the next status tick finds it; or use nodes: 1. Experimental: multi-rank silo agents have run "
+                "on one machine only (issue #20, docs/operator.md)")
+    return ("MultiNodeDisabled", f"{silos}: multi-node silos are off in this operator (multiNode: off); nothing was created. "
+            f"Use nodes: 1, or {JOBSET_INSTALL} and run the operator with multiNode: auto (the default) or jobset "
+            "(FEDSHIELD_MULTI_NODE). Experimental: multi-rank silo agents have run on one machine only, gloo on CPU, never on a "
+            "cluster (issue #20, docs/operator.md)")
 
 
 def _not_admitted(patch, meta, status, reason: str, message: str) -> None:

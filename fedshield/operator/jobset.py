@@ -11,7 +11,8 @@ Every pod runs ``torchrun`` (``python -m torch.distributed.run``: ``NPROC_PER_NO
 ``NNODES``, rendezvous at ``MASTER_ADDR:MASTER_PORT``, no restarts of its own) around the silo agent; rank 0 alone talks
 to the aggregator (``fedshield.silo_agent.agent``). Experimental: multi-rank silo agents have run on one machine only
 (gloo on CPU, ``fedshield run``); no JobSet controller, NCCL or GPU cluster ran them. The operator creates JobSets only
-when it runs with ``multiNode: jobset`` and refuses multi-node silos otherwise (docs/operator.md).
+with ``multiNode: jobset``, or ``auto`` (the default) when the API server serves JobSets, and refuses multi-node
+silos otherwise (docs/operator.md).
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ def rank0_host(name: str) -> str:
 
 
 def processes_per_node(silo: SiloPlacement) -> int:
-    """One process per GPU; a CPU-only node runs one."""
-    return max(1, silo.pod_gpus)
+    """One process per GPU; a CPU-only node runs one (``SiloPlacement.ranks_per_node``)."""
+    return silo.ranks_per_node
 
 
 def rendezvous_env(name: str, silo: SiloPlacement) -> list[dict]:
@@ -59,7 +60,7 @@ def rendezvous_env(name: str, silo: SiloPlacement) -> list[dict]:
         {"name": "MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
         {"name": "NNODES", "value": str(silo.nodes)},
         {"name": "NPROC_PER_NODE", "value": str(per_node)},
-        {"name": "WORLD_SIZE", "value": str(silo.nodes * per_node)},
+        {"name": "WORLD_SIZE", "value": str(silo.ranks)},  # what the spec's batch check divides by
         {"name": "NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": COMPLETION_INDEX}}},  # = JOB_COMPLETION_INDEX
     ]
 

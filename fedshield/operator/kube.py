@@ -206,6 +206,15 @@ class Kube:
         meta = obj["metadata"]
         return await self.read(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
 
+    async def serves(self, api_version: str, plural: str) -> bool:
+        """Whether the API server serves ``plural`` in ``api_version`` (a group/version such as ``jobset.x-k8s.io/v1alpha2``).
+
+        API discovery (``GET /apis/<group>/<version>``), which every authenticated client may read (the built-in
+        ``system:discovery`` ClusterRole): no RBAC of the operator's, no read of CustomResourceDefinitions. A group the
+        server does not serve answers 404 (False); any other refusal is raised (:class:`ApiError`)."""
+        found = await self._call("GET", f"/apis/{api_version}", missing_ok=True)
+        return found is not None and any(r.get("name") == plural for r in found.get("resources") or [])
+
     async def list(self, api_version: str, kind: str, namespace: str, selector: str | None = None) -> list[dict]:
         query = [("labelSelector", selector)] if selector else []
         return (await self._call("GET", collection_path(api_version, kind, namespace), query=query)).get("items", [])

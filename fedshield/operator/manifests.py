@@ -76,7 +76,9 @@ class Site:
     observer_uri: str | None = None  # URI SAN of the operator's client certificate: a read-only observer at mutual-TLS aggregators
     # The aggregator mounts Secrets of the CR's namespace by name: only images the platform trusts may run it.
     aggregator_image_prefixes: tuple[str, ...] = ("fedshield/fedshield:", "fedshield/fedshield@")
-    multi_node: str = ""  # "jobset": silos with nodes > 1 run as JobSets (experimental); empty: they are refused
+    # Silos with nodes > 1 (MULTI_NODE_MODES): "auto" runs them as JobSets when the API server serves JobSets (discovery),
+    # "jobset" always does, "off" refuses them. Experimental (issue #20).
+    multi_node: str = "auto"
 
     @classmethod
     def from_environment(cls) -> Site:
@@ -85,7 +87,19 @@ class Site:
                    monitoring_namespace=os.environ.get("FEDSHIELD_MONITORING_NAMESPACE", "monitoring") or None,
                    observer_uri=os.environ.get("FEDSHIELD_OBSERVER_URI") or None,
                    aggregator_image_prefixes=prefixes or cls.aggregator_image_prefixes,
-                   multi_node=os.environ.get("FEDSHIELD_MULTI_NODE", ""))
+                   multi_node=multi_node_mode(os.environ.get(MULTI_NODE_ENV, "auto")))
+
+
+MULTI_NODE_ENV = "FEDSHIELD_MULTI_NODE"
+MULTI_NODE_MODES = ("auto", "jobset", "off")
+
+
+def multi_node_mode(raw: str) -> str:
+    """The chart's ``multiNode`` (``$FEDSHIELD_MULTI_NODE``): auto, jobset or off (empty is off, as before auto existed)."""
+    value = raw.strip().lower() or "off"
+    if value not in MULTI_NODE_MODES:
+        raise ValueError(f"{MULTI_NODE_ENV} must be one of {', '.join(MULTI_NODE_MODES)} (empty: off), not {raw!r}")
+    return value
 
 
 def labels(owner: Owner, component: str, silo: str | None = None) -> dict[str, str]:

@@ -36,6 +36,7 @@ from ..learning.model import load_base, with_lora
 from ..learning.training import (
     barrier,
     broadcast,
+    check_batch_split,
     create_engine,
     load_weights,
     refresh_master_weights,
@@ -102,6 +103,8 @@ class SiloAgent:
             raise ValueError(f"training.zeroStage {config.training.zero_stage} with a multi-rank silo ({self.ranks} ranks) is not "
                              "supported yet: rank 0 checkpoints, flattens and evaluates the adapter alone, which needs every "
                              "rank to hold whole parameters and optimiser moments (ZeRO stage 0)")
+        if self.ranks > 1:  # at start, before any model is loaded: the spec's check, against the world torchrun gave us
+            check_batch_split(config.training.batch_size, self.ranks, silo)
         self.config, self.silo, self.keys = config, silo, keys
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)

@@ -42,8 +42,9 @@ class TrainingSpec(Spec):
     """Local training at each silo."""
 
     learning_rate: float = Field(2e-3, gt=0, le=1, description="Base learning rate; the round plan may scale it per silo.")
-    batch_size: int = Field(16, ge=1, le=4096, description="Examples per optimiser step; a silo with nodes N > 1 splits each batch "
-                                                           "evenly over its ranks (it must divide by N).")
+    batch_size: int = Field(16, ge=1, le=4096, description="Examples per optimiser step; a multi-node silo splits each batch evenly "
+                                                           "over its ranks, so it must divide by the silo's world size (nodes in a "
+                                                           "local run; nodes x max(1, gpusPerNode) under the operator).")
     local_steps: int = Field(30, ge=1, le=100000, description="Optimizer steps per silo per round.")
     zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage.")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Training precision.")
@@ -175,7 +176,17 @@ class SiloSpec(Spec):
     nodes: int = Field(1, ge=1, le=MAX_SILO_NODES, description="Nodes (ranks) the silo trains on, data parallel (torch.distributed); "
                        "rank 0 alone talks to the aggregator. 1: one process (the default). Locally (`fedshield run`): that many "
                        "processes on this machine under torchrun. Under the operator: one JobSet (jobset.x-k8s.io/v1alpha2) of that "
-                       "many indexed pods, experimental, refused unless the operator runs with multiNode: jobset (docs/operator.md).")
+                       "many indexed pods running gpusPerNode ranks each (experimental; under the operator's multiNode: auto, the default, only "
+                       "when the API server serves JobSets; docs/operator.md).")
+
+    @property
+    def ranks(self) -> int:
+        """The silo's world size (torch.distributed ranks): locally ``nodes`` processes on one machine."""
+        return self.nodes
+
+    def ranks_text(self) -> str:
+        """The silo and its world size, for messages."""
+        return f"{self.name} ({self.nodes} nodes: {self.ranks} ranks)"
 
 
 class LimitsSpec(Spec):
@@ -236,9 +247,15 @@ def check_silos(settings: FederationSettings, silos: Sequence[SiloSpec]) -> None
     multi = [s for s in silos if s.nodes > 1]
     if multi and settings.privacy.dp.enabled and settings.privacy.dp.unit != "silo":
         raise ValueError(f"{MULTI_NODE_DP_SGD_MESSAGE} (silos {', '.join(s.name for s in multi)})")
-    if uneven := [f"{s.name} ({s.nodes} nodes)" for s in multi if settings.training.batch_size % s.nodes]:
-        raise ValueError(f"training.batchSize (batch_size={settings.training.batch_size}) must divide evenly over each silo's nodes: "
-                         f"{', '.join(uneven)}")
+    if uneven := [s.ranks_text() for s in silos if s.ranks > 1 and settings.training.batch_size % s.ranks]:
+        raise ValueError(uneven_batch_message(settings.training.batch_size, uneven))
+
+
+def uneven_batch_message(batch_size: int, silos: Sequence[str]) -> str:
+    """The one wording (spec, CR, silo agent) of a batch that does not split evenly over a silo's ranks."""
+    return (f"training.batchSize (batch_size={batch_size}) must divide by the world size of each multi-rank silo (each rank trains "
+            f"an equal share of every batch; world size = nodes in a local run, nodes x max(1, gpusPerNode) under the operator): "
+            f"{', '.join(silos)}")
 
 
 DEMO_SILOS = (SiloSpec(name="clinic-a"), SiloSpec(name="clinic-b"), SiloSpec(name="clinic-c"))

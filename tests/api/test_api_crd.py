@@ -126,3 +126,62 @@ def test_without_tls_the_spec_must_say_insecure_in_pydantic_and_the_crd():
     rules = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["x-kubernetes-validations"]
     assert {"rule": "has(self.aggregator.tls) || (has(self.insecure) && self.insecure)",
             "message": INSECURE_MESSAGE} in rules
+
+
+# A multi-node silo's world size is nodes x max(1, gpusPerNode) ranks (gpusPerNode defaults to gpus, gpus to 1); a one-node
+# silo runs one process. (silo 0's fields, training.batchSize or None for the default 16, its world size, accepted)
+WORLD_SIZE_CASES = [
+    ({"nodes": 2}, 16, 2, True),  # gpus: 1 in the example
+    ({"nodes": 2}, 9, 2, False),
+    ({"nodes": 2, "gpusPerNode": 4}, 16, 8, True),
+    ({"nodes": 2, "gpusPerNode": 4}, 12, 8, False),  # divides over the 2 nodes, not over the 8 ranks
+    ({"nodes": 2, "gpus": 4}, 12, 8, False),  # gpusPerNode defaults to gpus
+    ({"nodes": 2, "gpusPerNode": 0, "gpus": 0}, 6, 2, True),  # CPU-only pods: one rank each
+    ({"nodes": 3, "gpus": 2}, 192, 6, True),
+    ({"nodes": 3, "gpus": 2}, 8, 6, False),
+    ({"nodes": 4, "gpusPerNode": 8}, None, 32, False),  # the default batch of 16
+    ({"nodes": 2, "gpusPerNode": 8}, None, 16, True),
+    ({"nodes": 1, "gpus": 4}, 6, 1, True),  # one node: one process, whatever its GPUs
+    ({"gpus": 2}, 5, 1, True),
+]
+
+
+def _world_spec(silo0: dict, batch: int | None) -> dict:
+    spec = copy.deepcopy(EXAMPLE["spec"])
+    spec["silos"][0].update(silo0)
+    if "gpus" not in silo0 and silo0.get("gpusPerNode") is not None:
+        spec["silos"][0].pop("gpus", None)
+    training = {k: v for k, v in spec.get("training", {}).items() if k != "batchSize"}
+    spec["training"] = training if batch is None else dict(training, batchSize=batch)
+    return spec
+
+
+@pytest.mark.parametrize("silo0, batch, world, accepted", WORLD_SIZE_CASES, ids=[f"{s}-b{b}" for s, b, _, _ in WORLD_SIZE_CASES])
+def test_batch_size_must_divide_by_each_multi_node_silos_world_size(silo0, batch, world, accepted):
+    spec = _world_spec(silo0, batch)
+    if accepted:
+        assert FederatedFinetuneSpec.model_validate(spec).silos[0].ranks == world
+        return
+    with pytest.raises(ValidationError) as info:
+        FederatedFinetuneSpec.model_validate(spec)
+    per_node = world // silo0["nodes"]
+    assert (f"training.batchSize (batch_size={batch or 16}) must divide by the world size of each multi-rank silo" in str(info.value)
+            and f"hospital-a ({silo0['nodes']} nodes x {per_node} GPUs per node: {world} ranks)" in str(info.value)), str(info.value)
+
+
+def test_the_crds_cel_rules_agree_with_the_validator_on_world_sizes():
+    """Every CEL rule of spec, evaluated by cel-python (not a dependency: skipped without it), on the example and the cases."""
+    celpy = pytest.importorskip("celpy")
+    from fedshield.api.models import UNEVEN_BATCH_RULE_MESSAGE
+
+    rules = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["x-kubernetes-validations"]
+    env = celpy.Environment()
+    programs = {r["message"]: env.program(env.compile(r["rule"])) for r in rules}
+    assert UNEVEN_BATCH_RULE_MESSAGE in programs and "world size" in UNEVEN_BATCH_RULE_MESSAGE
+
+    def refused(spec: dict) -> list[str]:
+        return [m for m, p in programs.items() if not bool(p.evaluate({"self": celpy.json_to_cel(spec)}))]
+
+    assert refused(EXAMPLE["spec"]) == []
+    for silo0, batch, _, accepted in WORLD_SIZE_CASES:
+        assert refused(_world_spec(silo0, batch)) == ([] if accepted else [UNEVEN_BATCH_RULE_MESSAGE]), (silo0, batch)

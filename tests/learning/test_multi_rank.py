@@ -50,7 +50,7 @@ def test_two_ranks_train_the_adapter_one_process_does(tmp_path):
 
 def test_each_rank_gets_an_even_share_of_the_batch(monkeypatch):
     assert check_batch_split(16, 4) == 4
-    with pytest.raises(ValueError, match=r"training.batchSize \(batch_size=6\) must divide evenly over the silo's 4 ranks"):
+    with pytest.raises(ValueError, match=r"training.batchSize \(batch_size=6\) must divide by the world size .*: this silo \(4 ranks\)$"):
         check_batch_split(6, 4)
     monkeypatch.setenv("WORLD_SIZE", "2")
     config = deepspeed_config(TrainingSpec(batch_size=8))

@@ -221,10 +221,17 @@ def test_dp_sgd_needs_single_node_silos_and_zero_stage_is_free():
 
 def test_multi_node_is_refused_with_a_reason_unless_the_operator_runs_jobsets():
     spec = spec_of(2)
-    reason = multi_node_refusal(spec, Site())
-    assert reason and "hospital-a (2 nodes)" in reason and "multiNode: jobset" in reason and "multi-rank" in reason
-    assert multi_node_refusal(spec, Site(multi_node="jobset")) is None
-    assert multi_node_refusal(FederatedFinetuneSpec.model_validate(EXAMPLE["spec"]), Site()) is None
+    reason, message = multi_node_refusal(spec, Site(multi_node="off")) or ("", "")
+    assert reason == "MultiNodeDisabled" and "hospital-a (2 nodes)" in message and "multiNode: off" in message and "multi-rank" in message
+    assert "multiNode: auto (the default) or jobset" in message and "kubectl apply --server-side -f" in message
+    reason, message = multi_node_refusal(spec, Site()) or ("", "")  # auto, the default, and JobSets not served
+    assert reason == "JobSetMissing" and "hospital-a (2 nodes)" in message and "multiNode: auto" in message
+    assert "jobset.x-k8s.io/v1alpha2 jobsets" in message and "kubernetes-sigs/jobset/releases" in message and "docs/deploy.md" in message
+    assert multi_node_refusal(spec, Site(), jobset_api=True) is None  # auto, and JobSets served
+    assert multi_node_refusal(spec, Site(multi_node="jobset")) is None  # forced: no discovery asked
+    assert multi_node_refusal(spec, Site(multi_node="off"), jobset_api=True)  # off stays off
+    for site in (Site(), Site(multi_node="off")):
+        assert multi_node_refusal(FederatedFinetuneSpec.model_validate(EXAMPLE["spec"]), site) is None
 
 
 def _jobset_status(**status) -> dict:
@@ -305,13 +312,19 @@ def test_the_operator_chart_passes_multi_node_to_the_operator_and_refuses_other_
         deployment = next(d for d in render(OPERATOR, *args, namespace="fedshield", release="fs") if d["kind"] == "Deployment")
         return {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
 
-    assert env()["FEDSHIELD_MULTI_NODE"] == "" and env("--set", "multiNode=jobset")["FEDSHIELD_MULTI_NODE"] == "jobset"
+    assert env()["FEDSHIELD_MULTI_NODE"] == "auto"  # the default: JobSets when the API server serves them
+    for value in ("jobset", "off", ""):
+        assert env("--set", f"multiNode={value}")["FEDSHIELD_MULTI_NODE"] == value
     refused = run_helm("template", "fs", str(OPERATOR), "--namespace", "fedshield", "--set", "multiNode=trainjob")
     assert refused.returncode != 0 and "multiNode" in refused.stderr
-    monkeypatch.setenv("FEDSHIELD_MULTI_NODE", "jobset")
-    assert Site.from_environment().multi_node == "jobset"
+    for value, mode in (("jobset", "jobset"), ("auto", "auto"), ("off", "off"), ("", "off"), (" Auto ", "auto")):
+        monkeypatch.setenv("FEDSHIELD_MULTI_NODE", value)
+        assert Site.from_environment().multi_node == mode
+    monkeypatch.setenv("FEDSHIELD_MULTI_NODE", "trainjob")
+    with pytest.raises(ValueError, match="FEDSHIELD_MULTI_NODE must be one of auto, jobset, off"):
+        Site.from_environment()
     monkeypatch.delenv("FEDSHIELD_MULTI_NODE")
-    assert Site.from_environment().multi_node == ""
+    assert Site.from_environment().multi_node == "auto"
 
 
 def test_every_rank_pod_runs_torchrun_around_the_silo_agent():

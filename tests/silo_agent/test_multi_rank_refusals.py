@@ -2,7 +2,7 @@
 
 import pytest
 
-from fedshield.config import MULTI_NODE_DP_SGD_MESSAGE, DPSpec, FederationConfig, PrivacySpec, TrainingSpec
+from fedshield.config import MULTI_NODE_DP_SGD_MESSAGE, DPSpec, FederationConfig, PrivacySpec, TrainingSpec, uneven_batch_message
 from fedshield.silo_agent.agent import SiloAgent
 
 
@@ -25,3 +25,14 @@ def test_zero_stages_that_partition_are_refused(tmp_path, keys, two_ranks, stage
     config = FederationConfig(training=TrainingSpec(zero_stage=stage))
     with pytest.raises(ValueError, match=f"training.zeroStage {stage} with a multi-rank silo \\(2 ranks\\) is not supported yet"):
         SiloAgent(config, "clinic-a", keys, tmp_path / "silo", "http://127.0.0.1:9")
+
+
+def test_a_batch_that_does_not_split_over_the_ranks_is_refused_at_start_with_the_spec_message(tmp_path, keys, two_ranks, monkeypatch):
+    import fedshield.silo_agent.agent as agent
+
+    monkeypatch.setattr(agent, "load_base", lambda *a, **k: pytest.fail("the model was loaded before the batch check"))
+    config = FederationConfig(training=TrainingSpec(batch_size=9))  # one node each in the config; torchrun says 2 ranks
+    with pytest.raises(ValueError) as info:
+        SiloAgent(config, "clinic-a", keys, tmp_path / "silo", "http://127.0.0.1:9", model_cache=tmp_path / "cache")
+    assert str(info.value) == uneven_batch_message(9, ["clinic-a (2 ranks)"])
+    assert "must divide by the world size" in str(info.value) and "nodes x max(1, gpusPerNode) under the operator" in str(info.value)

@@ -205,7 +205,8 @@ def load_config_text(config: FederationConfig) -> FederationConfig:
 @pytest.mark.parametrize("settings, message", [
     ({"privacy": {"dp": {"enabled": True, "unit": "record", "noise_multiplier": 1.0}}}, r"DP-SGD\) needs single-node silos: .* \(silos a\)"),
     ({"privacy": {"dp": {"enabled": True, "unit": "user", "noise_multiplier": 1.0}}}, r"DP-SGD\) needs single-node silos: .* \(silos a\)"),
-    ({"training": {"batch_size": 9}}, r"training.batchSize \(batch_size=9\) must divide evenly over each silo's nodes: a \(2 nodes\)"),
+    ({"training": {"batch_size": 9}}, r"training.batchSize \(batch_size=9\) must divide by the world size of each multi-rank silo "
+                                      r"\(.*world size = nodes in a local run.*\): a \(2 nodes: 2 ranks\) \["),
 ])
 def test_multi_node_silos_refuse_dp_sgd_and_uneven_batches(settings, message):
     from fedshield.api.models import MULTI_NODE_DP_SGD_MESSAGE
