@@ -35,7 +35,7 @@ def test_gap_reduction_its_interval_and_the_target(bench):
     assert report["arms"]["fedavg"]["worse_than_local"]["mean"] == 1  # silo-a (0.6) is below local-only (0.65)
     assert report["arms"]["dynamic_balance"]["ndcg_5_mean"]["mean"] == pytest.approx(0.8)
     assert "ndcg_5_mean" not in report["arms"]["fedavg"]  # no NDCG in those rows: none is reported
-    assert report["fedavg_flattened"] and report["met"]
+    assert report["fedavg_flattened"]["seed_mean"] and report["fedavg_flattened"]["every_seed"] and report["met"]
     lower = bench.summarise([_row(bench, s, 0.4, 0.2, -0.02 - 0.001 * s) for s in range(5)])
     assert not lower["met"]  # the gap closed, but the mean fell beyond its interval
 
