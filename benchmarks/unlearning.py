@@ -55,6 +55,7 @@ from fedshield.unlearning.current import current_model
 from fedshield.unlearning.evaluate import (
     delta_weight_l2,
     membership_advantage,
+    membership_auc,
     next_token_distributions,
     output_l2,
     record_losses,
@@ -102,10 +103,12 @@ def split_data(seed: int, quick: bool) -> tuple[dict[str, list[Interaction]], li
     return data, test, unseen
 
 
-def settings(quick: bool, seed: int, model: str) -> tuple[FederationConfig, UnlearningSpec]:
+def settings(quick: bool, seed: int, model: str, rounds: int | None = None,
+             local_steps: int | None = None) -> tuple[FederationConfig, UnlearningSpec]:
+    """The federation and unlearning settings (``rounds``/``local_steps`` override 5 and 30, e.g. to make it memorise)."""
     config = FederationConfig(
-        name="unlearning-bench", rounds=2 if quick else 5, seed=seed, silos=tuple(SiloSpec(name=s) for s in SILOS),
-        training=TrainingSpec(local_steps=5 if quick else 30, batch_size=16), aggregation=AggregationSpec(min_silos=len(SILOS)),
+        name="unlearning-bench", rounds=rounds or (2 if quick else 5), seed=seed, silos=tuple(SiloSpec(name=s) for s in SILOS),
+        training=TrainingSpec(local_steps=local_steps or (5 if quick else 30), batch_size=16), aggregation=AggregationSpec(min_silos=len(SILOS)),
         privacy=PrivacySpec(pruning=0.5), model=ModelSpec(path=model),
     )
     spec = UnlearningSpec(steps=6, augment_steps=4, seed=seed) if quick else UnlearningSpec(seed=seed)
@@ -124,7 +127,9 @@ def row(ev: dict, ref: dict | None, sets: dict[str, list[Example]], tensors: dic
     labels = {name: np.array([e.label for e in examples]) for name, examples in sets.items()}
     out: dict = {name: task_metrics(labels[name], ev[name]) for name in ("forget", "retain", "test")}
     forget_losses = record_losses(labels["forget"], ev["forget"])
-    out["membership_advantage"] = membership_advantage(forget_losses, record_losses(labels["unseen"], ev["unseen"]))
+    unseen_losses = record_losses(labels["unseen"], ev["unseen"])
+    out["membership_advantage"] = membership_advantage(forget_losses, unseen_losses)
+    out["membership_auc"] = membership_auc(forget_losses, unseen_losses)
     if ref is not None and ref_tensors is not None:
         out["to_retrain"] = {
             "symmetric_kl": symmetric_kl(ev["forget_dist"], ref["forget_dist"]),
@@ -135,10 +140,11 @@ def row(ev: dict, ref: dict | None, sets: dict[str, list[Example]], tensors: dic
     return out
 
 
-def one_seed(quick: bool, seed: int, model: str | None, work: Path) -> dict:
+def one_seed(quick: bool, seed: int, model: str | None, work: Path, rounds: int | None = None,
+             local_steps: int | None = None) -> dict:
     data, test, unseen = split_data(seed, quick)
     base = model or str(build_tiny_base(work / "base", catalog(seed=seed) + [prompt_for(["x"], ["y"], "z")], seed=seed))
-    config, spec = settings(quick, seed, base)
+    config, spec = settings(quick, seed, base, rounds, local_steps)
     original = run_federation(config, data, work / "original")
     train, _ = silo_examples(original.config, FORGETTER)  # exactly what the silo trained on
     split = forget_split(train, fraction=FORGET_FRACTION, seed=seed)
@@ -200,6 +206,7 @@ def summarise(rows: list[dict]) -> dict:
         return summary[arm][name]["mean"]
 
     skl = "to_retrain.symmetric_kl"
+    attack = "membership_auc" if "membership_auc" in summary["untouched"] else None
     test_aucs = [r["methods"]["e2urec"]["test"]["auc"] for r in rows]
     spread = [min(r["methods"]["retrain"]["test"]["auc"], r["noise_floor"]["test"]["auc"]) for r in rows], \
              [max(r["methods"]["retrain"]["test"]["auc"], r["noise_floor"]["test"]["auc"]) for r in rows]
@@ -211,12 +218,15 @@ def summarise(rows: list[dict]) -> dict:
         "test_auc_within_retrain_spread": bool(np.all([lo - 1e-9 <= a <= hi + 1e-9 for a, lo, hi in zip(test_aucs, *spread, strict=False)])),
         "membership_advantage_at_most_unseen_plus_0.02": mean("e2urec", "membership_advantage") <= mean("retrain", "membership_advantage") + 0.02,
         "time_at_most_20pct_of_retrain": mean("e2urec", "seconds") <= 0.2 * mean("retrain", "seconds"),
-        "untouched_model_memorises_forget_users": summary["untouched"]["membership_advantage"]["ci95"][0]
-        > summary["retrain"]["membership_advantage"]["ci95"][1],
+        "untouched_model_memorises_forget_users": None if attack is None else  # rows from before the AUC attack: None
+        summary["untouched"][attack]["ci95"][0] > summary["retrain"][attack]["ci95"][1],
+        "membership_auc_at_most_unseen_plus_0.02": None if attack is None else
+        mean("e2urec", attack) <= mean("retrain", attack) + 0.02,
     }
     return {"seeds": [r["seed"] for r in rows], "summary": summary, "targets": targets,
             "notes": {"membership_advantage": "max over thresholds of TPR - FPR, D_f vs never-seen users' records; "
                                               "retrain's value is the level of users it never saw",
+                      "membership_auc": "the same loss attack's AUC (0.5: members and never-seen users look alike)",
                       "to_retrain": "on D_f: symmetric KL and L2 of full next-token distributions, L2 of weight changes, "
                                     "Bernoulli JSD of P(yes)", "noise_floor": "a second retrain (seed + 1000) against the first"},
             "per_seed": rows, "context": rows[0]["context"] | {"cpu_count": os.cpu_count()}}
@@ -231,6 +241,9 @@ def main() -> None:
     parser.add_argument("--workdir", help="keep the runs' files here (default: a temporary directory)")
     parser.add_argument("--log", help="append each finished seed's row here (JSON lines)")
     parser.add_argument("--from-log", help="summarise this log without running")
+    parser.add_argument("--rounds", type=int, help="federated rounds (default 5)")
+    parser.add_argument("--local-steps", type=int, help="local steps per round (default 30)")
+    parser.add_argument("--result", type=Path, default=RESULT, help=f"where the JSON is saved (default {RESULT.name})")
     args = parser.parse_args()
     if args.from_log:
         rows = [json.loads(line) for line in Path(args.from_log).read_text().splitlines() if line.strip()]
@@ -242,7 +255,8 @@ def main() -> None:
     try:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             with tempfile.TemporaryDirectory() as tmp:
-                rows.append(one_seed(args.quick, seed, args.model, Path(args.workdir or tmp) / f"seed{seed}"))
+                rows.append(one_seed(args.quick, seed, args.model, Path(args.workdir or tmp) / f"seed{seed}", args.rounds,
+                                     args.local_steps))
             if args.log:
                 with open(args.log, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps(rows[-1]) + "\n")
@@ -252,7 +266,7 @@ def main() -> None:
     result = summarise(rows) | {"wall_s": round(time.perf_counter() - start, 1), "quick": args.quick}
     print(json.dumps(result))
     if not args.quick:
-        RESULT.write_text(json.dumps(result) + "\n")
+        args.result.write_text(json.dumps(result) + "\n")
 
 
 if __name__ == "__main__":

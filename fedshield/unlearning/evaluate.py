@@ -113,6 +113,17 @@ def membership_advantage(member_losses: np.ndarray, nonmember_losses: np.ndarray
     return float(max(0.0, np.max(tpr - fpr)))
 
 
+def membership_auc(member_losses: np.ndarray, nonmember_losses: np.ndarray) -> float:
+    """The loss attack's AUC: the probability that a member's loss is below a non-member's (ties count half).
+
+    0.5 when the two sets cannot be told apart; uses every threshold, so it is less noisy than the best one's advantage.
+    """
+    members, others = np.asarray(member_losses, dtype=np.float64), np.asarray(nonmember_losses, dtype=np.float64)
+    if not len(members) or not len(others):
+        raise ValueError("both sets need records")
+    return auc(np.r_[np.ones(len(members)), np.zeros(len(others))], -np.r_[members, others])
+
+
 def record_losses(labels: np.ndarray, yes: np.ndarray, eps: float = 1e-7) -> np.ndarray:
     """Per-record cross-entropy of the right answer."""
     yes = np.clip(np.asarray(yes, dtype=np.float64), eps, 1 - eps)

@@ -15,6 +15,7 @@ def fake_row(seed: int, skl: dict[str, float], e2urec_auc: float, advantage: dic
     def arm(name: str, auc: float = 0.6) -> dict:
         out = {s: {"auc": auc, "acc": 0.6, "logloss": 0.7} for s in ("forget", "retain", "test")}
         out["membership_advantage"] = advantage.get(name, 0.1)
+        out["membership_auc"] = 0.5 + advantage.get(name, 0.1) / 2
         if name != "retrain":
             out["to_retrain"] = {"symmetric_kl": skl[name], "output_l2": skl[name], "weight_l2": 1.0, "bernoulli_jsd": skl[name] / 2}
         return out
@@ -47,3 +48,4 @@ def test_summary_reports_misses(bench):
     assert not t["e2urec_closer_than_bad_teacher"] and not t["beyond_noise_floor"]
     assert not t["test_auc_within_retrain_spread"]  # 0.5 is outside [0.6, 0.62]
     assert not t["membership_advantage_at_most_unseen_plus_0.02"] and not t["untouched_model_memorises_forget_users"]
+    assert not t["membership_auc_at_most_unseen_plus_0.02"]  # 0.6 against 0.55 + 0.02

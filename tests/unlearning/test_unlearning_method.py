@@ -162,3 +162,18 @@ def test_membership_advantage_is_the_best_threshold_tpr_minus_fpr():
     # threshold 0.3: TPR 2/3, FPR 1/4; threshold 0.6: TPR 1, FPR 1/2 -> best 1/2... and 0.1: 1/3 - 0
     assert membership_advantage(members, others) == pytest.approx(max(2 / 3 - 1 / 4, 1 - 2 / 4, 1 / 3))
     assert np.allclose(record_losses(np.array([1, 0]), np.array([0.8, 0.8])), [-np.log(0.8), -np.log(0.2)])
+
+
+def test_membership_auc_is_sklearns_auc_of_the_negated_losses():
+    from sklearn.metrics import roc_auc_score
+
+    from fedshield.unlearning.evaluate import membership_auc
+
+    rng = np.random.default_rng(0)
+    members, others = rng.exponential(0.8, 150), np.round(rng.exponential(1.0, 200), 1)
+    expected = roc_auc_score(np.r_[np.ones(150), np.zeros(200)], -np.r_[members, others])
+    assert membership_auc(members, others) == pytest.approx(expected, abs=1e-12)
+    assert membership_auc(np.array([0.1, 0.2]), np.array([0.5, 0.9])) == 1.0
+    assert membership_auc(np.array([0.5]), np.array([0.5])) == 0.5
+    with pytest.raises(ValueError, match="both sets"):
+        membership_auc(np.array([]), np.array([0.5]))
