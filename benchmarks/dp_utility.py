@@ -96,6 +96,17 @@ def step_seconds(seed: int = 0, steps: int = 4) -> dict:
     return out
 
 
+def gain_kept(arms: list[dict], zero: list[float]) -> tuple[float | None, float | None, float | None]:
+    """(non-private metric, zero-shot metric, share of the non-private gain over zero-shot kept at epsilon 8)."""
+    non_private = next((a["metric"] for a in arms if a["epsilon"] is None), None)
+    at_8 = next((a["metric"] for a in arms if a["epsilon"] == 8.0), None)
+    zero_shot = round(float(np.mean(zero)), 4) if zero else None
+    kept = None
+    if non_private is not None and at_8 is not None and zero_shot is not None and non_private != zero_shot:
+        kept = round((at_8 - zero_shot) / (non_private - zero_shot), 3)
+    return non_private, zero_shot, kept
+
+
 def summarise(rows: list[dict], unit: str, step: dict | None) -> dict:
     by_eps: dict = {}
     for r in rows:
@@ -108,12 +119,7 @@ def summarise(rows: list[dict], unit: str, step: dict | None) -> dict:
                      "metric": round(float(np.mean(finals)), 4), "ci95": ci95(finals),
                      "per_seed": {str(r["seed"]): r["mean_auc"] for r in rs}})
     zero = [r["start_mean_auc"] for r in rows if r.get("start_mean_auc") is not None]  # the same untrained adapter in every arm
-    non_private = next((a["metric"] for a in arms if a["epsilon"] is None), None)
-    at_8 = next((a["metric"] for a in arms if a["epsilon"] == 8.0), None)
-    zero_shot = round(float(np.mean(zero)), 4) if zero else None
-    kept = None
-    if None not in (non_private, at_8, zero_shot) and non_private != zero_shot:
-        kept = round((at_8 - zero_shot) / (non_private - zero_shot), 3)
+    non_private, zero_shot, kept = gain_kept(arms, zero)
     return {"unit": unit, "delta": DELTA, "clip_norm": CLIP_NORM, "seeds": sorted({r["seed"] for r in rows}), "arms": arms,
             "metric": "mean AUC over silos after the last round", "non_private": non_private,
             "zero_shot": zero_shot, "zero_shot_note": "mean AUC over silos of the untrained adapter (the global model round 0 "
@@ -142,12 +148,7 @@ def instruction_report(records: list[dict]) -> dict:
                      "steps": first.get("dp_steps"), "metric": round(float(np.mean(values)), 4), "ci95": ci95(values),
                      "per_seed": {str(k): round(v, 4) for k, v in sorted(finals(arm).items())}})
     zero = list(finals("zero_shot").values())
-    non_private = next((a["metric"] for a in arms if a["epsilon"] is None), None)
-    at_8 = next((a["metric"] for a in arms if a["epsilon"] == 8.0), None)
-    zero_shot = round(float(np.mean(zero)), 4) if zero else None
-    kept = None
-    if None not in (non_private, at_8, zero_shot) and non_private != zero_shot:
-        kept = round((at_8 - zero_shot) / (non_private - zero_shot), 3)
+    non_private, zero_shot, kept = gain_kept(arms, zero)
     model = rows[0].get("model") if rows else None
     return {"unit": "record", "delta": DP_DELTA, "clip_norm": DP_CLIP_NORM, "task": "instruction", "model": model,
             "seeds": sorted({r["seed"] for r in rows if r["arm"] in DP_ARMS}), "arms": arms,
