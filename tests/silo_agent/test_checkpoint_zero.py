@@ -60,3 +60,37 @@ def test_a_restarted_zero_silo_resumes_with_every_ranks_optimiser_moments(tmp_pa
         assert float(first[0]["exp_avg_sq"].abs().max()) > 0  # it had trained
     continued, restarted = np.load(f"{out}.first.npz")["adapter"], np.load(f"{out}.resume.npz")["adapter"]
     assert np.array_equal(continued, restarted)
+
+
+def _engine(tmp_path, zero_stage: int):
+    from fedshield.config import TrainingSpec
+    from fedshield.learning.model import load_base, with_lora
+    from fedshield.learning.training import create_engine, train_local_stats
+    from fedshield.workloads.recommendation import Example
+
+    base, tokenizer = load_base(base_model_path(FederationConfig(), tmp_path / "cache"))
+    engine = create_engine(with_lora(base, 2, 4, 0.0, ("q_proj", "v_proj"), seed=0), TrainingSpec(zero_stage=zero_stage, batch_size=4))
+    examples = [Example(f"the user liked a and disliked b . will the user like c{i}", i % 2, "u") for i in range(8)]
+    train_local_stats(engine, tokenizer, examples, 1, 4, seed=0)  # the optimiser has moments
+    return engine
+
+
+def test_one_process_checkpoints_load_and_partitions_do_not_move_between_settings(tmp_path):
+    """A one-process ZeRO checkpoint written before the partitions were listed (the bare state dict) still loads;
+    a checkpoint from another world size, or from an optimiser that does (not) partition, is refused by name."""
+    from fedshield.learning.training import load_optimizer_state, optimizer_state
+
+    zero = _engine(tmp_path, 2)
+    bare = zero.optimizer.state_dict()
+    assert isinstance(optimizer_state(zero), list) and len(optimizer_state(zero)) == 1
+    fresh = _engine(tmp_path, 2)
+    load_optimizer_state(fresh, bare)
+    assert torch.equal(fresh.optimizer.optimizer.state_dict()["state"][0]["exp_avg"], bare["base_optimizer_state"]["state"][0]["exp_avg"])
+    with pytest.raises(ValueError, match="partitioned over 2 ranks and this silo runs 1: restart it with the number of ranks"):
+        load_optimizer_state(fresh, [bare, bare])
+    plain = _engine(tmp_path, 0)
+    assert isinstance(optimizer_state(plain), dict)
+    with pytest.raises(ValueError, match="written with a training.zeroStage / training.precision that partitions it"):
+        load_optimizer_state(plain, [bare])
+    with pytest.raises(ValueError, match="that does not partition it, unlike this silo's \\(DeepSpeedZeroOptimizer\\)"):
+        load_optimizer_state(fresh, plain.optimizer.state_dict())
