@@ -14,7 +14,7 @@ from fedshield.config import FederationConfig, TrainingSpec
 from fedshield.learning.data import silo_split
 from fedshield.learning.model import load_base, with_lora
 from fedshield.learning.recommendation import RecommendationWorkload
-from fedshield.learning.training import create_engine, train_local_stats, world
+from fedshield.learning.training import create_engine, train_local_stats, whole_parameters, world
 from fedshield.updates import lora_parameters
 
 
@@ -40,9 +40,10 @@ def main(model_dir: str, out: str, steps: int, batch_size: int, zero_stage: int 
     result = train_local_stats(engine, tokenizer, train, steps, batch_size, seed=1234, workload=workload)
     with open(f"{out}.rank{world()[0]}", "w") as fh:
         fh.write(str(workload.seen))
-    if world()[0] == 0:
-        params = lora_parameters(model)
+    params = lora_parameters(model)
+    with whole_parameters(engine, list(params.values())):  # ZeRO 3: every rank gathers the partitioned parameters
         vector = np.concatenate([params[n].detach().double().flatten().numpy() for n in sorted(params)])
+    if world()[0] == 0:
         np.savez(out, adapter=vector, loss=result.loss, tokens=result.tokens)
 
 
