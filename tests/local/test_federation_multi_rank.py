@@ -62,10 +62,12 @@ def _bank_a_rounds(federation: Federation) -> int:
     return sum(r["silo"] == "bank-a" for r in federation.records())
 
 
-def test_killed_rank_1_restarts_the_group_and_the_round_counts_once(tmp_path):
+@pytest.mark.parametrize("zero_stage", [0, 2])
+def test_killed_rank_1_restarts_the_group_and_the_round_counts_once(tmp_path, zero_stage):
     """Rank 1 killed in round 1: torchrun restarts both ranks. Then the whole silo (torchrun and its ranks) killed in
-    round 2 and started again, as a one-process silo is in test_federation_faults. Every round counts once."""
-    config = with_local_ports(_config(rounds=3, steps=24))
+    round 2 and started again, as a one-process silo is in test_federation_faults. Every round counts once. ZeRO 2: the
+    restarted ranks each take their optimiser partition back from rank 0's checkpoint."""
+    config = with_local_ports(_config(rounds=3, steps=24, zero_stage=zero_stage))
     federation = Federation(config, tmp_path, security="none")
     try:
         federation.start()
