@@ -227,6 +227,80 @@ def load_weights(engine, layout: VectorLayout, params: Mapping[str, torch.Tensor
     refresh_master_weights(engine)
 
 
+def whole_parameters(engine, params: Sequence[torch.Tensor], modifier_rank: int | None = None):
+    """A context in which ``params`` are whole on every rank: under ZeRO 3 (which partitions them) DeepSpeed's
+    ``GatheredParameters``, entered by every rank together (with ``modifier_rank``, what that rank writes into them is
+    partitioned again on exit); otherwise nothing to do."""
+    from contextlib import nullcontext
+
+    if getattr(engine, "zero_optimization_stage", lambda: 0)() != 3:
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(params), modifier_rank=modifier_rank)
+
+
+def partitions_optimizer(engine) -> bool:
+    """Whether the engine's optimiser holds only this rank's share of its state (ZeRO 1-3, DeepSpeed's BF16_Optimizer):
+    its ``state_dict`` is this rank's partition and its ``load_state_dict`` takes every rank's, in rank order."""
+    from deepspeed.runtime.base_optimizer import ZeROOptimizer
+
+    return isinstance(getattr(engine, "optimizer", None), ZeROOptimizer)
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def optimizer_state(engine) -> dict | list[dict] | None:
+    """The optimiser's state for a checkpoint, on rank 0 (None on the others). Every rank calls it: it is also the
+    barrier that every rank reaches before rank 0 writes the checkpoint.
+
+    A partitioning optimiser (``partitions_optimizer``) gives the list of every rank's state dict, gathered on rank 0
+    (copied to the CPU), which is what ``load_optimizer_state`` gives back to each rank; any other optimiser its state
+    dict, the same on every rank (rank 0's is taken)."""
+    import torch.distributed as dist
+
+    rank, ranks = world()
+    if not partitions_optimizer(engine):
+        barrier()
+        return engine.optimizer.state_dict() if rank == 0 else None
+    own = _to_cpu(engine.optimizer.state_dict())
+    if ranks == 1:
+        return [own]
+    parts: list | None = [None] * ranks if rank == 0 else None
+    dist.gather_object(own, parts, dst=0)
+    return parts
+
+
+def load_optimizer_state(engine, saved: dict | list[dict]) -> None:
+    """Give the optimiser back what ``optimizer_state`` returned (each rank of a partitioning optimiser takes its own
+    partition). A one-process ZeRO checkpoint written before partitions were listed (a bare state dict) is accepted.
+
+    ValueError when the checkpoint was written by a different number of ranks, or with a ZeRO stage / precision that
+    partitions when this one does not (or the reverse): partitions do not move between world sizes or optimisers."""
+    from deepspeed.checkpoint.constants import DS_VERSION
+
+    partitioned = partitions_optimizer(engine)
+    ranks = world()[1]
+    if partitioned and isinstance(saved, dict) and DS_VERSION in saved:
+        saved = [saved]
+    if partitioned != isinstance(saved, list):
+        raise ValueError("the checkpoint's optimiser state was written with a training.zeroStage / training.precision that "
+                         f"{'does not partition' if partitioned else 'partitions'} it, unlike this silo's "
+                         f"({type(engine.optimizer).__name__}): restart with the checkpoint's settings")
+    if partitioned and len(saved) != ranks:
+        raise ValueError(f"the checkpoint's optimiser state is partitioned over {len(saved)} ranks and this silo runs {ranks}: "
+                         "restart it with the number of ranks that wrote it")
+    engine.optimizer.load_state_dict(saved)
+
+
 def refresh_master_weights(engine) -> None:
     """After writing into the engine's parameters: copy them into the optimizer's fp32 master weights, if it keeps any."""
     refresh = getattr(getattr(engine, "optimizer", None), "refresh_fp32_params", None)

@@ -11,8 +11,9 @@ scored is the federation's workload (``learning.workloads``).
 A silo with several ranks (torchrun: WORLD_SIZE > 1) runs this agent on each. Rank 0 alone
 talks to the aggregator, encrypts, decrypts, evaluates, checkpoints and exports; it sends
 the other ranks (``_follow``) its state at start, each round's training order (learning
-rate, batch seed) and the decrypted global vector, and checkpoints only after a barrier
-that every rank reaches once it has done what it was told.
+rate, batch seed) and the decrypted global vector, and checkpoints only after every rank has done
+what it was told and sent rank 0 its partition of the optimiser state (ZeRO 1-2 partition it; the
+parameters stay whole on every rank up to stage 2).
 """
 
 from __future__ import annotations
@@ -34,11 +35,12 @@ from ..learning.data import base_model_path, silo_split
 from ..learning.dp_sgd import silo_dp_sgd
 from ..learning.model import load_base, with_lora
 from ..learning.training import (
-    barrier,
     broadcast,
     check_batch_split,
     create_engine,
+    load_optimizer_state,
     load_weights,
+    optimizer_state,
     refresh_master_weights,
     set_learning_rate,
     train_local_dp,
@@ -99,10 +101,10 @@ class SiloAgent:
             raise ValueError("a silo needs the secret context to decrypt aggregates")
         config.check_keys(keys.params)  # privacy.encryption, when set, names the key set's parameters
         self.rank, self.ranks = world()
-        if self.ranks > 1 and config.training.zero_stage != 0:
-            raise ValueError(f"training.zeroStage {config.training.zero_stage} with a multi-rank silo ({self.ranks} ranks) is not "
-                             "supported yet: rank 0 checkpoints, flattens and evaluates the adapter alone, which needs every "
-                             "rank to hold whole parameters and optimiser moments (ZeRO stage 0)")
+        if self.ranks > 1 and config.training.zero_stage == 3:
+            raise ValueError(f"training.zeroStage 3 with a multi-rank silo ({self.ranks} ranks) is not supported yet: rank 0 "
+                             "flattens and evaluates the adapter alone, which needs every rank to hold whole parameters "
+                             "(ZeRO stages 0-2; stage 3 partitions the parameters too)")
         if self.ranks > 1:  # at start, before any model is loaded: the spec's check, against the world torchrun gave us
             check_batch_split(config.training.batch_size, self.ranks, silo)
         self.config, self.silo, self.keys = config, silo, keys
@@ -150,15 +152,18 @@ class SiloAgent:
                 self.params[name].copy_(tensor)
         refresh_master_weights(self.engine)
         if self.state.optimizer is not None:
-            self.engine.optimizer.load_state_dict(self.state.optimizer)
+            load_optimizer_state(self.engine, self.state.optimizer)  # every rank: under ZeRO 1-2 each takes its partition
 
     def _checkpoint(self) -> None:
-        """Persist the LoRA tensors, optimiser moments and round state atomically (rank 0, once every rank is there)."""
-        barrier()
+        """Persist the LoRA tensors, optimiser moments and round state atomically (rank 0, once every rank is there).
+
+        Under ZeRO 1-2 each rank holds only its partition of the moments: ``optimizer_state`` gathers them on rank 0, so
+        the one state file holds every rank's partition of the same round (a crash never mixes rounds)."""
+        optimizer = optimizer_state(self.engine)  # every rank (the ranks > 0 in ``_follow``): the barrier
         if self.rank != 0:
             return
         self.state.lora = self._lora_snapshot()
-        self.state.optimizer = self.engine.optimizer.state_dict()
+        self.state.optimizer = optimizer
         save_state(self.workdir, self.state)
 
     def evaluate(self) -> Evaluation:
@@ -224,8 +229,8 @@ class SiloAgent:
                                   seed=seed, workload=self.workload)
             else:
                 self.state.global_shared = value
-                load_weights(self.engine, self.layout, self.params, value)
-            barrier()
+                load_weights(self.engine, self.layout, self.params, value)  # every rank refreshes its master partition
+            optimizer_state(self.engine)  # rank 0's checkpoint: its barrier, and this rank's optimiser partition
         return []
 
     def _tell(self, kind: str, value, seed: int = 0) -> None:

@@ -35,7 +35,9 @@ class SiloState:
     score: np.ndarray | None = None  # decayed sum of |aggregate| (updates.next_score): the next mask's exploit signal
     pending: PendingUpload | None = None
     history: list[dict] = field(default_factory=list)
-    optimizer: dict | None = None  # the optimiser's state_dict (AdamW moments): a restarted silo trains on identically
+    # the optimiser's state_dict (AdamW moments): a restarted silo trains on identically; a list of every rank's state dict
+    # when the optimiser partitions it (ZeRO 1-2, learning.training.optimizer_state)
+    optimizer: dict | list[dict] | None = None
     unlearnings_applied: int = 0  # published unlearnings this silo has applied
     personal_shared: np.ndarray | None = None  # personalise: the shared vector of adapter-personal, as of round_done
 

@@ -14,13 +14,15 @@ from support.federation_checks import KEEP_UPLOADS, expected_global, rank_pid, s
 
 from fedshield.config import FederationConfig, SiloSpec, TrainingSpec
 from fedshield.local.demo import Federation, run_local, with_local_ports
+from fedshield.silo_agent.checkpoint import load_state
 
 pytestmark = pytest.mark.slow
 
 
-def _config(rounds: int, steps: int) -> FederationConfig:
+def _config(rounds: int, steps: int, zero_stage: int = 0) -> FederationConfig:
     return FederationConfig(rounds=rounds, silos=(SiloSpec(name="bank-a", nodes=2), SiloSpec(name="bank-b")),
-                            training=TrainingSpec(local_steps=steps, batch_size=8), aggregation=KEEP_UPLOADS)
+                            training=TrainingSpec(local_steps=steps, batch_size=8, zero_stage=zero_stage),
+                            aggregation=KEEP_UPLOADS)
 
 
 def _ledger(out: Path) -> tuple[list[tuple[int, str]], dict[int, str]]:
@@ -37,8 +39,10 @@ def _check_global(config: FederationConfig, out: Path) -> None:
         assert np.abs(saved_shared_vector(layout, out, silo) - expected).max() < 1e-5
 
 
-def test_a_two_rank_silo_completes_its_rounds(tmp_path):
-    config = _config(rounds=2, steps=3)
+@pytest.mark.parametrize("zero_stage", [0, 2])
+def test_a_two_rank_silo_completes_its_rounds(tmp_path, zero_stage):
+    """Stage 2: both ranks' optimiser partitions are gathered into bank-a's checkpoint every round."""
+    config = _config(rounds=2, steps=3, zero_stage=zero_stage)
     report = run_local(config, tmp_path, security="none")
     assert report["summary"]["rounds"] == 2
     for r in report["rounds"]:
@@ -48,16 +52,22 @@ def test_a_two_rank_silo_completes_its_rounds(tmp_path):
     _check_global(config, tmp_path)
     log = (tmp_path / "logs" / "bank-a.log").read_text()
     assert log.count("bank-a joined") == 1  # rank 0 alone joined (and talked to the aggregator)
+    saved = load_state(tmp_path / "silos" / "bank-a")
+    assert saved is not None and saved.round_done == 1
+    # ZeRO 2: one optimiser partition per rank; stage 0: the one state dict every rank shares
+    assert (len(saved.optimizer) == 2) if zero_stage else isinstance(saved.optimizer, dict)
 
 
 def _bank_a_rounds(federation: Federation) -> int:
     return sum(r["silo"] == "bank-a" for r in federation.records())
 
 
-def test_killed_rank_1_restarts_the_group_and_the_round_counts_once(tmp_path):
+@pytest.mark.parametrize("zero_stage", [0, 2])
+def test_killed_rank_1_restarts_the_group_and_the_round_counts_once(tmp_path, zero_stage):
     """Rank 1 killed in round 1: torchrun restarts both ranks. Then the whole silo (torchrun and its ranks) killed in
-    round 2 and started again, as a one-process silo is in test_federation_faults. Every round counts once."""
-    config = with_local_ports(_config(rounds=3, steps=24))
+    round 2 and started again, as a one-process silo is in test_federation_faults. Every round counts once. ZeRO 2: the
+    restarted ranks each take their optimiser partition back from rank 0's checkpoint."""
+    config = with_local_ports(_config(rounds=3, steps=24, zero_stage=zero_stage))
     federation = Federation(config, tmp_path, security="none")
     try:
         federation.start()
