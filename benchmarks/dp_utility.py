@@ -133,6 +133,8 @@ def instruction_report(records: list[dict]) -> dict:
     from llm_workloads import DP_ARMS, DP_CLIP_NORM, DP_DELTA
 
     rows = [r for r in records if r["task"] == "instruction"]
+    dp_seeds = {r["seed"] for r in rows if r["arm"] in DP_ARMS}
+    rows = [r for r in rows if r["seed"] in dp_seeds] if dp_seeds else rows  # every arm on the seeds DP ran
 
     def finals(arm: str) -> dict[int, float]:
         return {r["seed"]: r["mean"] for r in rows if r["arm"] == arm}
@@ -149,7 +151,7 @@ def instruction_report(records: list[dict]) -> dict:
                      "per_seed": {str(k): round(v, 4) for k, v in sorted(finals(arm).items())}})
     zero = list(finals("zero_shot").values())
     non_private, zero_shot, kept = gain_kept(arms, zero)
-    model = rows[0].get("model") if rows else None
+    model = next((r["model"] for r in rows if r.get("model")), None)
     return {"unit": "record", "delta": DP_DELTA, "clip_norm": DP_CLIP_NORM, "task": "instruction", "model": model,
             "seeds": sorted({r["seed"] for r in rows if r["arm"] in DP_ARMS}), "arms": arms,
             "metric": "mean exact match over silos after the last round", "non_private": non_private, "zero_shot": zero_shot,

@@ -66,7 +66,8 @@ def test_the_instruction_tasks_dp_arms_are_read_from_the_llm_benchmarks_log(benc
         return {"task": "instruction", "arm": arm, "seed": seed, "mean": mean, "model": "SmolLM2", **dp}
 
     dp = {"noise_multiplier": 0.9, "sampling_rate": 0.13, "dp_steps": 24}
-    records = [rec("zero_shot", s, 0.0) for s in (0, 1)] + [rec("federated", s, 0.8) for s in (0, 1)] + \
+    records = [rec("zero_shot", s, 0.0) for s in (0, 1, 2)] + [rec("federated", s, 0.8) for s in (0, 1)] + \
+        [rec("federated", 2, 0.2)] + \
         [rec("federated_dp8", 0, 0.7, **dp), rec("federated_dp8", 1, 0.74, **dp), rec("local_only", 0, 0.9)] + \
         [{"task": "recommendation", "arm": "federated", "seed": 0, "mean": 0.6}]
     report = bench.instruction_report(records)
@@ -74,4 +75,5 @@ def test_the_instruction_tasks_dp_arms_are_read_from_the_llm_benchmarks_log(benc
     assert [a["epsilon"] for a in report["arms"]] == [8.0, None]
     assert report["arms"][0] | {"ci95": None} == {"epsilon": 8.0, "noise_multiplier": 0.9, "sampling_rate": 0.13, "steps": 24,
                                                   "metric": 0.72, "ci95": None, "per_seed": {"0": 0.7, "1": 0.74}}
-    assert report["non_private"] == 0.8 and report["zero_shot"] == 0.0 and report["gain_kept_at_8"] == 0.9
+    assert report["non_private"] == 0.8 and report["zero_shot"] == 0.0 and report["gain_kept_at_8"] == 0.9  # seed 2: no DP run
+    assert report["model"] == "SmolLM2"
