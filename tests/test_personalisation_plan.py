@@ -23,10 +23,10 @@ def personal_config(**agg):
     return base.model_copy(update={"rounds": 3, "aggregation": AggregationSpec(**settings)})
 
 
-def upload_round(put, keys, round: int, plan: dict) -> None:
-    """Every silo uploads round ``round`` reporting its loss (LOSSES, + 0.1 per round)."""
+def upload_round(put, keys, round: int, plans: dict[str, dict]) -> None:
+    """Every silo uploads round ``round`` (weighted as the plan it was served says) reporting its loss (LOSSES, + 0.1 per round)."""
     for i, silo in enumerate(SILOS):
-        data, _ = make_upload(keys, silo, plan, round=round, seed=10 * round + i)
+        data, _ = make_upload(keys, silo, plans[silo], round=round, seed=10 * round + i)
         r = put(silo, round, data, LOSSES[silo] + round / 10)
         assert r.status_code == 200, r.text
 
@@ -70,7 +70,7 @@ def test_each_silo_is_served_only_its_own_weight_over_mutual_tls(tmp_path, publi
                                       params={"samples": SAMPLES[silo], "val_loss": loss},
                                       headers={"content-type": "application/octet-stream"})
 
-            upload_round(put, keys, 0, joined)
+            upload_round(put, keys, 0, {s: http[s].get("/v1/plan").json() for s in SILOS})  # each its own weight
             expected = warmup_weights(LOSSES, 1, temperature=0.2, beta=5.0)
             served = {s: http[s].get("/v1/plan").json() for s in SILOS}
             assert {s: p["round"] for s, p in served.items()} == dict.fromkeys(SILOS, 1)
@@ -106,13 +106,13 @@ def test_plain_http_serves_the_named_silo_and_a_restarted_aggregator_the_same_we
             return httpx.put(f"{agg.url}/v1/rounds/{round}/uploads/{silo}", content=data,
                              params={"samples": SAMPLES[silo], "val_loss": loss}, headers={"content-type": "application/octet-stream"})
 
-        upload_round(put, keys, 0, plan)
+        upload_round(put, keys, 0, dict.fromkeys(SILOS, plan))
         served = {s: httpx.get(f"{agg.url}/v1/plan", params={"silo": s}).json()["mix_weight"] for s in SILOS}
         assert served == pytest.approx(warmup_weights(LOSSES, 1, beta=2.0, temperature=0.2))
         unknown = httpx.get(f"{agg.url}/v1/plan", params={"silo": "mallory"})
         assert (unknown.status_code, unknown.json()["error"]) == (403, "unknown_silo")
         plan1 = httpx.get(f"{agg.url}/v1/plan").json()
-        upload_round(put, keys, 1, plan1)
+        upload_round(put, keys, 1, dict.fromkeys(SILOS, plan1))
         round2 = {s: httpx.get(f"{agg.url}/v1/plan", params={"silo": s}).json()["mix_weight"] for s in SILOS}
         assert round2 == pytest.approx(warmup_weights({s: v + 0.1 for s, v in LOSSES.items()}, 2, beta=2.0, temperature=0.2))
     restarted = Coordinator(cfg, public_keys, Store(tmp_path / "state"))  # recomputed from closed rounds only
