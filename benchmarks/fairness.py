@@ -92,18 +92,17 @@ def one_seed(seed: int, rounds: int, encrypted: bool, quick: bool = False) -> di
     with tempfile.TemporaryDirectory() as tmp:
         data = write_split(seed, Path(tmp) / "data", quick)
         arms, curves, wall = {}, {}, {}
-        for strategy, name in (("fedavg", "fedavg"), ("dynamic_balance", "dynamic_balance")):
+        # each strategy's run gives two arms: its global adapter's scores and its personal adapters'
+        for name, global_arm, personal_arm in (("fedavg", "fedavg", "fedavg_personal"),
+                                               ("dynamic_balance", "dynamic_balance_global", "dynamic_balance")):
             start = time.perf_counter()
-            federation = InProcessFederation(settings(seed, rounds, data, strategy, quick), Path(tmp) / name, encrypted=encrypted)
+            federation = InProcessFederation(settings(seed, rounds, data, name, quick), Path(tmp) / name, encrypted=encrypted)
             history = federation.run()
             wall[name] = time.perf_counter() - start
             curves[name] = [r.mean_score for r in history]
             curves[f"{name}_personal"] = [float(np.mean(list(r.personal_scores.values()))) for r in history]
-            personal_name, global_name = ("dynamic_balance", "dynamic_balance_global") if name == "dynamic_balance" \
-                else ("fedavg_personal", "fedavg")
-            arms[personal_name] = last_round(history, personal=True)
-            arms[global_name] = last_round(history, personal=False)
-            arms[global_name]["final_weights"] = history[-1].weights
+            arms[personal_arm] = last_round(history, personal=True)
+            arms[global_arm] = last_round(history, personal=False) | {"final_weights": history[-1].weights}
         start = time.perf_counter()
         alone = InProcessFederation(settings(seed, rounds, data, "fedavg", quick), Path(tmp) / "alone", encrypted=False)
         history = alone.run_alone(rounds)

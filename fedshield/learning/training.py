@@ -227,19 +227,6 @@ def load_weights(engine, layout: VectorLayout, params: Mapping[str, torch.Tensor
     refresh_master_weights(engine)
 
 
-def whole_parameters(engine, params: Sequence[torch.Tensor], modifier_rank: int | None = None):
-    """A context in which ``params`` are whole on every rank: under ZeRO 3 (which partitions them) DeepSpeed's
-    ``GatheredParameters``, entered by every rank together (with ``modifier_rank``, what that rank writes into them is
-    partitioned again on exit); otherwise nothing to do."""
-    from contextlib import nullcontext
-
-    if getattr(engine, "zero_optimization_stage", lambda: 0)() != 3:
-        return nullcontext()
-    import deepspeed
-
-    return deepspeed.zero.GatheredParameters(list(params), modifier_rank=modifier_rank)
-
-
 def partitions_optimizer(engine) -> bool:
     """Whether the engine's optimiser holds only this rank's share of its state (ZeRO 1-3, DeepSpeed's BF16_Optimizer):
     its ``state_dict`` is this rank's partition and its ``load_state_dict`` takes every rank's, in rank order."""
