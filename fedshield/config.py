@@ -3,6 +3,7 @@
 from .spec.federation import (
     MAX_DECLARED_SAMPLES,
     MULTI_NODE_DP_SGD_MESSAGE,
+    PERSONALISE_ZERO3_MESSAGE,
     AggregationSpec,
     DataSpec,
     DPSpec,
@@ -21,7 +22,7 @@ from .spec.federation import (
 )
 
 __all__ = [
-    "MAX_DECLARED_SAMPLES", "MULTI_NODE_DP_SGD_MESSAGE", "AggregationSpec", "DPSpec", "DataSpec", "EncryptionSpec", "FederationConfig", "FederationSettings",
+    "MAX_DECLARED_SAMPLES", "MULTI_NODE_DP_SGD_MESSAGE", "PERSONALISE_ZERO3_MESSAGE", "AggregationSpec", "DPSpec", "DataSpec", "EncryptionSpec", "FederationConfig", "FederationSettings",
     "LimitsSpec", "LoraSpec", "ModelSpec", "PrivacySpec", "SiloSpec", "TrainingSpec", "config_yaml", "load_config",
     "uneven_batch_message",
 ]

@@ -19,7 +19,15 @@ from pydantic import Field, StringConstraints, model_validator
 from ..crypto.noise import max_summable
 from ..spec.base import DNS_LABEL, FinetunePhase, SiloPhase
 from ..spec.base import Spec as Model  # every API model: frozen, extra fields refused, camelCase aliases
-from ..spec.federation import MULTI_NODE_DP_SGD_MESSAGE, EncryptionSpec, FederationSettings, SiloSpec, TrainingSpec, check_silos
+from ..spec.federation import (
+    MULTI_NODE_DP_SGD_MESSAGE,
+    PERSONALISE_ZERO3_MESSAGE,
+    EncryptionSpec,
+    FederationSettings,
+    SiloSpec,
+    TrainingSpec,
+    check_silos,
+)
 from ..wire.messages import EpsilonUnit
 
 GROUP, VERSION, KIND, PLURAL, SINGULAR, SHORT_NAME = "fedshield.io", "v1alpha1", "FederatedFinetune", "federatedfinetunes", "federatedfinetune", "fft"
@@ -62,7 +70,8 @@ class SiloPlacement(SiloSpec):
     namespace: str = Field(description="Namespace the silo's Job runs in (owned by that organisation).", pattern=DNS_LABEL)
     key_secret: str = Field(description="Secret (in the silo's namespace) whose key secret.ckks holds the CKKS secret context. Mounted, never read by the operator.", pattern=DNS_SUBDOMAIN)
     dataset_volume: DatasetVolume = Field(description="The silo's private data.")
-    gpus: int = Field(1, ge=0, le=16, description="GPUs (of gpuResource) requested by the silo's pod.")
+    gpus: int = Field(1, ge=0, le=16, description="GPUs (of gpuResource) requested by the silo's pod; the pod runs one training "
+                      "process (rank) per GPU (torchrun), one without GPUs.")
     gpu_resource: str = Field("nvidia.com/gpu", pattern=EXTENDED_RESOURCE, description="Extended resource name of the GPUs (nvidia.com/gpu, amd.com/gpu, a MIG profile, ...).")
     runtime_class_name: str | None = Field(None, pattern=DNS_SUBDOMAIN, description="RuntimeClass of the silo's pod (e.g. nvidia).")
     priority_class_name: str | None = Field(None, pattern=DNS_SUBDOMAIN, description="PriorityClass of the silo's pod.")
@@ -84,12 +93,12 @@ class SiloPlacement(SiloSpec):
 
     @property
     def ranks_per_node(self) -> int:
-        """Processes on each of a multi-node silo's pods: one per GPU, one on a CPU-only pod; a one-node silo's Job runs one."""
-        return max(1, self.pod_gpus) if self.nodes > 1 else 1
+        """Processes (ranks) on each of the silo's pods: one per GPU, one on a CPU-only pod."""
+        return max(1, self.pod_gpus)
 
     @property
     def ranks(self) -> int:
-        """The silo's world size (``WORLD_SIZE`` of its JobSet): nodes x max(1, gpusPerNode); 1 for a one-node silo."""
+        """The silo's world size (``WORLD_SIZE``): nodes x max(1, gpusPerNode)."""
         return self.nodes * self.ranks_per_node
 
     def ranks_text(self) -> str:
@@ -149,7 +158,10 @@ class FederatedFinetuneSpec(FederationSettings):
 PLACED_DATA_MESSAGE = ("data.path and silos[].dataPath: placed by the operator (each silo reads its datasetVolume, mounted at "
                        "/data); leave them out")
 PLACED_PORT_MESSAGE = "silos[].metricsPort: set by the operator (9090); leave it out"
-UNEVEN_BATCH_RULE_MESSAGE = ("training.batchSize must divide by the world size of each multi-node silo: nodes x max(1, gpusPerNode) "
+# CEL: silo s's world size, nodes x max(1, gpusPerNode) with gpusPerNode defaulting to gpus (SiloPlacement.ranks)
+_CEL_WORLD = ("((has(s.nodes) ? s.nodes : 1) * (has(s.gpusPerNode) ? (s.gpusPerNode > 0 ? s.gpusPerNode : 1) : "
+              f"(has(s.gpus) ? (s.gpus > 0 ? s.gpus : 1) : {max(1, SiloPlacement.model_fields['gpus'].default)})))")
+UNEVEN_BATCH_RULE_MESSAGE = ("training.batchSize must divide by the world size of each silo: nodes x max(1, gpusPerNode) "
                              "ranks (gpusPerNode defaults to gpus), each training an equal share of every batch")
 INSECURE_MESSAGE = ("tls: aggregator.tls and every silo's tls are required (mutual TLS); "
                     "set insecure: true to run without transport security")
@@ -177,14 +189,16 @@ SPEC_RULES = [
     {"rule": "(!has(self.data) || !has(self.data.path)) && self.silos.all(s, !has(s.dataPath))", "message": PLACED_DATA_MESSAGE},
     {"rule": "self.silos.all(s, !has(s.metricsPort))", "message": PLACED_PORT_MESSAGE},
     {"rule": "!has(self.privacy) || !has(self.privacy.dp) || !has(self.privacy.dp.enabled) || !self.privacy.dp.enabled "
-             "|| !has(self.privacy.dp.unit) || self.privacy.dp.unit == 'silo' || self.silos.all(s, !has(s.nodes) || s.nodes == 1)",
+             f"|| !has(self.privacy.dp.unit) || self.privacy.dp.unit == 'silo' || self.silos.all(s, {_CEL_WORLD} == 1)",
      "message": MULTI_NODE_DP_SGD_MESSAGE},
-    {"rule": "self.silos.all(s, !has(s.nodes) || s.nodes == 1 || "
+    {"rule": "self.silos.all(s, "
              f"(has(self.training) && has(self.training.batchSize) ? self.training.batchSize : {TrainingSpec().batch_size}) % "
-             "(s.nodes * (has(s.gpusPerNode) ? (s.gpusPerNode > 0 ? s.gpusPerNode : 1) : "
-             f"(has(s.gpus) ? (s.gpus > 0 ? s.gpus : 1) : {max(1, SiloPlacement.model_fields['gpus'].default)}))) == 0)",
+             f"{_CEL_WORLD} == 0)",
      "message": UNEVEN_BATCH_RULE_MESSAGE},
     {"rule": "self.silos.all(s, !has(s.gpusPerNode) || !has(s.gpus) || s.gpus == s.gpusPerNode)", "message": GPUS_TWICE_MESSAGE},
+    {"rule": "!has(self.aggregation) || !has(self.aggregation.personalise) || !self.aggregation.personalise "
+             "|| !has(self.training) || !has(self.training.zeroStage) || self.training.zeroStage != 3",
+     "message": PERSONALISE_ZERO3_MESSAGE},
 ]
 
 

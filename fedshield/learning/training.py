@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import random
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
 from typing import NamedTuple
 
@@ -217,13 +218,26 @@ def train_steps(engine, steps: int, step_loss: Callable[[int], torch.Tensor]) ->
     return losses
 
 
+def whole_parameters(engine, params: Iterable[torch.Tensor], modify: bool = False) -> AbstractContextManager:
+    """Inside the block, ``params`` whole on this rank. Under ZeRO-3 (which partitions parameters over the ranks) this is
+    DeepSpeed's ``GatheredParameters``, a collective every rank enters; with ``modify`` what rank 0 writes into them in
+    the block is what every rank keeps. Under the other stages it does nothing."""
+    if engine.zero_optimization_stage() != 3:
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(params), modifier_rank=0 if modify else None)
+
+
 def load_weights(engine, layout: VectorLayout, params: Mapping[str, torch.Tensor], values: np.ndarray) -> None:
-    """Write ``values`` (a shared vector, e.g. the decrypted global adapter) into ``params``, the engine's model.
+    """Write ``values`` (a shared vector, e.g. the decrypted global adapter) into ``params``, the engine's model (under
+    ZeRO-3 every rank calls it: ``whole_parameters``).
 
     DeepSpeed's ZeRO stages and its bf16/fp16 optimizers step a master fp32 copy of the parameters and write it back
     over them; the copy is refreshed from the parameters here, or the next step would undo the assignment.
     """
-    layout.assign(params, values)
+    with whole_parameters(engine, params.values(), modify=True):
+        layout.assign(params, values)
     refresh_master_weights(engine)
 
 

@@ -1,6 +1,7 @@
 """Pure functions: a multi-node silo (``nodes > 1``) -> one JobSet (``jobset.x-k8s.io/v1alpha2``) that runs it.
 
-A silo with one node stays the Job of :func:`fedshield.operator.manifests.silo_job`. A silo with ``nodes`` N > 1 is
+A silo with one node stays the Job of :func:`fedshield.operator.manifests.silo_job` (torchrun inside its pod when it
+has more than one GPU). A silo with ``nodes`` N > 1 is
 one JobSet with one replicated job (``rank``, replicas 1) whose Job is Indexed with ``completions = parallelism = N``:
 pod ``i`` is node rank ``i``. ``network.enableDNSHostnames`` makes JobSet create the headless Service (named as the
 JobSet: the subdomain) so that every pod is reachable as ``<jobset>-rank-0-<i>.<jobset>``; rank 0's name is the
@@ -22,11 +23,10 @@ import re
 
 from ..api.models import FederatedFinetuneSpec, SiloPlacement
 from ..spec.commands import torchrun_program
-from .manifests import SILO_JOB_BACKOFF_LIMIT, Owner, _meta, labels, silo_command, silo_job_name, silo_pod
+from .manifests import RENDEZVOUS_PORT, SILO_JOB_BACKOFF_LIMIT, Owner, _meta, labels, silo_command, silo_job_name, silo_pod
 
 API_VERSION, KIND, PLURAL = "jobset.x-k8s.io/v1alpha2", "JobSet", "jobsets"
 REPLICATED_JOB = "rank"
-RENDEZVOUS_PORT = 29500  # torchrun's and DeepSpeed's default master port
 MAX_RESTARTS = SILO_JOB_BACKOFF_LIMIT  # whole-group restarts, as many as a one-pod silo's pod retries
 NAME_LIMIT = 50  # <name>-rank-0-<index> stays a DNS label (63) for 64 nodes; the name is also the headless Service's
 COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..api.models import GROUP, KIND, VERSION, FederatedFinetuneSpec, SiloPlacement
-from ..spec.commands import PROGRAM, ClientCredentials, ServerCredentials, aggregator_command
+from ..spec.commands import PROGRAM, ClientCredentials, ServerCredentials, aggregator_command, torchrun_program
 from ..spec.commands import silo_command as spec_silo_command
 from ..spec.federation import FederationConfig, FederationSettings, ModelSpec, SiloSpec, config_yaml
 
@@ -27,6 +27,7 @@ TLS_DIR = "/var/run/fedshield/tls"
 FEDERATION_LABEL, NAMESPACE_LABEL, SILO_LABEL = "fedshield.io/federation", "fedshield.io/federation-namespace", "fedshield.io/silo"
 OWNER_UID_LABEL = "fedshield.io/owner-uid"  # across namespaces (no owner reference possible): the owning CR's uid
 SILO_JOB_BACKOFF_LIMIT = 4
+RENDEZVOUS_PORT = 29500  # torchrun's and DeepSpeed's default master port (a multi-rank silo's rank 0)
 USER_ID = 10001
 
 
@@ -342,8 +343,18 @@ def silo_pod(owner: Owner, spec: FederatedFinetuneSpec, silo: SiloPlacement, com
     return pod
 
 
+def one_node_program(silo: SiloPlacement) -> Sequence[str]:
+    """What a one-node silo's pod runs: the silo agent, or torchrun starting one rank per GPU around it (rendezvous inside
+    the pod, no restarts of its own: the Job's pod retries restart the group)."""
+    if silo.ranks_per_node == 1:
+        return PROGRAM
+    return torchrun_program("python", "fedshield.cli", silo.ranks_per_node, master_addr="127.0.0.1",
+                            master_port=RENDEZVOUS_PORT, max_restarts=0)
+
+
 def silo_job(owner: Owner, spec: FederatedFinetuneSpec, silo: SiloPlacement) -> dict:
-    pod = silo_pod(owner, spec, silo, silo_command(owner, silo))
+    """A one-node silo's Job: one pod, ``gpus`` ranks (one without GPUs)."""
+    pod = silo_pod(owner, spec, silo.model_copy(update={"gpus": silo.pod_gpus}), silo_command(owner, silo, program=one_node_program(silo)))
     job_spec = {
         "backoffLimit": SILO_JOB_BACKOFF_LIMIT,
         "suspend": spec.suspend,

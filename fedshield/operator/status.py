@@ -52,8 +52,11 @@ def silo_phase(job: dict | None, suspended: bool) -> str:
 
 
 def pod_ready(pod: dict) -> bool:
-    """A pod running with its Ready condition True."""
+    """A pod running with its Ready condition True, and not being deleted (a rank of a group JobSet is restarting stays
+    Running and Ready until its containers stop)."""
     st = pod.get("status") or {}
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
     return st.get("phase") == "Running" and any(c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or [])
 
 

@@ -35,6 +35,7 @@ from ..learning.data import base_model_path, silo_split
 from ..learning.dp_sgd import silo_dp_sgd
 from ..learning.model import load_base, with_lora
 from ..learning.training import (
+    barrier,
     broadcast,
     check_batch_split,
     create_engine,
@@ -45,6 +46,7 @@ from ..learning.training import (
     set_learning_rate,
     train_local_dp,
     train_local_stats,
+    whole_parameters,
     world,
 )
 from ..learning.workloads import workload_for
@@ -101,10 +103,7 @@ class SiloAgent:
             raise ValueError("a silo needs the secret context to decrypt aggregates")
         config.check_keys(keys.params)  # privacy.encryption, when set, names the key set's parameters
         self.rank, self.ranks = world()
-        if self.ranks > 1 and config.training.zero_stage == 3:
-            raise ValueError(f"training.zeroStage 3 with a multi-rank silo ({self.ranks} ranks) is not supported yet: rank 0 "
-                             "flattens and evaluates the adapter alone, which needs every rank to hold whole parameters "
-                             "(ZeRO stages 0-2; stage 3 partitions the parameters too)")
+        self.zero3 = config.training.zero_stage == 3  # parameters partitioned: reading them is a collective of every rank
         if self.ranks > 1:  # at start, before any model is loaded: the spec's check, against the world torchrun gave us
             check_batch_split(config.training.batch_size, self.ranks, silo)
         self.config, self.silo, self.keys = config, silo, keys
@@ -128,10 +127,12 @@ class SiloAgent:
         if self.dp_sgd is not None and self.ranks > 1:
             raise ValueError(f"{MULTI_NODE_DP_SGD_MESSAGE} (silo {silo} runs {self.ranks} ranks)")
         self.engine = create_engine(self.model, config.training, dp=self.dp_sgd is not None)
-        self.state = broadcast(load_state(self.workdir) if self.rank == 0 else None) or SiloState(
-            round_done=-1, global_shared=self.layout.flatten(self.params),
-            lora=self._lora_snapshot(),
-        )
+        state = broadcast(load_state(self.workdir) if self.rank == 0 else None)
+        if state is None:
+            with self._whole():  # every rank
+                state = SiloState(round_done=-1, global_shared=self.layout.flatten(self.params), lora=self._lora_snapshot())
+        self.state = state
+        self._live_moments = False  # the engine's optimiser moments are the checkpoint's (loaded before training) or fresh
         self._restore_weights()
         self._restore_personal()
 
@@ -142,32 +143,67 @@ class SiloAgent:
                 save_peft(self.model, self.workdir / PERSONAL_ADAPTER)
 
     def _lora_snapshot(self) -> dict:
+        """The LoRA tensors, copied to the CPU (under ZeRO-3 inside ``_whole`` or ``_gathered``)."""
         return {n: p.detach().to("cpu", copy=True) for n, p in self.params.items()}
+
+    def _whole(self, modify: bool = False):
+        """The LoRA tensors whole inside the block (``whole_parameters``: under ZeRO-3 a collective every rank enters)."""
+        return whole_parameters(self.engine, self.params.values(), modify)
+
+    def _gathered(self):
+        """Rank 0 about to read the LoRA tensors alone: under ZeRO-3 it first tells the other ranks to join the gather."""
+        if self.zero3:
+            self._tell("gather")
+        return self._whole()
 
     def _restore_weights(self) -> None:
         import torch
 
-        with torch.no_grad():
+        with torch.no_grad(), self._whole(modify=True):  # every rank
             for name, tensor in self.state.lora.items():
                 self.params[name].copy_(tensor)
         refresh_master_weights(self.engine)
-        if self.state.optimizer is not None:
-            load_optimizer_state(self.engine, self.state.optimizer)  # every rank: under ZeRO 1-2 each takes its partition
+
+    def _resume_moments(self) -> None:
+        """Before this process's first training step (every rank): the checkpoint's optimiser moments into the engine
+        (under ZeRO 1-3 each rank takes its partition). A run that never trains (unlearning, applying a published
+        unlearning after the last round) never loads them, so a one-process run on a multi-rank silo's checkpoint works and
+        keeps them as they are."""
+        if not self._live_moments and self.state.optimizer is not None:
+            load_optimizer_state(self.engine, self.state.optimizer)
+        self._live_moments = True
+
+    def _moments(self):
+        """The checkpoint's optimiser state (every rank: also the barrier): the engine's once it has trained, else what
+        the last checkpoint held."""
+        if self._live_moments:
+            return optimizer_state(self.engine)
+        barrier()
+        return self.state.optimizer
 
     def _checkpoint(self) -> None:
         """Persist the LoRA tensors, optimiser moments and round state atomically (rank 0, once every rank is there).
 
-        Under ZeRO 1-2 each rank holds only its partition of the moments: ``optimizer_state`` gathers them on rank 0, so
-        the one state file holds every rank's partition of the same round (a crash never mixes rounds)."""
-        optimizer = optimizer_state(self.engine)  # every rank (the ranks > 0 in ``_follow``): the barrier
+        Under ZeRO 1-3 each rank holds only its partition of the moments: ``optimizer_state`` gathers them on rank 0, so
+        the one state file holds every rank's partition of the same round (a crash never mixes rounds); under ZeRO-3 the
+        LoRA tensors are gathered whole as well."""
+        self._tell("checkpoint")
+        optimizer = self._moments()  # every rank (the ranks > 0 in ``_follow``): the barrier
+        with self._gathered():
+            lora = self._lora_snapshot()
         if self.rank != 0:
             return
-        self.state.lora = self._lora_snapshot()
-        self.state.optimizer = optimizer
+        self.state.lora, self.state.optimizer = lora, optimizer
         save_state(self.workdir, self.state)
 
     def evaluate(self) -> Evaluation:
-        """The workload's metrics of the model as it stands on this silo's validation examples."""
+        """The workload's metrics of the model as it stands on this silo's validation examples. Under ZeRO-3 every rank
+        runs the same forward passes (each gathers the layers it computes): rank 0 tells the others to."""
+        if self.zero3:
+            self._tell("evaluate")
+        return self._evaluate()
+
+    def _evaluate(self) -> Evaluation:
         return self.workload.evaluate(self.model, self.tokenizer, self.val)
 
     def _global_evaluation(self) -> Evaluation:
@@ -218,23 +254,34 @@ class SiloAgent:
         return self.state.history
 
     def _follow(self) -> list[dict]:
-        """Ranks > 0: train or take the global vector as rank 0 orders, each followed by the barrier of its checkpoint,
-        until it says stop (None)."""
+        """Ranks > 0: every collective rank 0 takes part in, in its order, until it says stop (None): train, take the
+        global vector, give rank 0 the checkpoint's optimiser partition; under ZeRO-3 also gather the LoRA tensors rank 0
+        reads and run the forward passes of its evaluations."""
         training = self.config.training
         while (order := broadcast()) is not None:
             kind, value, seed = order
             if kind == "train":
+                self._resume_moments()
                 set_learning_rate(self.engine, value)
                 train_local_stats(self.engine, self.tokenizer, self.train, training.local_steps, training.batch_size,
                                   seed=seed, workload=self.workload)
-            else:
+            elif kind == "assign":
                 self.state.global_shared = value
                 load_weights(self.engine, self.layout, self.params, value)  # every rank refreshes its master partition
-            optimizer_state(self.engine)  # rank 0's checkpoint: its barrier, and this rank's optimiser partition
+            elif kind == "checkpoint":
+                self._moments()  # rank 0's checkpoint: its barrier, and this rank's optimiser partition
+            elif kind == "gather":
+                with self._whole():
+                    pass
+            elif kind == "evaluate":
+                self._evaluate()
+            else:
+                raise RuntimeError(f"rank {self.rank}: unknown order {kind!r} from rank 0")
         return []
 
-    def _tell(self, kind: str, value, seed: int = 0) -> None:
-        """Rank 0: order the other ranks to ``train`` (value: the learning rate) or ``assign`` (value: the global vector)."""
+    def _tell(self, kind: str, value=None, seed: int = 0) -> None:
+        """Rank 0: order the other ranks to ``train`` (value: the learning rate), ``assign`` (value: the global vector),
+        ``checkpoint``, ``gather`` or ``evaluate`` (``_follow``), before rank 0 does the same."""
         if self.ranks > 1:
             broadcast((kind, value, seed))
 
@@ -242,10 +289,11 @@ class SiloAgent:
         """Train locally, then build (and checkpoint) this round's encrypted upload."""
         state = self.state
         lr = self.config.training.learning_rate * plan.lr_scales.get(self.silo, 1.0)
-        set_learning_rate(self.engine, lr)
         t = time.perf_counter()
         seed = zlib.crc32(f"{self.config.seed}/{self.silo}/{round}".encode())
         self._tell("train", lr, seed)
+        self._resume_moments()  # before the round's learning rate: a loaded state dict brings its own
+        set_learning_rate(self.engine, lr)
         training = self.config.training
         train_loss: float | None
         if self.dp_sgd is not None:
@@ -257,7 +305,8 @@ class SiloAgent:
         if not math.isfinite(train_loss):
             train_loss = None  # every Poisson batch was empty: no loss to report (the noise-only steps still happened)
         train_s = time.perf_counter() - t
-        delta = self.layout.flatten(self.params) - state.global_shared
+        with self._gathered():
+            delta = self.layout.flatten(self.params) - state.global_shared
         update = release(delta, state.residual, self.budget)
         mask = self._mask(round, plan)
         encrypted = encrypt_update(
@@ -317,13 +366,16 @@ class SiloAgent:
         average = decrypt_envelope(self.keys, reader, round=round, count=mask.size, layout=self.layout.digest)
         decrypt_s = time.perf_counter() - t
         # personalise: what this silo trained, when its upload counted (adapter-personal mixes it in)
-        own = self.layout.flatten(self.params) if self.config.aggregation.personalise and upload_bytes else None
+        own = None
+        if self.config.aggregation.personalise and upload_bytes:
+            with self._gathered():
+                own = self.layout.flatten(self.params)
         state.global_shared = state.global_shared.copy()
         state.global_shared[mask] += average
         state.score = next_score(state.score, average, mask, self.layout.size)
         state.residual = residual
-        load_weights(self.engine, self.layout, self.params, state.global_shared)
         self._tell("assign", state.global_shared)
+        load_weights(self.engine, self.layout, self.params, state.global_shared)
         mix_weight = pending.mix_weight if pending is not None and upload_bytes else None
         personal = self._personalise(own, mix_weight, reader.header.contributors)
         state.pending, state.round_done = None, round
@@ -407,8 +459,8 @@ class SiloAgent:
                                      count=self.layout.size, layout=self.layout.digest)
             check_unlearning(self.config, reader.header.packing, reader.header.weight, delta)  # before applying anything
             self.state.global_shared = self.state.global_shared + delta
-            load_weights(self.engine, self.layout, self.params, self.state.global_shared)
             self._tell("assign", self.state.global_shared)
+            load_weights(self.engine, self.layout, self.params, self.state.global_shared)
             self.state.unlearnings_applied = record.version + 1
             self._drop_personal()
             self._checkpoint()
@@ -424,10 +476,11 @@ class SiloAgent:
         computed from the forgotten records; the checkpoint rewritten without them."""
         import torch
 
-        with torch.no_grad():
+        with torch.no_grad(), self._whole(modify=True):  # one process (an unlearning run)
             for name, tensor in private.items():
                 self.params[name].copy_(tensor.to(self.params[name].dtype))
         self.engine.optimizer.state.clear()
+        self.state.optimizer, self._live_moments = None, False  # the next training starts with fresh moments
         gone = forgotten_users(self.workdir)
         self.train = [e for e in self.train if e.user not in gone]
         self.val = [e for e in self.val if e.user not in gone]
@@ -445,5 +498,6 @@ class SiloAgent:
 
     def save_adapter(self, out: Path) -> Path:
         """The federated adapter in PEFT format (private modules included: they belong to this silo)."""
-        self.model.save_pretrained(str(out))  # peft types the directory as str
+        with self._gathered():
+            self.model.save_pretrained(str(out))  # peft types the directory as str
         return out

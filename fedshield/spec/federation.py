@@ -24,8 +24,12 @@ if TYPE_CHECKING:
 MAX_DECLARED_SAMPLES = 10**12  # far beyond any silo; keeps weights finite and exact in float64
 MIN_PACKED_SILOS = PackingParams().max_silos
 MAX_SILO_NODES = 64  # one silo's nodes (ranks); beyond that a silo is a cluster of its own, and pod hostnames stay short
-MULTI_NODE_DP_SGD_MESSAGE = ("privacy.dp.unit record/user (DP-SGD) needs single-node silos: its Poisson sampling and accounting "
-                             "assume one process over the silo's records; use nodes: 1 or dp.unit silo")
+PERSONALISE_ZERO3_MESSAGE = ("aggregation.personalise with training.zeroStage 3 is not supported: adapter-personal swaps "
+                             "the silo's LoRA tensors in and out around an evaluation, which ZeRO-3's partitioned "
+                             "parameters do not allow; use zeroStage 0-2")
+MULTI_NODE_DP_SGD_MESSAGE = ("privacy.dp.unit record/user (DP-SGD) needs one-process silos: its Poisson sampling and accounting "
+                             "assume one process over the silo's records; use nodes: 1 (and at most one GPU per silo under the "
+                             "operator, which runs a rank per GPU) or dp.unit silo")
 
 
 class LoraSpec(Spec):
@@ -244,7 +248,9 @@ def check_silos(settings: FederationSettings, silos: Sequence[SiloSpec]) -> None
     if settings.aggregation.max_weight * len(names) < 1:
         raise ValueError(f"aggregation.maxWeight (max_weight={settings.aggregation.max_weight}) is below 1/{len(names)}: "
                          "weights could not sum to 1")
-    multi = [s for s in silos if s.nodes > 1]
+    if settings.aggregation.personalise and settings.training.zero_stage == 3:
+        raise ValueError(PERSONALISE_ZERO3_MESSAGE)
+    multi = [s for s in silos if s.ranks > 1]
     if multi and settings.privacy.dp.enabled and settings.privacy.dp.unit != "silo":
         raise ValueError(f"{MULTI_NODE_DP_SGD_MESSAGE} (silos {', '.join(s.name for s in multi)})")
     if uneven := [s.ranks_text() for s in silos if s.ranks > 1 and settings.training.batch_size % s.ranks]:

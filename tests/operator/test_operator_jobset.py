@@ -20,14 +20,15 @@ import pytest
 import yaml
 from pydantic import ValidationError
 from support.charts import SILO, render
-from support.crd_schema import crd_validator
+from support.crd_schema import cel_refusals, crd_validator
 
 from fedshield.api.models import FederatedFinetuneSpec
+from fedshield.config import MULTI_NODE_DP_SGD_MESSAGE
 from fedshield.operator import jobset as js
 from fedshield.operator.handlers import multi_node_refusal
 from fedshield.operator.kube import PLURALS, mutable_part
 from fedshield.operator.manifests import Owner, Site, desired_children, silo_job
-from fedshield.operator.status import Observed, compute_status
+from fedshield.operator.status import Observed, compute_status, pod_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = yaml.safe_load((ROOT / "examples" / "federatedfinetune.yaml").read_text())
@@ -258,6 +259,14 @@ def test_status_reports_ranks_ready_restarts_and_the_failing_rank():
     assert "ranksReady" not in single  # one-node silos: as before
 
 
+def test_a_rank_pod_being_deleted_is_not_counted_ready():
+    """During a group restart the old ranks stay Running and Ready until their containers stop: not counted."""
+    ready = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+    assert pod_ready({"metadata": {}, "status": ready})
+    assert not pod_ready({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}, "status": ready})
+    assert not pod_ready({"metadata": {}, "status": dict(ready, conditions=[{"type": "Ready", "status": "False"}])})
+
+
 def test_the_silo_role_grants_exactly_the_verbs_the_operator_uses_on_jobsets():
     consent = ["--set", "membership.federations[0].namespace=fedshield", "--set", "membership.federations[0].name=triage-notes",
                "--set", "operator.serviceAccount=fs-operator"]
@@ -285,6 +294,32 @@ def test_the_silo_network_policy_admits_rank_to_rank_traffic_only_when_asked():
     default = next(d for d in render(SILO, namespace="org-hospital-a", release="hospital-a") if d["kind"] == "NetworkPolicy")
     assert default["spec"]["ingress"] == [] and all("namespaceSelector" in p or "ipBlock" in p
                                                    for r in default["spec"]["egress"] for p in r["to"])
+
+
+@pytest.mark.parametrize("placement", [{"gpus": 4}, {"gpusPerNode": 4}])
+def test_a_one_node_silo_with_several_gpus_runs_a_rank_per_gpu_in_its_job(placement):
+    """One pod, torchrun inside it starting 4 ranks (rendezvous on the pod's loopback), and the pod asks for the 4 GPUs."""
+    raw = raw_spec(None, **placement)
+    raw["silos"][0].pop("gpus", None) if "gpusPerNode" in placement else None
+    raw["training"] = dict(raw["training"], batchSize=16)
+    spec = FederatedFinetuneSpec.model_validate(raw)
+    job = js.silo_workload(OWNER, spec, spec.silos[0])
+    assert job["kind"] == "Job"
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    command = container["command"]
+    assert command[:3] == ["python", "-m", "torch.distributed.run"]
+    assert command[command.index("--nproc-per-node") + 1] == "4" and command[command.index("--nnodes") + 1] == "1"
+    assert command[command.index("--master-addr") + 1] == "127.0.0.1" and command[command.index("--max-restarts") + 1] == "0"
+    assert command[command.index("-m", 3) + 1:][:2] == ["fedshield.cli", "silo"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    single = FederatedFinetuneSpec.model_validate(raw_spec(None, gpus=1))
+    assert js.silo_workload(OWNER, single, single.silos[0])["spec"]["template"]["spec"]["containers"][0]["command"][:2] == \
+        ["fedshield", "silo"]  # one GPU: the agent itself
+    raw["privacy"] = dict(raw["privacy"], dp={"enabled": True, "unit": "record", "noiseMultiplier": 1.0})
+    with pytest.raises(ValidationError, match=r"DP-SGD\) needs one-process silos"):  # 4 ranks: no DP-SGD
+        FederatedFinetuneSpec.model_validate(raw)
+    assert cel_refusals(raw) == [MULTI_NODE_DP_SGD_MESSAGE]  # the CRD's CEL rule agrees
 
 
 def test_the_membership_gpu_cap_applies_to_each_rank_pod():

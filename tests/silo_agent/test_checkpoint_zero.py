@@ -1,4 +1,4 @@
-"""A silo restarted from its checkpoint under ZeRO 1-2 resumes with the optimiser moments it had (issue #20).
+"""A silo restarted from its checkpoint under ZeRO 1-3 resumes with the optimiser moments it had (issue #20).
 
 ZeRO 1 and 2 partition the AdamW moments over the ranks: the checkpoint holds every rank's partition (gathered on rank 0,
 one state file), and each restarted rank takes its own back."""
@@ -39,7 +39,7 @@ def _same_moments(a: dict, b: dict) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("ranks", "zero_stage"), [(2, 2), (1, 2)])
+@pytest.mark.parametrize(("ranks", "zero_stage"), [(2, 2), (1, 2), (2, 3), (1, 3)])
 def test_a_restarted_zero_silo_resumes_with_every_ranks_optimiser_moments(tmp_path, ranks, zero_stage):
     """Checkpoint after 2 steps, train 2 more; restart from the checkpoint and train the same 2: each rank's moments after
     the restart are the ones it checkpointed (exactly), and the adapter after the next steps is the same (exactly: the
@@ -50,7 +50,8 @@ def test_a_restarted_zero_silo_resumes_with_every_ranks_optimiser_moments(tmp_pa
     saved = load_state(tmp_path / "silo").optimizer
     assert isinstance(saved, list) and len(saved) == ranks  # one partition per rank, in one state file
     if ranks > 1:  # each rank's partition holds its half of the flat moments
-        sizes = [part["base_optimizer_state"]["state"][0]["exp_avg"].numel() for part in saved]
+        key = "base_optimizer_state" if zero_stage < 3 else "optimizer_state_dict"  # DeepSpeed's stage 1-2 / 3 layouts
+        sizes = [part[key]["state"][0]["exp_avg"].numel() for part in saved]
         assert len(set(sizes)) == 1 and sizes[0] > 0
     _run(model_dir, tmp_path / "silo", out, ranks, zero_stage, "resume")
     for r in range(ranks):
@@ -94,3 +95,35 @@ def test_one_process_checkpoints_load_and_partitions_do_not_move_between_setting
         load_optimizer_state(plain, [bare])
     with pytest.raises(ValueError, match="that does not partition it, unlike this silo's \\(DeepSpeedZeroOptimizer\\)"):
         load_optimizer_state(fresh, plain.optimizer.state_dict())
+
+
+def test_a_one_process_run_on_a_multi_rank_checkpoint_that_does_not_train_keeps_its_moments(tmp_path, keys):
+    """Unlearning and applying a published unlearning run as one process on a multi-rank silo's checkpoint: they never
+    train, so the moments (2 partitions here) are neither loaded nor replaced; training on it is refused by name."""
+    from fedshield.config import TrainingSpec
+    from fedshield.learning.training import train_local_stats
+    from fedshield.silo_agent.agent import SiloAgent
+    from fedshield.silo_agent.checkpoint import save_state
+
+    config = FederationConfig(training=TrainingSpec(zero_stage=2, batch_size=8, local_steps=2))
+    workdir = tmp_path / "silo"
+
+    def agent() -> SiloAgent:
+        return SiloAgent(config, "clinic-a", keys, workdir, "http://127.0.0.1:9", model_cache=tmp_path / "cache")
+
+    first = agent()
+    first._resume_moments()
+    train_local_stats(first.engine, first.tokenizer, first.train, 2, 8, seed=0, workload=first.workload)
+    first._checkpoint()
+    state = load_state(workdir)
+    assert isinstance(state.optimizer, list) and len(state.optimizer) == 1
+    state.optimizer = [state.optimizer[0], state.optimizer[0]]  # as two ranks write it
+    save_state(workdir, state)
+    second = agent()  # before issue #20's fix: refused here, at start
+    second._checkpoint()
+    assert len(load_state(workdir).optimizer) == 2  # kept as it was
+    with pytest.raises(ValueError, match="partitioned over 2 ranks and this silo runs 1"):
+        second._resume_moments()
+    second.forget_local_state({})  # an unlearning here: no moments computed from the forgotten records survive
+    assert load_state(workdir).optimizer is None
+    agent()._resume_moments()  # fresh moments: training may go on

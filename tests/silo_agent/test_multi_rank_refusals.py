@@ -2,7 +2,15 @@
 
 import pytest
 
-from fedshield.config import MULTI_NODE_DP_SGD_MESSAGE, DPSpec, FederationConfig, PrivacySpec, TrainingSpec, uneven_batch_message
+from fedshield.config import (
+    MULTI_NODE_DP_SGD_MESSAGE,
+    AggregationSpec,
+    DPSpec,
+    FederationConfig,
+    PrivacySpec,
+    TrainingSpec,
+    uneven_batch_message,
+)
 from fedshield.silo_agent.agent import SiloAgent
 
 
@@ -20,17 +28,11 @@ def test_dp_sgd_is_refused_with_the_spec_message(tmp_path, keys, two_ranks):
     assert str(info.value) == f"{MULTI_NODE_DP_SGD_MESSAGE} (silo clinic-a runs 2 ranks)"
 
 
-def test_zero_stage_3_which_partitions_the_parameters_is_refused(tmp_path, keys, two_ranks):
-    config = FederationConfig(training=TrainingSpec(zero_stage=3))
-    with pytest.raises(ValueError, match=r"training.zeroStage 3 with a multi-rank silo \(2 ranks\) is not supported yet: .*"
-                                         r"\(ZeRO stages 0-2; stage 3 partitions the parameters too\)"):
-        SiloAgent(config, "clinic-a", keys, tmp_path / "silo", "http://127.0.0.1:9")
-
-
-@pytest.mark.parametrize("stage", [1, 2])
-def test_zero_stages_1_and_2_pass_the_multi_rank_checks(tmp_path, keys, two_ranks, stage, monkeypatch):
-    """They partition only the optimiser state and gradients (the checkpoint gathers the partitions): the agent goes on
-    to load its data and model (stopped here, before any world is joined)."""
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_every_zero_stage_passes_the_multi_rank_checks(tmp_path, keys, two_ranks, stage, monkeypatch):
+    """Stages 1-2 partition the optimiser state and gradients (the checkpoint gathers the partitions), stage 3 the
+    parameters too (every read of them is a gather every rank joins): the agent goes on to load its data and model
+    (stopped here, before any world is joined)."""
     import fedshield.silo_agent.agent as agent
 
     class Loaded(Exception):
@@ -43,6 +45,12 @@ def test_zero_stages_1_and_2_pass_the_multi_rank_checks(tmp_path, keys, two_rank
     config = FederationConfig(training=TrainingSpec(zero_stage=stage))
     with pytest.raises(Loaded):
         SiloAgent(config, "clinic-a", keys, tmp_path / "silo", "http://127.0.0.1:9", model_cache=tmp_path / "cache")
+
+
+def test_personalise_with_zero_stage_3_is_refused_by_the_spec():
+    with pytest.raises(ValueError, match="aggregation.personalise with training.zeroStage 3 is not supported"):
+        FederationConfig(training=TrainingSpec(zero_stage=3), aggregation=AggregationSpec(personalise=True))
+    assert FederationConfig(training=TrainingSpec(zero_stage=2), aggregation=AggregationSpec(personalise=True))
 
 
 def test_a_batch_that_does_not_split_over_the_ranks_is_refused_at_start_with_the_spec_message(tmp_path, keys, two_ranks, monkeypatch):

@@ -177,9 +177,14 @@ def test_commands_parse_with_the_cli_and_unlearning_flags_round_trip():
     command = job["spec"]["template"]["spec"]["containers"][0]["command"]
     args = parser.parse_args(command[1:])
     assert spec_from_args(args, UnlearningSpec) == UnlearningSpec.model_validate(cr.model_dump(include=set(UnlearningSpec.model_fields)))
+    torchrun = 0
     for child in desired_children(OWNER, ft):
         for container in child.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
-            parser.parse_args(container["command"][1:])
+            command = container["command"]
+            if command[:3] == ["python", "-m", "torch.distributed.run"]:  # hospital-b's 2 GPUs: a rank each
+                command, torchrun = command[command.index("fedshield.cli"):], torchrun + 1
+            parser.parse_args(command[1:])
+    assert torchrun == 1
 
 
 def test_docs_settings_table_is_generated_from_the_spec():
@@ -203,8 +208,8 @@ def load_config_text(config: FederationConfig) -> FederationConfig:
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"privacy": {"dp": {"enabled": True, "unit": "record", "noise_multiplier": 1.0}}}, r"DP-SGD\) needs single-node silos: .* \(silos a\)"),
-    ({"privacy": {"dp": {"enabled": True, "unit": "user", "noise_multiplier": 1.0}}}, r"DP-SGD\) needs single-node silos: .* \(silos a\)"),
+    ({"privacy": {"dp": {"enabled": True, "unit": "record", "noise_multiplier": 1.0}}}, r"DP-SGD\) needs one-process silos: .* \(silos a\)"),
+    ({"privacy": {"dp": {"enabled": True, "unit": "user", "noise_multiplier": 1.0}}}, r"DP-SGD\) needs one-process silos: .* \(silos a\)"),
     ({"training": {"batch_size": 9}}, r"training.batchSize \(batch_size=9\) must divide by the world size of each multi-rank silo "
                                       r"\(.*world size = nodes in a local run.*\): a \(2 nodes: 2 ranks\) \["),
 ])

@@ -39,3 +39,12 @@ def crd_validator() -> jsonschema.Draft202012Validator:
     schema = to_jsonschema(copy.deepcopy(crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]))
     schema["properties"]["metadata"] = {"type": "object"}
     return jsonschema.Draft202012Validator(schema)
+
+
+def cel_refusals(spec: dict) -> list[str]:
+    """The messages of the CRD's spec-level CEL rules that ``spec`` breaks, evaluated by cel-python (a test dependency)."""
+    import celpy
+
+    rules = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["x-kubernetes-validations"]
+    env = celpy.Environment()
+    return [r["message"] for r in rules if not bool(env.program(env.compile(r["rule"])).evaluate({"self": celpy.json_to_cel(spec)}))]

@@ -40,6 +40,7 @@ def main(model_dir: str, workdir: str, out: str, zero_stage: int, phase: str) ->
     train = silo_split(config, "clinic-a").train
     agent = object.__new__(SiloAgent)  # only what _checkpoint and _restore_weights use
     agent.rank, agent.ranks = world()
+    agent.zero3, agent._live_moments = zero_stage == 3, phase == "first"  # first: the engine trains before the checkpoint
     agent.engine, agent.params, agent.workdir = engine, lora_parameters(model), Path(workdir)
     if phase == "first":
         train_local_stats(engine, tokenizer, train, 2, 8, seed=1)
@@ -48,11 +49,13 @@ def main(model_dir: str, workdir: str, out: str, zero_stage: int, phase: str) ->
     else:
         agent.state = broadcast(load_state(workdir) if agent.rank == 0 else None)
         agent._restore_weights()
+        agent._resume_moments()  # what the agent does before its first training step
     torch.save(moments(engine), f"{out}.{phase}.rank{agent.rank}.pt")
     train_local_stats(engine, tokenizer, train, 2, 8, seed=2)
-    if agent.rank == 0:
+    with agent._whole():  # under ZeRO-3 every rank takes part in the gather
         params = agent.params
-        np.savez(f"{out}.{phase}.npz", adapter=np.concatenate([params[n].detach().double().flatten().numpy() for n in sorted(params)]))
+        if agent.rank == 0:
+            np.savez(f"{out}.{phase}.npz", adapter=np.concatenate([params[n].detach().double().flatten().numpy() for n in sorted(params)]))
 
 
 if __name__ == "__main__":
