@@ -110,7 +110,9 @@ def unlearning_job(target: Target, finetune: Owner, ft_spec: FederatedFinetuneSp
 
 
 def apply_job(target: Target, finetune: Owner, ft_spec: FederatedFinetuneSpec, silo: SiloPlacement) -> dict:
-    """A silo agent restarted on its state: it applies the published unlearning and exits (the training Job's pod)."""
+    """A silo agent restarted on its state: it applies the published unlearning and exits (the training Job's pod, one
+    process even where training runs a rank per GPU: it trains nothing, and leaves a multi-rank checkpoint's optimiser
+    partitions as they are)."""
     pod = silo_pod(finetune, ft_spec, silo, silo_command(finetune, silo))
     return _job(target, apply_job_name(target, silo.name), silo.namespace, "unlearning-apply", silo.name, pod, SILO_JOB_BACKOFF_LIMIT)
 

@@ -223,12 +223,23 @@ def test_configmap_and_path_sources():
     assert not any(v["name"] == "forget" for v in pod["volumes"])
 
 
+def one_process(training_pod: dict) -> dict:
+    """A training pod as an apply Job runs it: the same pod, one process where training starts a rank per GPU (hospital-b's
+    2 GPUs); applying an unlearning trains nothing."""
+    pod = copy.deepcopy(training_pod)
+    command = pod["containers"][0]["command"]
+    if command[:3] == ["python", "-m", "torch.distributed.run"]:
+        pod["containers"][0]["command"] = ["fedshield", *command[command.index("fedshield.cli") + 1:]]
+    return pod
+
+
 def test_apply_jobs_run_the_silo_agent_unchanged_at_every_other_silo():
     jobs = fu.apply_jobs(TARGET, FT_OWNER, FT_SPEC, spec_with())
     assert [j["metadata"]["namespace"] for j in jobs] == ["org-hospital-b", "org-clinic-c"]
     for job, silo in zip(jobs, FT_SPEC.silos[1:], strict=False):
-        assert job["spec"]["template"]["spec"] == silo_job(FT_OWNER, FT_SPEC, silo)["spec"]["template"]["spec"]
+        assert job["spec"]["template"]["spec"] == one_process(silo_job(FT_OWNER, FT_SPEC, silo)["spec"]["template"]["spec"])
         assert job["metadata"]["name"] == fu.apply_job_name(TARGET, silo.name)
+    assert FT_SPEC.silos[1].ranks == 2  # the case above is exercised
 
 
 def test_names_fit_and_children_in_the_cr_namespace_are_owned():
@@ -444,7 +455,7 @@ async def test_waits_for_the_finetune_then_forgets_at_one_silo_and_applies_every
     assert (status["usersCount"], status["durationSeconds"], status["adapterVersionBefore"], status["unlearningVersion"]) == (2, 12.5, 21, 1)
     assert status["phase"] == "Running" and status["appliedSilos"] == "1/3"
     apply_pod = raw(k8s, (JOBS, "org-hospital-b", fu.apply_job_name(TARGET, "hospital-b")))["spec"]["template"]["spec"]
-    assert apply_pod == raw(k8s, (JOBS, "org-hospital-b", silo_job_name(FT_OWNER, "hospital-b")))["spec"]["template"]["spec"]  # the training pod, unchanged
+    assert apply_pod == one_process(raw(k8s, (JOBS, "org-hospital-b", silo_job_name(FT_OWNER, "hospital-b")))["spec"]["template"]["spec"])  # the training pod
     for ns, name in applies:
         if name != UNLEARN_JOB:
             await set_job_status(k8s, ns, name, **COMPLETE)
