@@ -6,9 +6,7 @@ the examples its forward passes saw to OUT.npz.rank<r>.
 """
 
 import sys
-from contextlib import nullcontext
 
-import deepspeed
 import numpy as np
 import torch
 
@@ -16,13 +14,8 @@ from fedshield.config import FederationConfig, TrainingSpec
 from fedshield.learning.data import silo_split
 from fedshield.learning.model import load_base, with_lora
 from fedshield.learning.recommendation import RecommendationWorkload
-from fedshield.learning.training import create_engine, train_local_stats, world
+from fedshield.learning.training import create_engine, train_local_stats, whole_parameters, world
 from fedshield.updates import lora_parameters
-
-
-def whole_parameters(engine, params: list):
-    """Under ZeRO 3 (which partitions them) ``params`` gathered on every rank, entered by every rank together."""
-    return deepspeed.zero.GatheredParameters(params) if engine.zero_optimization_stage() == 3 else nullcontext()
 
 
 class Counting(RecommendationWorkload):
