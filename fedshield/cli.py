@@ -93,6 +93,7 @@ def _client_security(args: argparse.Namespace):
 def _silo(args: argparse.Namespace) -> int:
     from . import metrics
     from .config import load_config
+    from .learning.training import leave_distributed
     from .silo_agent.agent import SiloAgent
 
     config = load_config(args.config)
@@ -113,6 +114,7 @@ def _silo(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     agent.run()
+    leave_distributed()  # every rank has its orders' end: tear the group down before exit (after a clean run only)
     if rank0 and spec.metrics_port is not None and args.metrics_linger > 0:
         time.sleep(args.metrics_linger)  # let Prometheus scrape the final values before the process ends
     return 0

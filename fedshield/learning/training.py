@@ -78,6 +78,17 @@ def barrier() -> None:
         dist.barrier()
 
 
+def leave_distributed() -> None:
+    """Every rank done: meet once more, then tear the process group down before the interpreter exits (a gloo group
+    left to the interpreter's exit can abort a rank with "terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        if world()[1] > 1:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 def _all_sum(values: Sequence[float]) -> list[float]:
     import torch.distributed as dist
 

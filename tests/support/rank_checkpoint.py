@@ -17,7 +17,7 @@ import torch
 from fedshield.config import FederationConfig, TrainingSpec
 from fedshield.learning.data import silo_split
 from fedshield.learning.model import load_base, with_lora
-from fedshield.learning.training import broadcast, create_engine, train_local_stats, world
+from fedshield.learning.training import broadcast, create_engine, leave_distributed, train_local_stats, world
 from fedshield.silo_agent.agent import SiloAgent
 from fedshield.silo_agent.checkpoint import SiloState, load_state
 from fedshield.updates import lora_parameters
@@ -60,3 +60,4 @@ def main(model_dir: str, workdir: str, out: str, zero_stage: int, phase: str) ->
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
+    leave_distributed()  # only after a clean run: a failed rank must not wait in a barrier

@@ -14,7 +14,7 @@ from fedshield.config import FederationConfig, TrainingSpec
 from fedshield.learning.data import silo_split
 from fedshield.learning.model import load_base, with_lora
 from fedshield.learning.recommendation import RecommendationWorkload
-from fedshield.learning.training import create_engine, train_local_stats, whole_parameters, world
+from fedshield.learning.training import create_engine, leave_distributed, train_local_stats, whole_parameters, world
 from fedshield.updates import lora_parameters
 
 
@@ -49,3 +49,4 @@ def main(model_dir: str, out: str, steps: int, batch_size: int, zero_stage: int 
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]) if len(sys.argv) > 5 else 0)
+    leave_distributed()  # only after a clean run: a failed rank must not wait in a barrier
