@@ -84,8 +84,7 @@ def leave_distributed() -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        if world()[1] > 1:
-            dist.barrier()
+        barrier()
         dist.destroy_process_group()
 
 
