@@ -55,7 +55,7 @@ from fedshield.workloads.recommendation import build_examples, split_examples, s
 
 TASKS = ("instruction", "recommendation")
 ARMS = ("zero_shot", "local_only", "federated", "centralised")
-DP_ARMS = {"federated_dp8": 8.0, "federated_dp2": 2.0}  # federated with record-level DP-SGD at this epsilon (on request)
+DP_ARMS = {"federated_dp8": 8.0, "federated_dp4": 4.0, "federated_dp2": 2.0, "federated_dp1": 1.0}  # federated with record-level DP-SGD at this epsilon (on request)
 DP_CLIP_NORM, DP_DELTA = 1.0, 1e-5  # C: the spec's default, chosen before any run (no gradient norms measured on SmolLM2)
 METRIC = {"instruction": "exact_match", "recommendation": "auc"}
 RECOMMENDATION_SILOS = ("shop-a", "shop-b", "shop-c")

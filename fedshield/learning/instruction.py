@@ -22,6 +22,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ..workloads.base import Column, DataError, Evaluation, Split, Workload
 from ..workloads.instruction import InstructionExample, load_split, normalise
+from .lockstep import all_ranks
 from .model import context_limit
 
 IGNORE = -100  # the label of a position that is not learned
@@ -153,7 +154,7 @@ def greedy_replies(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, e
         done |= torch.isin(nxt, stop)
         for i in torch.nonzero(~done).flatten().tolist():
             out[i].append(int(nxt[i]))
-        if bool(done.all()):
+        if all_ranks(bool(done.all())):  # under ZeRO-3 every rank must run the same forward passes
             break
         ids, positions = nxt[:, None], positions[:, -1:] + 1
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)

@@ -33,6 +33,7 @@ from ..config import MULTI_NODE_DP_SGD_MESSAGE, FederationConfig
 from ..crypto import EnvelopeReader, Keys, decrypt_envelope, encrypt_update
 from ..learning.data import base_model_path, silo_split
 from ..learning.dp_sgd import silo_dp_sgd
+from ..learning.lockstep import lockstep
 from ..learning.model import load_base, with_lora
 from ..learning.training import (
     barrier,
@@ -204,7 +205,8 @@ class SiloAgent:
         return self._evaluate()
 
     def _evaluate(self) -> Evaluation:
-        return self.workload.evaluate(self.model, self.tokenizer, self.val)
+        with lockstep(self.zero3 and self.ranks > 1):  # early exits (greedy decoding) agreed by every rank
+            return self.workload.evaluate(self.model, self.tokenizer, self.val)
 
     def _global_evaluation(self) -> Evaluation:
         """The evaluation of the global model this round starts from: the last round's, else the initial adapter's."""

@@ -1,5 +1,6 @@
 """A silo split over ranks (issue #20): torchrun with 2 processes (gloo on CPU) trains the adapter a single process does."""
 
+import json
 import os
 import subprocess
 import sys
@@ -37,7 +38,7 @@ def test_two_ranks_train_the_adapter_one_process_does(tmp_path, zero_stage):
     Under ZeRO 1 and 2 each rank steps its half of the optimiser state (and, at stage 2, reduces only its gradient
     partition) and the updated halves are gathered back into the parameters every rank holds: the same adapter. ZeRO 3
     partitions the parameters too (gathered for every forward pass, and here to read the adapter): it trains the same
-    adapter as well, although the silo agent does not run it on several ranks yet (docs/operator.md).
+    adapter as well (the silo agent runs it on several ranks: docs/operator.md).
 
     Tolerance 1e-5 (max abs difference of any LoRA value, 4 AdamW steps at lr 2e-3): the mean of two half-batch mean
     gradients equals the full-batch mean gradient up to float32 rounding (~1e-7 relative), which Adam's normalisation
@@ -64,3 +65,21 @@ def test_each_rank_gets_an_even_share_of_the_batch(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     config = deepspeed_config(TrainingSpec(batch_size=8))
     assert (config["train_batch_size"], config["train_micro_batch_size_per_gpu"], config["gradient_accumulation_steps"]) == (8, 4, 1)
+
+
+@pytest.mark.slow
+def test_zero3_ranks_decode_in_lockstep_although_their_logits_disagree(tmp_path):
+    """Under ZeRO-3 each forward pass gathers parameters from every rank: a rank that stopped decoding early (its own
+    argmax hit a stop token) would leave the others waiting in their next gather. Forced to disagree, rank 0 (stop
+    token at once) still runs every pass the other rank runs, and each rank's replies are its own."""
+    model_dir = base_model_path(FederationConfig(), tmp_path / "cache")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SCRIPT.parents[2]), str(SCRIPT.parents[1]), env.get("PYTHONPATH")]))
+    out = tmp_path / "decode"
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+                          "--master-port", str(free_port()), str(SCRIPT.parent / "rank_decoding.py"), str(model_dir), str(out), "5"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"decode.rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["passes"] == ranks[1]["passes"] == 5  # without the agreement: 1 on rank 0, and rank 1 hangs
+    assert ranks[0]["replies"] == ["", ""] and all(len(r.split()) >= 1 for r in ranks[1]["replies"])
