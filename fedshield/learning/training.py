@@ -16,6 +16,7 @@ import torch
 from ..config import TrainingSpec, uneven_batch_message
 from ..updates import VectorLayout
 from ..workloads.base import Workload
+from .deepspeed_ops import load_shm_op
 from .dp_sgd import DpSgd, dp_sgd_step, sample_records, secure_generator, unit_ids
 from .recommendation import RecommendationWorkload
 
@@ -56,6 +57,7 @@ def init_distributed() -> None:
                               is_master=rank == 0 and not agent_store, timeout=timeout)
         dist.init_process_group(backend, store=dist.PrefixStore(f"fedshield/attempt-{attempt}", store), rank=rank,
                                 world_size=ranks, timeout=timeout)
+    load_shm_op()  # before DeepSpeed loads it without a guard against a lock a killed process left
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False, timeout=timeout)
 
 
