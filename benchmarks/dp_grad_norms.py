@@ -1,4 +1,4 @@
-"""Per-record LoRA gradient norms on the DP benchmark's tiny model, against the clip norm C.
+"""Per-record LoRA gradient norms on the DP benchmark's tiny model (or SmolLM2: ``--task instruction``), against the clip norm C.
 
 Record-level DP-SGD clips each record's gradient to C and adds noise of std sigma * C: if
 almost every record's norm is far above C, clipping scales every gradient down to C and the
@@ -10,7 +10,7 @@ so a clip norm can be chosen from it once (docs/privacy.md), not tuned against t
 It also gives, for a grid of clip norms, the expected cosine of the DP-SGD gradient (clipped
 mean plus the noise of ``--epsilon`` at the default sampling rate) with the true mean gradient.
 
-Prints one JSON object: {"clip_norm", "records", "parameters", "epsilon", "sampling_rate", "noise_multiplier",
+Prints one JSON object: {"task", "clip_norm", "records", "parameters", "epsilon", "sampling_rate", "noise_multiplier",
 "expected_batch", "checkpoints": [{"after_steps", "quantiles", "mean", "share_clipped", "alignment_by_clip_norm"}]}.
 """
 
@@ -65,6 +65,21 @@ def summary(grads: np.ndarray, clip_norm: float, noise_multiplier: float, expect
             "alignment_by_clip_norm": {str(c): round(alignment(grads, c, noise_multiplier, expected_batch), 4) for c in grid}}
 
 
+def instruction_setup(seed: int):
+    """SmolLM2 on the first triage silo, with llm_workloads.py's LoRA and its (rounds, steps, batch, learning rate)."""
+    import llm_workloads as llm
+
+    from fedshield.config import LoraSpec
+
+    settings = llm.DEFAULTS
+    splits = llm.task_splits("instruction", seed, settings["train"], settings["val"])
+    train = next(iter(splits.values())).train
+    model_dir = llm.default_model(Path.home() / ".cache" / "fedshield" / "models")
+    return (train, llm.task_workload("instruction", seed), LoraSpec(target_modules=llm.TARGET_MODULES),
+            (settings["rounds"], settings["local_steps"], settings["batch_size"], settings["learning_rate"]),
+            lambda: load_base(model_dir))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clip-norm", type=float, default=1.0)
@@ -73,24 +88,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epsilon", type=float, default=8.0, help="the noise multiplier of this epsilon (5 rounds, delta 1e-5)")
     parser.add_argument("--grid", type=float, nargs="+", default=[0.25, 1.0, 2.0, 3.0, 5.0, 10.0])
+    parser.add_argument("--task", choices=("recommendation", "instruction"), default="recommendation",
+                        help="recommendation: the tiny model of dp_utility.py; instruction: SmolLM2 on llm_workloads.py's triage task")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
-    cfg = config(seed=args.seed)
-    train, _ = silo_examples(cfg, cfg.silo_names[0])
-    rate = default_sampling_rate(cfg.training.batch_size, len(train))
-    sigma = noise_for_dp_sgd(args.epsilon, rate, cfg.rounds * cfg.training.local_steps, 1e-5)
-    workload = RecommendationWorkload()
-    probe = train[: args.records]
-    rng = np.random.default_rng(args.seed)
-    out = []
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        base, tokenizer = load_base(build_tiny_base(Path(tmp) / "tiny", public_corpus(cfg), seed=args.seed))
-        model = with_lora(base, cfg.lora.r, cfg.lora.alpha, 0.0, cfg.lora.target_modules, seed=args.seed)
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.training.learning_rate)
+        if args.task == "instruction":
+            train, workload, lora, (rounds, steps, batch_size, lr), load = instruction_setup(args.seed)
+        else:
+            cfg = config(seed=args.seed)
+            train, _ = silo_examples(cfg, cfg.silo_names[0])
+            workload, lora = RecommendationWorkload(), cfg.lora
+            rounds, steps, batch_size, lr = cfg.rounds, cfg.training.local_steps, cfg.training.batch_size, cfg.training.learning_rate
+            load = lambda: load_base(build_tiny_base(Path(tmp) / "tiny", public_corpus(cfg), seed=args.seed))  # noqa: E731
+        rate = default_sampling_rate(batch_size, len(train))
+        sigma = noise_for_dp_sgd(args.epsilon, rate, rounds * steps, 1e-5)
+        probe = train[: args.records]
+        rng = np.random.default_rng(args.seed)
+        out = []
+        base, tokenizer = load()
+        model = with_lora(base, lora.r, lora.alpha, 0.0, lora.target_modules, seed=args.seed)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
         done = 0
         for target in sorted(args.steps):
             model.train()
             for _ in range(target - done):
-                batch = [train[i] for i in rng.choice(len(train), cfg.training.batch_size, replace=False)]
+                batch = [train[i] for i in rng.choice(len(train), batch_size, replace=False)]
                 optimizer.zero_grad()
                 workload.loss(model, tokenizer, batch).backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # as the plain engine does (gradient_clipping 1.0)
@@ -98,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             done = target
             grads = record_gradients(model, tokenizer, probe, workload)
             out.append({"after_steps": target, **summary(grads, args.clip_norm, sigma, rate * len(train), args.grid)})
-    print(json.dumps({"clip_norm": args.clip_norm, "records": len(probe), "parameters": int(grads.shape[1]), "epsilon": args.epsilon,
+    print(json.dumps({"task": args.task, "clip_norm": args.clip_norm, "records": len(probe), "parameters": int(grads.shape[1]), "epsilon": args.epsilon,
                       "sampling_rate": round(rate, 4), "noise_multiplier": round(sigma, 4), "expected_batch": round(rate * len(train), 1),
                       "checkpoints": out}))
     return 0

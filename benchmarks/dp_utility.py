@@ -62,38 +62,65 @@ def dp_parameters(cfg, epsilon: float) -> dict:
 
 
 
-def step_seconds(seed: int = 0, steps: int = 4) -> dict:
-    """Wall time of one local step, plain and under DP-SGD (q = 1: every record), on the benchmark's tiny model."""
-    import tempfile
-
+def time_steps(load, lora, training, batch: list, steps: int, seed: int, workload=None) -> dict:
+    """Wall time of one local step, plain and under DP-SGD (q = 1: every record of ``batch``, one micro-batch), of the
+    model ``load()`` returns with ``lora``: seconds per step (the mean over ``steps`` after one warm-up step)."""
     import torch
 
     from fedshield.learning.dp_sgd import DpSgd
-    from fedshield.learning.model import build_tiny_base, load_base, with_lora
+    from fedshield.learning.model import with_lora
     from fedshield.learning.training import create_engine, train_local_dp, train_local_stats
+
+    out: dict = {}
+    for name in ("plain", "dp_sgd"):
+        base, tokenizer = load()
+        model = with_lora(base, lora.r, lora.alpha, 0.0, lora.target_modules, seed=seed)
+        engine = create_engine(model, training, dp=name == "dp_sgd")
+        dp = DpSgd(CLIP_NORM, 1.0, 1.0) if name == "dp_sgd" else None
+        seconds = []
+        for n in (1, steps):  # the first: a warm-up step (first-step allocations), not counted
+            start = time.perf_counter()
+            if dp is None:
+                train_local_stats(engine, tokenizer, batch, n, len(batch), seed, workload=workload)
+            else:
+                train_local_dp(engine, tokenizer, batch, n, dp, seed, torch.Generator().manual_seed(0), micro_batch=len(batch),
+                               workload=workload)
+            seconds.append((time.perf_counter() - start) / n)
+        out[name] = round(seconds[-1], 4)
+    out["ratio"] = round(out["dp_sgd"] / out["plain"], 2)
+    out["batch"] = len(batch)
+    out["threads"] = __import__("torch").get_num_threads()
+    return out
+
+
+def step_seconds(seed: int = 0, steps: int = 4) -> dict:
+    """``time_steps`` on the benchmark's tiny model and a batch of its first silo's records."""
+    import tempfile
+
+    from fedshield.learning.data import public_corpus
+    from fedshield.learning.model import build_tiny_base, load_base
 
     cfg = config(seed=seed)
     train, _ = silo_examples(cfg, cfg.silo_names[0])
-    batch = train[: cfg.training.batch_size]
-    out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        from fedshield.learning.data import public_corpus
-
         base_dir = build_tiny_base(Path(tmp) / "tiny", public_corpus(cfg), seed=seed)
-        for name in ("plain", "dp_sgd"):
-            base, tokenizer = load_base(base_dir)
-            model = with_lora(base, cfg.lora.r, cfg.lora.alpha, 0.0, cfg.lora.target_modules, seed=seed)
-            engine = create_engine(model, cfg.training, dp=name == "dp_sgd")
-            start = time.perf_counter()
-            if name == "plain":
-                train_local_stats(engine, tokenizer, batch, steps, len(batch), seed)
-            else:
-                train_local_dp(engine, tokenizer, batch, steps, DpSgd(CLIP_NORM, 1.0, 1.0), seed, torch.Generator().manual_seed(0),
-                               micro_batch=len(batch))
-            out[name] = round((time.perf_counter() - start) / steps, 4)
-    out["ratio"] = round(out["dp_sgd"] / out["plain"], 2)
-    out["batch"] = len(batch)
-    return out
+        return time_steps(lambda: load_base(base_dir), cfg.lora, cfg.training, train[: cfg.training.batch_size], steps, seed)
+
+
+def llm_step_seconds(seed: int = 0, steps: int = 3, batch: int = 16) -> dict:
+    """``time_steps`` on SmolLM2 with llm_workloads.py's LoRA, on ``batch`` triage records of the first silo (16: the
+    DP arms' expected batch, q * N = 0.133 * 120)."""
+    import llm_workloads as llm
+
+    from fedshield.config import LoraSpec, TrainingSpec
+    from fedshield.learning.model import load_base
+
+    settings = llm.DEFAULTS
+    records = next(iter(llm.task_splits("instruction", seed, settings["train"], settings["val"]).values())).train[:batch]
+    model_dir = llm.default_model(Path.home() / ".cache" / "fedshield" / "models")
+    training = TrainingSpec(learning_rate=settings["learning_rate"], batch_size=batch, local_steps=steps)
+    return time_steps(lambda: load_base(model_dir), LoraSpec(target_modules=llm.TARGET_MODULES), training, records, steps, seed,
+                      workload=llm.task_workload("instruction", seed))
 
 
 def gain_kept(arms: list[dict], zero: list[float]) -> tuple[float | None, float | None, float | None]:
@@ -127,7 +154,7 @@ def summarise(rows: list[dict], unit: str, step: dict | None) -> dict:
             "step_seconds": step}
 
 
-def instruction_report(records: list[dict]) -> dict:
+def instruction_report(records: list[dict], step: dict | None = None) -> dict:
     """The same JSON for the real-LLM instruction task, from ``benchmarks/llm_workloads.py``'s log (SmolLM2, the triage
     task, exact match): its ``federated`` arm is the non-private one, ``federated_dp8``/``federated_dp2`` the DP arms."""
     from llm_workloads import DP_ARMS, DP_CLIP_NORM, DP_DELTA
@@ -164,7 +191,8 @@ def instruction_report(records: list[dict]) -> dict:
             "gain_kept_at_8": kept, "target_gain_kept_at_8": 0.9,
             "run_seconds": {"plain": plain, "dp_sgd": private, "ratio": round(private / plain, 2) if plain and private else None,
                             "what": "mean wall time of a whole federated run (the same rounds and steps, evaluation "
-                                    "included) on a shared 2-core CPU, not a per-step timing"}}
+                                    "included) on a shared 2-core CPU, not a per-step timing"},
+            "step_seconds": step}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,11 +204,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log")
     parser.add_argument("--from-log")
     parser.add_argument("--from-llm-log", help="summarise the instruction task's DP arms from benchmarks/llm_workloads.py's log")
+    parser.add_argument("--time-steps", action="store_true", help="with --from-llm-log: also time plain and DP-SGD steps on SmolLM2")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.from_llm_log:
         from llm_workloads import read_log
 
-        print(json.dumps(instruction_report(read_log(args.from_llm_log))))
+        step = llm_step_seconds() if args.time_steps else None
+        print(json.dumps(instruction_report(read_log(args.from_llm_log), step)))
         return 0
     if args.from_log:
         rows = [json.loads(line) for line in Path(args.from_log).read_text().splitlines() if line.strip()]
