@@ -18,9 +18,15 @@ SCRIPT = Path(__file__).resolve().parents[1] / "support" / "rank_training.py"
 TOLERANCE = 1e-5
 
 
-def _train(model_dir: Path, out: Path, ranks: int, steps: int = 4, batch_size: int = 8, zero_stage: int = 0) -> dict:
+def _env() -> dict:
+    """This environment without a torchrun world of its own, with the repository and tests/support importable."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SCRIPT.parents[2]), str(SCRIPT.parents[1]), env.get("PYTHONPATH")]))
+    return env
+
+
+def _train(model_dir: Path, out: Path, ranks: int, steps: int = 4, batch_size: int = 8, zero_stage: int = 0) -> dict:
+    env = _env()
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(ranks),
                 "--master-port", str(free_port())] if ranks > 1 else [sys.executable]
     run = subprocess.run([*launcher, str(SCRIPT), str(model_dir), str(out), str(steps), str(batch_size), str(zero_stage)],
@@ -73,8 +79,7 @@ def test_zero3_ranks_decode_in_lockstep_although_their_logits_disagree(tmp_path)
     argmax hit a stop token) would leave the others waiting in their next gather. Forced to disagree, rank 0 (stop
     token at once) still runs every pass the other rank runs, and each rank's replies are its own."""
     model_dir = base_model_path(FederationConfig(), tmp_path / "cache")
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SCRIPT.parents[2]), str(SCRIPT.parents[1]), env.get("PYTHONPATH")]))
+    env = _env()
     out = tmp_path / "decode"
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
                           "--master-port", str(free_port()), str(SCRIPT.parent / "rank_decoding.py"), str(model_dir), str(out), "5"],
