@@ -217,7 +217,8 @@ class SiloStatus(Model):
     last_round: int | None = Field(None, description="Last round this silo's upload was accepted in.")
     exit_code: int | None = Field(None, description="Exit code of the last failed container.")
     reason: str | None = Field(None, description="Why the last pod failed (OOMKilled, Error, ...).")
-    restarts: int = Field(0, description="Failed pods of this silo so far (a multi-node silo: restarts of its whole group).")
+    restarts: int | None = Field(0, description="Failed pods of this silo so far (a multi-node silo: restarts of its whole group; "
+                                                "absent for a TrainJob, which does not report them).")
     ranks_ready: str | None = Field(None, description="A multi-node silo: its pods (ranks) running and ready, out of nodes.")
     epsilon: float | None = Field(None, description="Epsilon this silo has spent, by its last accepted upload (unit: epsilonUnit).")
 

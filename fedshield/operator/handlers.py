@@ -22,7 +22,7 @@ from .. import metrics
 from ..api import unlearning as unlearning_api
 from ..api.models import GROUP, IMMUTABLE, KIND, PLURAL, VERSION, FederatedFinetuneSpec, FederatedFinetuneStatus
 from ..wire.messages import Status
-from . import consent, jobset, telemetry, unlearning
+from . import consent, jobset, telemetry, trainjob, unlearning
 from .aggregator_http import fetch_status
 from .kube import Conflict, FieldConflict, Kube
 from .manifests import (
@@ -117,6 +117,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None
                      f"{jobset.API_VERSION} {jobset.PLURAL} not served, multi-node silos are refused until JobSet is installed")
 
 
+def _mode(memo) -> str:
+    """The operator's ``multiNode`` (:class:`Site`; ``auto`` where the memo has none)."""
+    site = getattr(memo, "site", None)
+    return site.multi_node if site is not None else "auto"
+
+
 async def jobset_api_served(memo) -> bool:
     """Whether the API server serves JobSets (API discovery, :meth:`Kube.serves`; no RBAC needed), kept in
     ``memo.jobset_api``: a yes is kept, a no is asked again next time (JobSet installed after the operator started is
@@ -151,10 +157,11 @@ async def observe(kube: Kube, owner: Owner, spec: FederatedFinetuneSpec, memo) -
     jobsets: dict[str, dict] = {}
     ready: dict[str, int] = {}
     multi_namespaces = {s.namespace for s in spec.silos if s.nodes > 1}
+    group_api = (trainjob.API_VERSION, trainjob.KIND) if _mode(memo) == "trainjob" else (jobset.API_VERSION, jobset.KIND)
     for namespace in sorted({s.namespace for s in spec.silos}):
         try:
             if namespace in multi_namespaces:
-                for js in await _list_jobsets(kube, namespace, selector):
+                for js in await _list_groups(kube, *group_api, namespace, selector):
                     if js["metadata"].get("labels", {}).get(OWNER_UID_LABEL) == owner.uid:
                         jobsets[js["metadata"]["labels"].get(SILO_LABEL)] = js
             for job in await kube.list("batch/v1", "Job", namespace, selector):
@@ -174,10 +181,10 @@ async def observe(kube: Kube, owner: Owner, spec: FederatedFinetuneSpec, memo) -
                     jobsets=jobsets, ready_pods=ready)
 
 
-async def _list_jobsets(kube: Kube, namespace: str, selector: str) -> list[dict]:
-    """The JobSets of this federation in ``namespace``; none when the JobSet CRD is absent (admission says so)."""
+async def _list_groups(kube: Kube, api_version: str, kind: str, namespace: str, selector: str) -> list[dict]:
+    """The JobSets (or TrainJobs) of this federation in ``namespace``; none when their CRD is absent (admission says so)."""
     try:
-        return await kube.list(jobset.API_VERSION, jobset.KIND, namespace, selector)
+        return await kube.list(api_version, kind, namespace, selector)
     except httpx.HTTPStatusError as exc:
         if exc.response.status_code == 404:
             return []
@@ -275,6 +282,11 @@ async def admit_and_apply(memo, owner: Owner, parsed: FederatedFinetuneSpec, met
             _not_admitted(patch, meta, status, "JobSetMissing", f"{exc.request.method} {exc.request.url.path} answered 404: a silo with "
                           "nodes > 1 runs as a JobSet, and the JobSet CRD (jobset.x-k8s.io/v1alpha2) is not installed (docs/deploy.md)")
             return False
+        if exc.response.status_code == 404 and f"/{trainjob.PLURAL}" in exc.request.url.path:
+            _not_admitted(patch, meta, status, "TrainJobMissing", f"{exc.request.method} {exc.request.url.path} answered 404: under "
+                          f"multiNode: trainjob a silo with nodes > 1 runs as a TrainJob, and Kubeflow Trainer ({trainjob.API_VERSION}) "
+                          "is not installed (docs/deploy.md)")
+            return False
         if exc.response.status_code != 403:
             raise
         path = exc.request.url.path
@@ -296,11 +308,18 @@ JOBSET_INSTALL = ("install JobSet beside the operator (a release serving jobset.
 
 
 def multi_node_refusal(parsed: FederatedFinetuneSpec, site: Site, jobset_api: bool = False) -> tuple[str, str] | None:
-    """Why silos with nodes > 1 are not run, as (reason, message); None when none is asked for or they run as JobSets.
+    """Why silos with nodes > 1 are not run, as (reason, message); None when none is asked for or they run (JobSets, TrainJobs).
 
     ``site.multi_node``: ``jobset`` runs them (a missing JobSet CRD is reported when the first write answers 404),
-    ``auto`` runs them when ``jobset_api`` (the API server serves JobSets, :func:`jobset_api_served`), ``off`` refuses."""
+    ``auto`` runs them when ``jobset_api`` (the API server serves JobSets, :func:`jobset_api_served`), ``trainjob`` runs
+    them as TrainJobs (no discovery: a missing Trainer shows as a 404) unless a silo sets what a TrainJob cannot carry,
+    ``off`` refuses."""
     multi = [f"{s.name} ({s.nodes} nodes)" for s in parsed.silos if s.nodes > 1]
+    if site.multi_node == "trainjob":
+        odd = [f"{s.name} ({', '.join(trainjob.unsupported(s))})" for s in parsed.silos if s.nodes > 1 and trainjob.unsupported(s)]
+        return ("TrainJobUnsupported", f"silos {', '.join(odd)}: a multi-node silo runs as a Kubeflow Trainer TrainJob "
+                "(multiNode: trainjob), whose runtime patch (v2.3.0) cannot set these pod fields; nothing was created. Drop them, "
+                "or run the operator with multiNode: jobset (docs/operator.md)") if odd else None
     if not multi or site.multi_node == "jobset" or (site.multi_node == "auto" and jobset_api):
         return None
     silos = f"silos {', '.join(multi)}"
@@ -381,7 +400,9 @@ async def cleanup(meta, spec, memo, **_) -> None:
         return  # nothing was created for an invalid spec
     owner = owner_of(meta)
     telemetry.observe_phase(KIND, f"{meta['namespace']}/{meta['name']}", None)
-    doomed = [jobset.silo_workload(owner, parsed, silo) for silo in parsed.silos]
+    mode = _mode(memo)
+    doomed = [jobset.silo_workload(owner, parsed, silo, mode) for silo in parsed.silos  # a refused TrainJob silo: none was made
+              if not (mode == "trainjob" and silo.nodes > 1 and trainjob.unsupported(silo))]
     doomed += [plan_configmap(owner, namespace, "") for namespace in sorted({s.namespace for s in parsed.silos} - {owner.namespace})]
     await delete_owned(memo.kube, doomed, owner.uid)
 

@@ -12,8 +12,8 @@ Every pod runs ``torchrun`` (``python -m torch.distributed.run``: ``NPROC_PER_NO
 ``NNODES``, rendezvous at ``MASTER_ADDR:MASTER_PORT``, no restarts of its own) around the silo agent; rank 0 alone talks
 to the aggregator (``fedshield.silo_agent.agent``). Experimental: multi-rank silo agents have run on one machine only
 (gloo on CPU, ``fedshield run``); no JobSet controller, NCCL or GPU cluster ran them. The operator creates JobSets only
-with ``multiNode: jobset``, or ``auto`` (the default) when the API server serves JobSets, and refuses multi-node
-silos otherwise (docs/operator.md).
+with ``multiNode: jobset``, or ``auto`` (the default) when the API server serves JobSets; TrainJobs (:mod:`trainjob`)
+with ``trainjob``; it refuses multi-node silos otherwise (docs/operator.md).
 """
 
 from __future__ import annotations
@@ -102,8 +102,11 @@ def silo_jobset(owner: Owner, spec: FederatedFinetuneSpec, silo: SiloPlacement) 
     }
 
 
-def silo_workload(owner: Owner, spec: FederatedFinetuneSpec, silo: SiloPlacement) -> dict:
-    """A silo's workload: its Job (one node) or its JobSet (more)."""
+def silo_workload(owner: Owner, spec: FederatedFinetuneSpec, silo: SiloPlacement, multi_node: str = "auto") -> dict:
+    """A silo's workload: its Job (one node), else its JobSet, or its TrainJob under ``multiNode: trainjob``."""
     from .manifests import silo_job
+    from .trainjob import silo_trainjob
 
-    return silo_jobset(owner, spec, silo) if silo.nodes > 1 else silo_job(owner, spec, silo)
+    if silo.nodes == 1:
+        return silo_job(owner, spec, silo)
+    return silo_trainjob(owner, spec, silo) if multi_node == "trainjob" else silo_jobset(owner, spec, silo)

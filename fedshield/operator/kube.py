@@ -43,6 +43,7 @@ PLURALS = {
     ("batch/v1", "Job"): "jobs",
     ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
     ("jobset.x-k8s.io/v1alpha2", "JobSet"): "jobsets",
+    ("trainer.kubeflow.org/v1alpha1", "TrainJob"): "trainjobs",
 }
 READ_ONLY = {("fedshield.io/v1alpha1", "FederationMembership"): "federationmemberships"}  # read, never written
 STATUS_ONLY = {  # our own custom resources: read, and their status written (kopf watches and patches the rest)
@@ -74,7 +75,7 @@ def mutable_part(obj: dict) -> dict:
         part["spec"] = {"replicas": obj["spec"]["replicas"], "template": obj["spec"]["template"]}
     elif kind == "Job":
         part["spec"] = {"suspend": obj["spec"].get("suspend", False)}
-    elif kind == "JobSet":
+    elif kind in ("JobSet", "TrainJob"):  # a TrainJob's trainer and runtime patches are immutable: suspend alone
         part["spec"] = {"suspend": obj["spec"].get("suspend", False)}
     elif kind == "NetworkPolicy":
         part["spec"] = obj["spec"]

@@ -78,7 +78,7 @@ class Site:
     # The aggregator mounts Secrets of the CR's namespace by name: only images the platform trusts may run it.
     aggregator_image_prefixes: tuple[str, ...] = ("fedshield/fedshield:", "fedshield/fedshield@")
     # Silos with nodes > 1 (MULTI_NODE_MODES): "auto" runs them as JobSets when the API server serves JobSets (discovery),
-    # "jobset" always does, "off" refuses them. Experimental (issue #20).
+    # "jobset" always does, "trainjob" runs them as Kubeflow Trainer TrainJobs, "off" refuses them. Experimental (issue #20).
     multi_node: str = "auto"
 
     @classmethod
@@ -92,11 +92,11 @@ class Site:
 
 
 MULTI_NODE_ENV = "FEDSHIELD_MULTI_NODE"
-MULTI_NODE_MODES = ("auto", "jobset", "off")
+MULTI_NODE_MODES = ("auto", "jobset", "trainjob", "off")
 
 
 def multi_node_mode(raw: str) -> str:
-    """The chart's ``multiNode`` (``$FEDSHIELD_MULTI_NODE``): auto, jobset or off (empty is off, as before auto existed)."""
+    """The chart's ``multiNode`` (``$FEDSHIELD_MULTI_NODE``): auto, jobset, trainjob or off (empty is off, as before auto existed)."""
     value = raw.strip().lower() or "off"
     if value not in MULTI_NODE_MODES:
         raise ValueError(f"{MULTI_NODE_ENV} must be one of {', '.join(MULTI_NODE_MODES)} (empty: off), not {raw!r}")
@@ -378,12 +378,12 @@ def desired_children(owner: Owner, spec: FederatedFinetuneSpec, site: Site = Sit
     ]
     for namespace in sorted({s.namespace for s in spec.silos} - {owner.namespace}):
         out.append(plan_configmap(owner, namespace, plan))
-    from .jobset import silo_workload  # a multi-node silo is a JobSet (jobset.py builds on this module)
+    from .jobset import silo_workload  # a multi-node silo is a JobSet or a TrainJob (both build on this module)
 
     for silo in spec.silos:
         claim = state_claim(owner, f"{silo_job_name(owner, silo.name)}-state", silo.namespace, silo.state_size, "silo", silo.name)
         if silo.nodes > 1:  # every rank, on its own node, mounts it
             claim["spec"]["accessModes"] = ["ReadWriteMany"]
         out.append(claim)
-        out.append(silo_workload(owner, spec, silo))
+        out.append(silo_workload(owner, spec, silo, site.multi_node))
     return out

@@ -24,7 +24,7 @@ class Observed:
     failed_pods: dict[str, list[dict]] = field(default_factory=dict)  # silo -> failed Pod objects, oldest first
     aggregator: Status | None = None  # the aggregator's /v1/status, or None when unreachable
     aggregator_ready: bool = False
-    jobsets: dict[str, dict] = field(default_factory=dict)  # multi-node silo -> its JobSet
+    jobsets: dict[str, dict] = field(default_factory=dict)  # multi-node silo -> its JobSet (or TrainJob: multiNode trainjob)
     ready_pods: dict[str, int] = field(default_factory=dict)  # multi-node silo -> its pods (ranks) running and ready
 
 
@@ -76,6 +76,28 @@ def jobset_phase(jobset: dict | None, suspended: bool) -> str:
     return "Pending"
 
 
+def trainjob_phase(train_job: dict | None, suspended: bool) -> str:
+    """A multi-node silo's phase from its TrainJob (Trainer v2.3.0): ``Complete`` / ``Failed`` / ``Suspended`` conditions
+    (copied from its JobSet's), else Running once ``jobsStatus`` has an active or ready Job."""
+    if train_job is None:
+        return "Pending"
+    if _job_condition(train_job, "Complete"):
+        return "Succeeded"
+    if _job_condition(train_job, "Failed"):
+        return "Failed"
+    if suspended or _job_condition(train_job, "Suspended"):
+        return "Suspended"
+    if any((j.get("active") or 0) >= 1 or (j.get("ready") or 0) >= 1 for j in (train_job.get("status") or {}).get("jobsStatus") or []):
+        return "Running"
+    return "Pending"
+
+
+def _failed_condition(obj: dict) -> tuple[str | None, str | None]:
+    """The reason and message of an object's ``Failed`` condition that is True."""
+    found: dict = next((c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") == "Failed" and c.get("status") == "True"), {})
+    return found.get("reason"), found.get("message")
+
+
 def last_termination(pods: list[dict]) -> tuple[int | None, str | None]:
     for pod in reversed(pods):
         for cs in pod.get("status", {}).get("containerStatuses", []) or []:
@@ -122,7 +144,14 @@ def _silo(spec_silo: str, observed: Observed, suspended: bool, summary: StatusSu
         reason = f"Withdrawn: {_one_line(withdrawn[spec_silo])}"
     if nodes > 1:
         js = observed.jobsets.get(spec_silo)
-        ready = min(nodes, observed.ready_pods.get(spec_silo, 0))
+        ready = min(nodes, observed.ready_pods.get(spec_silo, 0))  # pods: a TrainJob's jobsStatus counts Jobs (one), not ranks
+        if js is not None and js.get("kind") == "TrainJob":  # no restart count in a TrainJob's status: left out
+            phase = trainjob_phase(js, suspended)
+            if phase == "Failed" and reason is None:
+                failed_reason, message = _failed_condition(js)
+                reason = _one_line(f"{failed_reason or 'Failed'}: {message}" if message else failed_reason or "Failed")
+            return SiloStatus(name=spec_silo, phase=phase, last_round=last_round.get(spec_silo), exit_code=exit_code, reason=reason,
+                              restarts=None, ranks_ready=f"{ready}/{nodes}", epsilon=epsilon)
         return SiloStatus(name=spec_silo, phase=jobset_phase(js, suspended), last_round=last_round.get(spec_silo), exit_code=exit_code,
                           reason=reason, restarts=((js or {}).get("status") or {}).get("restarts", 0) or 0, ranks_ready=f"{ready}/{nodes}",
                           epsilon=epsilon)

@@ -348,15 +348,15 @@ def test_the_operator_chart_passes_multi_node_to_the_operator_and_refuses_other_
         return {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
 
     assert env()["FEDSHIELD_MULTI_NODE"] == "auto"  # the default: JobSets when the API server serves them
-    for value in ("jobset", "off", ""):
+    for value in ("jobset", "trainjob", "off", ""):
         assert env("--set", f"multiNode={value}")["FEDSHIELD_MULTI_NODE"] == value
-    refused = run_helm("template", "fs", str(OPERATOR), "--namespace", "fedshield", "--set", "multiNode=trainjob")
+    refused = run_helm("template", "fs", str(OPERATOR), "--namespace", "fedshield", "--set", "multiNode=kueue")
     assert refused.returncode != 0 and "multiNode" in refused.stderr
-    for value, mode in (("jobset", "jobset"), ("auto", "auto"), ("off", "off"), ("", "off"), (" Auto ", "auto")):
+    for value, mode in (("jobset", "jobset"), ("auto", "auto"), ("off", "off"), ("", "off"), (" Auto ", "auto"), ("TrainJob", "trainjob")):
         monkeypatch.setenv("FEDSHIELD_MULTI_NODE", value)
         assert Site.from_environment().multi_node == mode
-    monkeypatch.setenv("FEDSHIELD_MULTI_NODE", "trainjob")
-    with pytest.raises(ValueError, match="FEDSHIELD_MULTI_NODE must be one of auto, jobset, off"):
+    monkeypatch.setenv("FEDSHIELD_MULTI_NODE", "kueue")
+    with pytest.raises(ValueError, match="FEDSHIELD_MULTI_NODE must be one of auto, jobset, trainjob, off"):
         Site.from_environment()
     monkeypatch.delenv("FEDSHIELD_MULTI_NODE")
     assert Site.from_environment().multi_node == "auto"

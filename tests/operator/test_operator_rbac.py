@@ -17,7 +17,7 @@ from fedshield.api.models import FederatedFinetuneSpec
 from fedshield.api.unlearning import FederatedUnlearningSpec
 from fedshield.operator import unlearning as fu
 from fedshield.operator.kube import PLURALS, READ_ONLY
-from fedshield.operator.manifests import desired_children
+from fedshield.operator.manifests import Site, desired_children
 
 RBAC = OPERATOR / "templates" / "rbac.yaml"
 RENDER_CASES = [args for chart, args in CASES if chart == OPERATOR]
@@ -148,3 +148,22 @@ def test_federated_resources_and_their_status_are_granted():
     assert {"patch"} <= cluster[("fedshield.io", "federatedunlearnings/status")]
     assert {"patch"} <= cluster[("fedshield.io", "federatedfinetunes/status")]
     assert {"get"} <= cluster[("fedshield.io", "federatedfinetunes")]  # the unlearning reads the finetune it names
+
+
+def test_trainjob_mode_writes_are_granted_in_silo_namespaces_only_when_asked_and_never_cluster_wide():
+    """``multiNode: trainjob``: the TrainJob (get, list, create, patch, delete: apply, observe, cleanup) is granted by the
+    silo chart's ``operator.trainJobs``, in that namespace; the operator chart's ClusterRole has no trainer.kubeflow.org rule
+    (the ClusterTrainingRuntime is installed by helm, not written by the operator)."""
+    raw = dict(EXAMPLE["spec"], training=dict(EXAMPLE["spec"]["training"], batchSize=192))
+    raw["silos"] = [dict(raw["silos"][0], nodes=2)] + raw["silos"][1:]
+    children = desired_children(OWNER, FederatedFinetuneSpec.model_validate(raw), Site(multi_node="trainjob"))
+    [trainjob] = [c for c in children if c["kind"] == "TrainJob"]
+    key = (group_of(trainjob["apiVersion"]), PLURALS[(trainjob["apiVersion"], trainjob["kind"])])
+    assert key == ("trainer.kubeflow.org", "trainjobs") and trainjob["metadata"]["namespace"] != OWNER.namespace
+    assert not [r for r in template_rules() if "trainer.kubeflow.org" in r["apiGroups"]]
+    assert granted(silo_role([*CONSENT, "--set", "operator.trainJobs=true"])[0]["rules"])[key] == {"get", "list", "create", "patch", "delete"}
+    assert key not in granted(silo_role(CONSENT)[0]["rules"])  # off by default
+    for mode in ("trainjob", "auto"):
+        docs = render(OPERATOR, "--set", f"multiNode={mode}", namespace="fedshield", release="fs")
+        for role in (d for d in docs if d["kind"] in ("ClusterRole", "Role")):
+            assert not [r for r in role["rules"] if "trainer.kubeflow.org" in r["apiGroups"]]

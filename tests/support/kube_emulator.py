@@ -47,6 +47,7 @@ PVCS = kmock.resource("v1/persistentvolumeclaims")
 NETWORKPOLICIES = kmock.resource("networking.k8s.io/v1/networkpolicies")
 MEMBERSHIPS = kmock.resource("fedshield.io/v1alpha1/federationmemberships")
 JOBSETS = kmock.resource("jobset.x-k8s.io/v1alpha2/jobsets")
+TRAINJOBS = kmock.resource("trainer.kubeflow.org/v1alpha1/trainjobs")
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
 MERGE = {"Content-Type": "application/merge-patch+json"}  # what kubectl patch --type=merge sends
 
@@ -362,10 +363,10 @@ def declare_resources(k8s: kmock.KubernetesEmulator) -> None:
     k8s.resources[MEMBERSHIPS] = dict(kind="FederationMembership", singular="federationmembership", namespaced=True, verbs=VERBS)
     for res, kind in ((JOBS, "Job"), (PODS, "Pod"), (DEPLOYMENTS, "Deployment"), (SERVICES, "Service"),
                       (CONFIGMAPS, "ConfigMap"), (PVCS, "PersistentVolumeClaim"), (NETWORKPOLICIES, "NetworkPolicy"),
-                      (JOBSETS, "JobSet")):
+                      (JOBSETS, "JobSet"), (TRAINJOBS, "TrainJob")):
         k8s.resources[res] = dict(kind=kind, singular=kind.lower(), namespaced=True, verbs=VERBS, subresources={"status"})
     if isinstance(k8s, Emulator):
-        k8s.with_status |= {CR, UNLEARNING_CR, JOBS, PODS, DEPLOYMENTS, SERVICES, PVCS, JOBSETS}
+        k8s.with_status |= {CR, UNLEARNING_CR, JOBS, PODS, DEPLOYMENTS, SERVICES, PVCS, JOBSETS, TRAINJOBS}
 
 
 def writes_in(k8s: kmock.KubernetesEmulator, namespace: str) -> list[str]:
