@@ -25,6 +25,7 @@ from support.operator_harness import (
     membership,
     raw,
     running_operator,
+    set_pod_status,
     status,
 )
 
@@ -71,13 +72,8 @@ async def post_rank_pod(k8s, index: int, jobset: dict, **pod_status) -> str:
             "spec": template["spec"]}
     response = await k8s.post(f"/api/v1/namespaces/{SILO_NAMESPACE}/pods", json=body)
     assert response.status == 200, await response.text()
-    await set_pod_status(k8s, name, **pod_status)
+    await set_pod_status(k8s, SILO_NAMESPACE, name, **pod_status)
     return name
-
-
-async def set_pod_status(k8s, name: str, **pod_status) -> None:
-    response = await k8s.patch(f"/api/v1/namespaces/{SILO_NAMESPACE}/pods/{name}/status", json={"status": pod_status}, headers=MERGE)
-    assert response.status == 200, await response.text()
 
 
 async def set_jobset_status(k8s, name: str, **jobset_status) -> None:
@@ -150,7 +146,7 @@ async def test_two_node_silo_from_cr_to_status(jobsets_on, k8s, operator):
         {"name": "rank", "ready": 1, "succeeded": 0, "failed": 0, "active": 1, "suspended": 0}])
     await eventually(lambda: silo_status(k8s).get("ranksReady") == "2/2" and silo_status(k8s)["phase"] == "Running", what="2/2 ranks")
 
-    await set_pod_status(k8s, rank0, phase="Failed", conditions=[], containerStatuses=[
+    await set_pod_status(k8s, SILO_NAMESPACE, rank0, phase="Failed", conditions=[], containerStatuses=[
         {"name": "silo", "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}])
     await set_jobset_status(k8s, name, restarts=1)
     await eventually(lambda: silo_status(k8s).get("restarts") == 1 and silo_status(k8s).get("ranksReady") == "1/2", what="restart")

@@ -25,6 +25,7 @@ from support.operator_harness import (
     job,
     membership,
     raw,
+    set_pod_status,
     status,
 )
 
@@ -66,13 +67,8 @@ async def post_node_pod(k8s, index: int, trainjob: dict, **pod_status) -> str:
             "spec": {"containers": [{"name": "node", "image": trainjob["spec"]["trainer"]["image"]}]}}
     response = await k8s.post(f"/api/v1/namespaces/{SILO_NAMESPACE}/pods", json=body)
     assert response.status == 200, await response.text()
-    await set_pod_status(k8s, name, **pod_status)
+    await set_pod_status(k8s, SILO_NAMESPACE, name, **pod_status)
     return name
-
-
-async def set_pod_status(k8s, name: str, **pod_status) -> None:
-    response = await k8s.patch(f"/api/v1/namespaces/{SILO_NAMESPACE}/pods/{name}/status", json={"status": pod_status}, headers=MERGE)
-    assert response.status == 200, await response.text()
 
 
 async def set_trainjob_status(k8s, name: str, **trainjob_status) -> None:
@@ -104,7 +100,7 @@ async def test_two_node_silo_as_a_trainjob_from_cr_to_status(trainjob_mode, k8s,
     await set_trainjob_status(k8s, name, jobsStatus=[dict(NODE, ready=1)])
     await eventually(lambda: silo_status(k8s).get("ranksReady") == "2/2" and silo_status(k8s)["phase"] == "Running", what="2/2 ranks")
 
-    await set_pod_status(k8s, rank0, phase="Failed", conditions=[], containerStatuses=[
+    await set_pod_status(k8s, SILO_NAMESPACE, rank0, phase="Failed", conditions=[], containerStatuses=[
         {"name": "node", "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}])
     await set_trainjob_status(k8s, name, conditions=[{"type": "Failed", "status": "True", "reason": "FailedJobs", "message": "jobset failed",
                                                       "lastTransitionTime": "2026-01-01T00:00:00Z"}])

@@ -140,3 +140,9 @@ async def running_operator(k8s, **memo) -> AsyncIterator[Kube]:
         stop.set()
         await asyncio.wait_for(runner, timeout=30)  # a loaded machine stops kopf slowly
         await kube.close()
+
+
+async def set_pod_status(k8s, namespace: str, name: str, **pod_status) -> None:
+    """Merge-patch a pod's status in the emulated API server, as the kubelet would."""
+    response = await k8s.patch(f"/api/v1/namespaces/{namespace}/pods/{name}/status", json={"status": pod_status}, headers=MERGE)
+    assert response.status == 200, await response.text()
