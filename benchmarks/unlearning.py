@@ -13,7 +13,9 @@ Methods (all LoRA-only, the rank-preserving student, the same step budget):
 - untouched: the original model;
 - neggrad: the E2URec authors' NegGrad, ``CE(D_r) - 0.5 CE(D_f)``;
 - bad_teacher: Bad-T (an incompetent teacher on D_f, the current model on D_r);
-- e2urec: ``fedshield.unlearning.unlearn``.
+- e2urec: ``fedshield.unlearning.unlearn`` (its default student: the federation's adapter trained further, same rank);
+- e2urec_fold: the same with a new LoRA folded into the adapter by truncated SVD (``student="new_lora"``), whose
+  ``fold_error_max`` (relative Frobenius norm dropped, worst module) shows what the fold loses.
 
 Metrics: AUC, ACC, LogLoss on D_f, D_r and the test set; distance to Retrain on D_f as the
 symmetric KL of the full next-token distributions (the authors' measure), their L2 distance,
@@ -61,6 +63,7 @@ from fedshield.unlearning.evaluate import (
     record_losses,
     symmetric_kl,
     task_metrics,
+    user_mean_losses,
     yes_distribution,
 )
 from fedshield.updates import VectorLayout
@@ -72,7 +75,7 @@ FORGET_FRACTION = 0.2
 UNSEEN_FRACTION = 0.15  # of the forgetting silo's users, never trained on by anyone
 USERS = (150, 100, 70)
 TEST_PER_USER = 2
-METHODS = ("untouched", "neggrad", "bad_teacher", "e2urec")
+METHODS = ("untouched", "neggrad", "bad_teacher", "e2urec", "e2urec_fold")
 RESULT = Path(__file__).parent / "results" / "unlearning.json"
 
 
@@ -89,10 +92,13 @@ def temporal_holdout(interactions: list[Interaction], last: int) -> tuple[list[I
     return kept, test
 
 
-def split_data(seed: int, quick: bool) -> tuple[dict[str, list[Interaction]], list[Example], list[Example]]:
+def split_data(seed: int, quick: bool, fit_probability: float = 0.9,
+               items_per_user: int = 10) -> tuple[dict[str, list[Interaction]], list[Example], list[Example]]:
     """(training interactions per silo, test examples, every example of the unseen users)."""
     data, test, unseen = {}, [], []
-    for silo, records in synthetic_silos(SILOS, seed=seed, users=None if quick else USERS).items():
+    silos = synthetic_silos(SILOS, seed=seed, users=None if quick else USERS, items_per_user=items_per_user,
+                            fit_probability=fit_probability)
+    for silo, records in silos.items():
         if silo == FORGETTER:
             users = sorted({it.user for it in records})
             hidden = set(random.Random(seed).sample(users, max(2, round(UNSEEN_FRACTION * len(users)))))
@@ -130,6 +136,8 @@ def row(ev: dict, ref: dict | None, sets: dict[str, list[Example]], tensors: dic
     unseen_losses = record_losses(labels["unseen"], ev["unseen"])
     out["membership_advantage"] = membership_advantage(forget_losses, unseen_losses)
     out["membership_auc"] = membership_auc(forget_losses, unseen_losses)
+    out["user_membership_auc"] = membership_auc(user_mean_losses(forget_losses, [e.user for e in sets["forget"]]),
+                                                user_mean_losses(unseen_losses, [e.user for e in sets["unseen"]]))
     if ref is not None and ref_tensors is not None:
         out["to_retrain"] = {
             "symmetric_kl": symmetric_kl(ev["forget_dist"], ref["forget_dist"]),
@@ -141,8 +149,8 @@ def row(ev: dict, ref: dict | None, sets: dict[str, list[Example]], tensors: dic
 
 
 def one_seed(quick: bool, seed: int, model: str | None, work: Path, rounds: int | None = None,
-             local_steps: int | None = None) -> dict:
-    data, test, unseen = split_data(seed, quick)
+             local_steps: int | None = None, fit_probability: float = 0.9, items_per_user: int = 10) -> dict:
+    data, test, unseen = split_data(seed, quick, fit_probability, items_per_user)
     base = model or str(build_tiny_base(work / "base", catalog(seed=seed) + [prompt_for(["x"], ["y"], "z")], seed=seed))
     config, spec = settings(quick, seed, base, rounds, local_steps)
     original = run_federation(config, data, work / "original")
@@ -152,6 +160,7 @@ def one_seed(quick: bool, seed: int, model: str | None, work: Path, rounds: int 
     layout = VectorLayout.from_tensors(adapter, config.privacy.private_modules)
     common = dict(base_path=base, lora=config.lora, adapter=adapter, layout=layout, spec=spec, training=config.training)
     results = {"e2urec": unlearn(forget=split.forget, retain=split.retain, **common),
+               "e2urec_fold": unlearn(forget=split.forget, retain=split.retain, student="new_lora", **common),
                "neggrad": neg_grad(forget=split.forget, retain=split.retain, **common),
                "bad_teacher": bad_teacher(forget=split.forget, retain=split.retain, **common)}
     retrain = run_federation(config, data, work / "retrain", exclude_users=split.users)
@@ -171,10 +180,13 @@ def one_seed(quick: bool, seed: int, model: str | None, work: Path, rounds: int 
     for method in METHODS:
         result = results.get(method)
         out["methods"][method] = row(evaluate(base, config, tensors[method], sets), ref, sets, tensors[method], ref_tensors, scale) | (
-            {"seconds": result.seconds, "trainable_parameters": result.stats["trainable_parameters"]} if result else {})
+            {"seconds": result.seconds, "trainable_parameters": result.stats["trainable_parameters"],
+             "fold_error_max": result.stats["fold_error_max"]} if result else {})
     out["context"] = {"forgotten_users": len(split.users), "forget_records": len(split.forget), "retain_records": len(split.retain),
                       "test_records": len(sets["test"]), "unseen_records": len(unseen), "rounds": config.rounds,
                       "local_steps": config.training.local_steps, "lora_r": config.lora.r,
+                      "fit_probability": fit_probability, "items_per_user": items_per_user,
+                      "student": results["e2urec"].stats["student"],
                       "model": model or "tiny (random-initialised demo model)"}
     return out
 
@@ -190,14 +202,24 @@ def flatten(d: dict, prefix: str = "") -> dict[str, float]:
 
 
 
+def paired(rows: list[dict], arm: str, reference: str, metric: str) -> dict:
+    """Per seed ``arm``'s ``metric`` minus ``reference``'s, with the mean and 95% t-interval of the differences."""
+    diffs = [r["methods"][arm][metric] - r["methods"][reference][metric] for r in rows
+             if metric in r["methods"][arm] and metric in r["methods"][reference]]
+    return {"mean": round(float(np.mean(diffs)), 5), "ci95": [round(x, 5) for x in ci95(diffs, digits=None)],
+            "per_seed": [round(d, 5) for d in diffs]}
+
+
 def summarise(rows: list[dict]) -> dict:
     """Means and 95% t-intervals over seeds of every number, the targets, and the per-seed rows."""
-    keys = ["noise_floor"] + [f"methods.{m}" for m in ("retrain", *METHODS)]
     summary: dict = {}
-    for key in keys:
-        per_seed = [flatten(r[key.split(".")[0]] if key == "noise_floor" else r["methods"][key.split(".")[1]]) for r in rows]
+    for arm in ("noise_floor", "retrain", *METHODS):
+        per_seed = [flatten(r["noise_floor"] if arm == "noise_floor" else r["methods"][arm]) for r in rows
+                    if arm == "noise_floor" or arm in r["methods"]]  # rows logged before an arm existed lack it
+        if not per_seed:
+            continue
         names = sorted(set().union(*per_seed))
-        summary[key.replace("methods.", "")] = {
+        summary[arm] = {
             n: {"mean": round(float(np.mean([p[n] for p in per_seed if n in p])), 5),
                 "ci95": [round(x, 5) for x in ci95([p[n] for p in per_seed if n in p], digits=None)]} for n in names}
     e, floor = summary["e2urec"], summary["noise_floor"]
@@ -206,7 +228,9 @@ def summarise(rows: list[dict]) -> dict:
         return summary[arm][name]["mean"]
 
     skl = "to_retrain.symmetric_kl"
-    attack = "membership_auc" if "membership_auc" in summary["untouched"] else None
+    attack = next((a for a in ("user_membership_auc", "membership_auc") if a in summary["untouched"]), None)
+    memorisation = {a: paired(rows, "untouched", "retrain", a) for a in ("membership_auc", "user_membership_auc")
+                    if a in summary["untouched"]}
     test_aucs = [r["methods"]["e2urec"]["test"]["auc"] for r in rows]
     spread = [min(r["methods"]["retrain"]["test"]["auc"], r["noise_floor"]["test"]["auc"]) for r in rows], \
              [max(r["methods"]["retrain"]["test"]["auc"], r["noise_floor"]["test"]["auc"]) for r in rows]
@@ -219,14 +243,18 @@ def summarise(rows: list[dict]) -> dict:
         "membership_advantage_at_most_unseen_plus_0.02": mean("e2urec", "membership_advantage") <= mean("retrain", "membership_advantage") + 0.02,
         "time_at_most_20pct_of_retrain": mean("e2urec", "seconds") <= 0.2 * mean("retrain", "seconds"),
         "untouched_model_memorises_forget_users": None if attack is None else  # rows from before the AUC attack: None
-        summary["untouched"][attack]["ci95"][0] > summary["retrain"][attack]["ci95"][1],
+        memorisation[attack]["ci95"][0] > 0,
         "membership_auc_at_most_unseen_plus_0.02": None if attack is None else
         mean("e2urec", attack) <= mean("retrain", attack) + 0.02,
     }
-    return {"seeds": [r["seed"] for r in rows], "summary": summary, "targets": targets,
+    return {"seeds": [r["seed"] for r in rows], "summary": summary, "targets": targets, "memorisation": memorisation,
+            "attack": attack,
             "notes": {"membership_advantage": "max over thresholds of TPR - FPR, D_f vs never-seen users' records; "
                                               "retrain's value is the level of users it never saw",
                       "membership_auc": "the same loss attack's AUC (0.5: members and never-seen users look alike)",
+                      "user_membership_auc": "the attack's AUC on each user's mean record loss (D_f's users vs never-seen users)",
+                      "memorisation": "per seed, the untouched model's attack AUC minus Retrain's (paired), mean and 95% interval; "
+                                      "the memorisation target asks its interval above 0 for `attack`",
                       "to_retrain": "on D_f: symmetric KL and L2 of full next-token distributions, L2 of weight changes, "
                                     "Bernoulli JSD of P(yes)", "noise_floor": "a second retrain (seed + 1000) against the first"},
             "per_seed": rows, "context": rows[0]["context"] | {"cpu_count": os.cpu_count()}}
@@ -243,6 +271,9 @@ def main() -> None:
     parser.add_argument("--from-log", help="summarise this log without running")
     parser.add_argument("--rounds", type=int, help="federated rounds (default 5)")
     parser.add_argument("--local-steps", type=int, help="local steps per round (default 30)")
+    parser.add_argument("--fit-probability", type=float, default=0.9,
+                        help="share of ratings that follow the user's genres (default 0.9; the rest are whims to memorise)")
+    parser.add_argument("--items-per-user", type=int, default=10, help="interactions per user (default 10)")
     parser.add_argument("--result", type=Path, default=RESULT, help=f"where the JSON is saved (default {RESULT.name})")
     args = parser.parse_args()
     if args.from_log:
@@ -256,7 +287,7 @@ def main() -> None:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             with tempfile.TemporaryDirectory() as tmp:
                 rows.append(one_seed(args.quick, seed, args.model, Path(args.workdir or tmp) / f"seed{seed}", args.rounds,
-                                     args.local_steps))
+                                     args.local_steps, args.fit_probability, args.items_per_user))
             if args.log:
                 with open(args.log, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps(rows[-1]) + "\n")

@@ -6,7 +6,8 @@
   distributions, the L2 distance of the adapters' weight changes, and our Bernoulli JSD on
   the Yes/No answer;
 - membership inference by a loss threshold: the best TPR - FPR over thresholds for telling
-  a set's records from never-seen records by their loss (forgotten users should look unseen).
+  a set's records from never-seen records by their loss (forgotten users should look unseen),
+  the same attack's AUC, and its user-level form (each user's mean record loss).
 """
 
 from __future__ import annotations
@@ -122,6 +123,21 @@ def membership_auc(member_losses: np.ndarray, nonmember_losses: np.ndarray) -> f
     if not len(members) or not len(others):
         raise ValueError("both sets need records")
     return auc(np.r_[np.ones(len(members)), np.zeros(len(others))], -np.r_[members, others])
+
+
+def user_mean_losses(losses: np.ndarray, users: Sequence[str]) -> np.ndarray:
+    """Each user's mean record loss, users in sorted order: the unit a user-level attack (and a forget request) is about.
+
+    Averaging a user's records before thresholding makes the attack far less noisy than per record when a model
+    memorises users a little on each of their records.
+    """
+    losses = np.asarray(losses, dtype=np.float64)
+    if len(losses) != len(users):
+        raise ValueError(f"one user per loss: {len(losses)} losses, {len(users)} users")
+    names = sorted(set(users))
+    index = {u: i for i, u in enumerate(names)}
+    codes = np.array([index[u] for u in users], dtype=np.int64)
+    return np.bincount(codes, weights=losses, minlength=len(names)) / np.bincount(codes, minlength=len(names))
 
 
 def record_losses(labels: np.ndarray, yes: np.ndarray, eps: float = 1e-7) -> np.ndarray:

@@ -87,14 +87,20 @@ def catalog(items_per_genre: int = 6, seed: int = 0) -> list[str]:
 
 
 def synthetic_silos(
-    silos: Sequence[str], seed: int = 0, users: Sequence[int] | None = None, items_per_user: int = 10
+    silos: Sequence[str], seed: int = 0, users: Sequence[int] | None = None, items_per_user: int = 10,
+    fit_probability: float = 0.9,
 ) -> dict[str, list[Interaction]]:
     """Interactions per silo that differ in taste and size (non-IID).
 
     Each silo favours a few genres (a Dirichlet draw with low concentration); each
     user likes two genres drawn from the silo's taste and rates their items high
-    with probability 0.9, other items low with probability 0.9.
+    with probability ``fit_probability``, other items low with the same probability.
+    The other ratings are the user's own whims: no rule predicts them, so a model can
+    only fit them by memorising that user's records (a lower ``fit_probability`` gives
+    a model more to memorise per user, e.g. for membership inference).
     """
+    if not 0.5 <= fit_probability <= 1:
+        raise ValueError("fit_probability must lie in [0.5, 1] (0.5: ratings ignore genre)")
     rng = np.random.default_rng(seed)
     titles = catalog(seed=seed)
     genre_of = {t: t.split()[-1] for t in titles}
@@ -106,7 +112,7 @@ def synthetic_silos(
         for u in range(n_users):
             liked = set(rng.choice(GENRES, size=2, replace=False, p=taste))
             for t, item in enumerate(rng.choice(titles, size=items_per_user, replace=False)):
-                fits = (genre_of[item] in liked) == (rng.random() < 0.9)
+                fits = (genre_of[item] in liked) == (rng.random() < fit_probability)
                 rating = float(rng.integers(4, 6) if fits else rng.integers(1, 4))
                 records.append(Interaction(f"{silo}-u{u}", str(item), rating, t))
         data[silo] = records

@@ -49,3 +49,35 @@ def test_summary_reports_misses(bench):
     assert not t["test_auc_within_retrain_spread"]  # 0.5 is outside [0.6, 0.62]
     assert not t["membership_advantage_at_most_unseen_plus_0.02"] and not t["untouched_model_memorises_forget_users"]
     assert not t["membership_auc_at_most_unseen_plus_0.02"]  # 0.6 against 0.55 + 0.02
+
+
+def test_memorisation_is_a_paired_difference_on_the_user_level_attack(bench):
+    """Seeds move both models' attack AUC together: the paired difference shows memorisation the two intervals hide."""
+    skl = {"untouched": 0.05, "neggrad": 0.2, "bad_teacher": 0.1, "e2urec": 0.01, "noise_floor": 0.005}
+    rows = []
+    for s, level in enumerate((0.45, 0.6, 0.5, 0.65, 0.55)):
+        row = fake_row(s, skl, 0.61, {})
+        for arm, gain in (("untouched", 0.03 + 0.002 * s), ("retrain", 0.0), ("e2urec", 0.01)):
+            row["methods"][arm]["user_membership_auc"] = level + gain
+        rows.append(row)
+    out = bench.summarise(rows)
+    assert out["attack"] == "user_membership_auc"
+    lo, hi = out["summary"]["retrain"]["user_membership_auc"]["ci95"]
+    assert out["summary"]["untouched"]["user_membership_auc"]["ci95"][0] < hi  # unpaired intervals overlap
+    assert out["memorisation"]["user_membership_auc"]["ci95"][0] > 0.02
+    assert out["targets"]["untouched_model_memorises_forget_users"]
+    assert out["targets"]["membership_auc_at_most_unseen_plus_0.02"]  # e2urec's 0.01 above retrain
+    assert "e2urec_fold" not in out["summary"]  # rows logged before that arm existed
+
+
+def test_fold_arm_and_its_error_are_summarised(bench):
+    skl = {"untouched": 0.05, "neggrad": 0.2, "bad_teacher": 0.1, "e2urec": 0.01, "noise_floor": 0.005, "e2urec_fold": 0.02}
+    rows = []
+    for s in range(3):
+        row = fake_row(s, skl, 0.61, {})
+        row["methods"]["e2urec_fold"] = row["methods"]["e2urec"] | {"fold_error_max": 0.1 * (s + 1),
+                                                                     "to_retrain": {"symmetric_kl": 0.02}}
+        rows.append(row)
+    fold = bench.summarise(rows)["summary"]["e2urec_fold"]
+    assert fold["fold_error_max"]["mean"] == pytest.approx(0.2)
+    assert fold["to_retrain.symmetric_kl"]["mean"] == pytest.approx(0.02)

@@ -177,3 +177,18 @@ def test_membership_auc_is_sklearns_auc_of_the_negated_losses():
     assert membership_auc(np.array([0.5]), np.array([0.5])) == 0.5
     with pytest.raises(ValueError, match="both sets"):
         membership_auc(np.array([]), np.array([0.5]))
+
+
+def test_user_membership_auc_ranks_users_by_their_mean_record_loss():
+    from fedshield.unlearning.evaluate import membership_auc, user_mean_losses
+
+    losses = np.array([0.1, 0.5, 0.9, 0.3, 0.2, 0.7])
+    users = ["a", "a", "b", "b", "c", "c"]
+    means = user_mean_losses(losses, users)
+    assert list(means) == pytest.approx([0.3, 0.6, 0.45])  # users in sorted order
+    # members a (0.3) and b (0.6) against the never-seen user c (0.45): one of two pairs ranked right
+    assert membership_auc(user_mean_losses(losses[:4], users[:4]), user_mean_losses(losses[4:], users[4:])) == 0.5
+    # one record per user: the record-level attack
+    assert list(user_mean_losses(np.array([0.4, 0.2]), ["x", "y"])) == [0.4, 0.2]
+    with pytest.raises(ValueError, match="one user per loss"):
+        user_mean_losses(np.array([0.1, 0.2]), ["a"])
