@@ -41,6 +41,19 @@ def test_synthetic_silos_are_seeded_and_non_iid():
     assert all(it.item in catalog(seed=3) for it in data["a"])
 
 
+def test_fit_probability_sets_the_share_of_whims_and_keeps_the_default_draws():
+    silos = ["a", "b"]
+    assert synthetic_silos(silos, seed=1) == synthetic_silos(silos, seed=1, fit_probability=0.9)
+    whims = synthetic_silos(silos, seed=1, users=[200, 200], fit_probability=0.6)
+    default = synthetic_silos(silos, seed=1, users=[200, 200])
+    assert [(it.user, it.item) for it in whims["a"]] == [(it.user, it.item) for it in default["a"]]  # same users and items
+    # one coin u per rating in both: both follow the genre when u < 0.6, both are whims when u >= 0.9, so P(same side) = 0.7
+    agree = np.mean([(w.rating >= 4) == (d.rating >= 4) for s in silos for w, d in zip(whims[s], default[s], strict=True)])
+    assert 0.65 < agree < 0.75
+    with pytest.raises(ValueError, match="fit_probability"):
+        synthetic_silos(silos, fit_probability=0.4)
+
+
 def test_split_is_seeded_and_disjoint():
     examples = build_examples(synthetic_silos(["a"], seed=0)["a"])
     train, val = split_examples(examples, 0.2, seed=1)
